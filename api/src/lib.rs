@@ -1,0 +1,1 @@
+//! upkeep-api (being written).

@@ -1,0 +1,2 @@
+//! upkeepctl (being written).
+fn main() {}

@@ -1,0 +1,1 @@
+//! upkeep-scheduler (being written).

@@ -1,0 +1,384 @@
+//! The job vocabulary: ids, kinds, queue names, the job envelope, outcomes and handler errors.
+//!
+//! Everything that crosses a process boundary (Redis payloads, ledger rows, API bodies) is built
+//! from these types. Validation happens once, in the `parse` constructors; the rest of the code
+//! never re-checks a `JobKind` or a `QueueName`.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A job's id: a UUIDv7, so ids sort by creation time in both Redis and Postgres.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub Uuid);
+
+impl JobId {
+    /// A fresh, time-ordered id.
+    #[must_use]
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    /// Parses the hyphenated text form.
+    ///
+    /// # Errors
+    /// When `text` is not a UUID.
+    pub fn parse(text: &str) -> Result<Self, JobError> {
+        Uuid::parse_str(text)
+            .map(Self)
+            .map_err(|_| JobError::Invalid(format!("job id {text:?} is not a uuid")))
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A validated queue name: lowercase ASCII letters, digits, `_` and `-`, 1 to 64 characters.
+///
+/// The name goes inside a Redis hash tag, so it must never contain `{`, `}` or `:`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct QueueName(String);
+
+impl QueueName {
+    /// Validates a queue name.
+    ///
+    /// # Errors
+    /// When the name is empty, too long, or has a character outside `[a-z0-9_-]`.
+    pub fn parse(name: &str) -> Result<Self, JobError> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if valid {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(JobError::Invalid(format!(
+                "queue name {name:?} must be 1-64 characters of [a-z0-9_-]"
+            )))
+        }
+    }
+
+    /// The name as text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for QueueName {
+    type Error = JobError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<QueueName> for String {
+    fn from(value: QueueName) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for QueueName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One entry of the job catalog: a kind, the queue it runs on by default, and whether this build
+/// has a handler for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KindSpec {
+    /// The stable kind string, e.g. `backup.run`.
+    pub name: &'static str,
+    /// The queue that serves this kind unless the enqueuer picks another.
+    pub default_queue: &'static str,
+    /// Whether a worker of this build can run it. Kinds without a handler are refused at enqueue.
+    pub has_handler: bool,
+}
+
+/// The job catalog from DESIGN.md. A kind is only enqueueable once its handler exists.
+pub const CATALOG: &[KindSpec] = &[
+    KindSpec {
+        name: "backup.run",
+        default_queue: "backups",
+        has_handler: false,
+    },
+    KindSpec {
+        name: "backup.verify",
+        default_queue: "backups",
+        has_handler: false,
+    },
+    KindSpec {
+        name: "logs.rotate",
+        default_queue: "logs",
+        has_handler: false,
+    },
+    KindSpec {
+        name: "logs.scan_errors",
+        default_queue: "logs",
+        has_handler: false,
+    },
+    KindSpec {
+        name: "tokens.refresh",
+        default_queue: "tokens",
+        has_handler: false,
+    },
+    KindSpec {
+        name: "db.slow_queries",
+        default_queue: "reports",
+        has_handler: false,
+    },
+    KindSpec {
+        name: "db.bloat",
+        default_queue: "reports",
+        has_handler: false,
+    },
+    KindSpec {
+        name: "db.index_usage",
+        default_queue: "reports",
+        has_handler: false,
+    },
+    KindSpec {
+        name: "system.disk",
+        default_queue: "reports",
+        has_handler: false,
+    },
+    KindSpec {
+        name: "queues.snapshot",
+        default_queue: "reports",
+        has_handler: false,
+    },
+    KindSpec {
+        name: "jobs.failed_review",
+        default_queue: "reports",
+        has_handler: false,
+    },
+    KindSpec {
+        name: "system.ping",
+        default_queue: "reports",
+        has_handler: true,
+    },
+];
+
+/// The queues of DESIGN.md, in the order the all-in-one process starts them.
+pub const QUEUES: &[&str] = &["backups", "logs", "tokens", "reports"];
+
+/// A job kind from the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct JobKind(&'static KindSpec);
+
+impl JobKind {
+    /// Looks a kind up in the catalog (known kinds, with or without a handler).
+    ///
+    /// # Errors
+    /// When the kind is not in the catalog.
+    pub fn parse(name: &str) -> Result<Self, JobError> {
+        CATALOG
+            .iter()
+            .find(|spec| spec.name == name)
+            .map(Self)
+            .ok_or_else(|| {
+                let known: Vec<&str> = CATALOG.iter().map(|spec| spec.name).collect();
+                JobError::Invalid(format!(
+                    "unknown job kind {name:?} (known: {})",
+                    known.join(", ")
+                ))
+            })
+    }
+
+    /// Looks a kind up and refuses it unless this build has a handler for it.
+    ///
+    /// # Errors
+    /// When the kind is unknown or has no handler yet.
+    pub fn parse_runnable(name: &str) -> Result<Self, JobError> {
+        let kind = Self::parse(name)?;
+        if kind.0.has_handler {
+            Ok(kind)
+        } else {
+            Err(JobError::Invalid(format!(
+                "job kind {name:?} has no handler in this build yet, so it cannot be enqueued"
+            )))
+        }
+    }
+
+    /// The kind string.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        self.0.name
+    }
+
+    /// The queue this kind runs on by default.
+    #[must_use]
+    pub fn default_queue(self) -> QueueName {
+        QueueName(self.0.default_queue.to_owned())
+    }
+
+    /// Checks `args` against the kind's argument shape.
+    ///
+    /// # Errors
+    /// A message naming the bad field when the shape is wrong.
+    pub fn validate_args(self, args: &serde_json::Value) -> Result<(), JobError> {
+        match self.0.name {
+            "system.ping" => PingArgs::from_value(args).map(|_| ()),
+            _ if args.is_object() || args.is_null() => Ok(()),
+            name => Err(JobError::Invalid(format!(
+                "args of {name} must be a JSON object"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.name)
+    }
+}
+
+/// Arguments of `system.ping`, the smoke-test and benchmark job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PingArgs {
+    /// Sleep this long before answering.
+    #[serde(default)]
+    pub sleep_ms: Option<u64>,
+    /// Fail every attempt (`true`).
+    #[serde(default)]
+    pub fail: Option<bool>,
+    /// Fail attempts 1..=N, then succeed: models a transient failure.
+    #[serde(default)]
+    pub fail_attempts: Option<u32>,
+    /// Panic inside the handler: models a poison job.
+    #[serde(default)]
+    pub panic: Option<bool>,
+}
+
+impl PingArgs {
+    /// Decodes and validates ping arguments; `null` means all defaults.
+    ///
+    /// # Errors
+    /// A message naming the unexpected field or the wrongly typed one.
+    pub fn from_value(args: &serde_json::Value) -> Result<Self, JobError> {
+        if args.is_null() {
+            return Ok(Self::default());
+        }
+        serde_json::from_value(args.clone())
+            .map_err(|e| JobError::Invalid(format!("bad args for system.ping: {e}")))
+    }
+}
+
+/// Severity of a finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// All is well.
+    Ok,
+    /// Someone should look.
+    Warn,
+    /// Someone must act.
+    Critical,
+}
+
+/// One observation a job made, with a stable code such as `disk.used_pct`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Stable machine-readable code.
+    pub code: String,
+    /// How bad it is.
+    pub severity: Severity,
+    /// Human-readable explanation.
+    pub message: String,
+    /// Optional structured detail.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
+}
+
+/// What a successful attempt produced.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// One line for humans.
+    pub summary: String,
+    /// Numbers worth graphing.
+    #[serde(default)]
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// Observations, ok to critical.
+    #[serde(default)]
+    pub findings: Vec<Finding>,
+}
+
+/// How a handler failed, saying what should happen next. The worker turns this into a state
+/// change and a ledger row; handlers never touch the queue themselves.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JobError {
+    /// Try again after the queue's backoff (or `retry_after` if given), up to max attempts.
+    #[error("{message}")]
+    Retryable {
+        /// Why it failed.
+        message: String,
+        /// Overrides the computed backoff.
+        retry_after: Option<Duration>,
+    },
+    /// Retrying cannot help: dead-letter the job now.
+    #[error("{0}")]
+    Permanent(String),
+    /// Input was rejected before any work was done.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl JobError {
+    /// A retryable failure with the default backoff.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self::Retryable {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Whether the queue should retry the job.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Retryable { .. })
+    }
+}
+
+/// A job as a worker receives it from the queue: its identity, its attempt and its raw payload.
+///
+/// `args` stays a JSON value here; the handler for `kind` decodes it, so a payload that does not
+/// decode becomes a dead letter with its reason instead of a worker error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// The job's id.
+    pub id: JobId,
+    /// The kind string as stored; may be unknown if someone pushed garbage.
+    pub kind: String,
+    /// The queue it was fetched from.
+    pub queue: QueueName,
+    /// The JSON arguments; `Value::Null` when the stored payload was not valid JSON.
+    pub args: serde_json::Value,
+    /// Set when the stored payload could not be decoded, with the reason.
+    pub payload_error: Option<String>,
+    /// 1 for the first delivery, counting deliveries whose lease expired.
+    pub attempt: u32,
+    /// Attempts allowed before the job is dead.
+    pub max_attempts: u32,
+    /// Enqueue time in unix milliseconds.
+    pub enqueued_at_ms: i64,
+    /// The schedule that produced it, if any.
+    pub schedule: Option<String>,
+    /// The tick (fire time, unix milliseconds) that produced it, if any.
+    pub tick_ms: Option<i64>,
+}

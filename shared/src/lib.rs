@@ -1,0 +1,22 @@
+//! upkeep's library crate: everything the binaries share.
+//!
+//! # Layout
+//! In the order a job meets them:
+//! - [`config`]: the typed `Settings` tree, loaded from `upkeep.toml` and the environment.
+//! - [`job`]: ids, kinds, queue names, outcomes and handler errors.
+//! - [`schedule`]: cron expressions in a time zone, next fire times (pure, no IO).
+//! - [`queue`]: our Redis queue backend for apalis-core (enqueue, lease, ack, retry, dead letters).
+//! - [`store`]: the Postgres ledger (`job_runs`, `schedules`, `schedule_ticks`, `findings`).
+//! - [`telemetry`]: the tracing subscriber.
+//! - [`shutdown`]: the signal every long-running loop watches.
+
+pub mod config;
+pub mod job;
+pub mod queue;
+pub mod schedule;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+
+pub use job::{Finding, Job, JobError, JobId, JobKind, Outcome, QueueName, Severity};
+pub use store::MIGRATOR;

@@ -1,0 +1,1 @@
+//! Redis queue backend (being written).

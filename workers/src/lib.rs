@@ -1,0 +1,1 @@
+//! upkeep-workers (being written).
