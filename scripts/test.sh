@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The test command: provide Redis and Postgres, lint, build the binaries the system
+# tests start, then run the whole test suite.
+#
+#   scripts/test.sh                         everything
+#   scripts/test.sh -E 'test(/redis/)'      extra arguments go to the test runner
+#                                           (nextest filters; with plain cargo test,
+#                                           cargo test's own arguments)
+#   UPKEEP_SKIP_LINT=1 scripts/test.sh ...  skip fmt and clippy while iterating
+#
+# Uses cargo-nextest with .config/nextest.toml (the `ci` profile when CI is set) when it
+# is installed, `cargo test` otherwise.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# shellcheck source=scripts/dev-services.sh
+source scripts/dev-services.sh
+
+if [[ "${UPKEEP_SKIP_LINT:-0}" != 1 ]]; then
+    scripts/lint.sh
+fi
+
+# System tests run the real binaries from target/<profile>/ (see tests/src/lib.rs), and
+# cargo does not build another package's binaries for a test target.
+echo "test: cargo build --workspace --bins" >&2
+cargo build --workspace --bins
+
+if [[ "${UPKEEP_NEXTEST:-0}" == 1 ]]; then
+    profile=default
+    if [[ -n "${CI:-}" ]]; then profile=ci; fi
+    echo "test: cargo nextest run --workspace --no-fail-fast --profile $profile $*" >&2
+    exec cargo nextest run --workspace --no-fail-fast --profile "$profile" "$@"
+else
+    echo "test: cargo test --workspace --no-fail-fast $*" >&2
+    exec cargo test --workspace --no-fail-fast "$@"
+fi
