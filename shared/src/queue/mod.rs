@@ -1,1 +1,161 @@
-//! Redis queue backend (being written).
+//! upkeep's Redis queue backend for apalis-core 1.0.
+//!
+//! We do not use apalis-redis 1.0.0 (see DESIGN.md, decision 1). This module owns the Redis
+//! protocol: key names ([`keys`]), Lua scripts (`lua/*.lua`), their typed callers ([`Queue`])
+//! and the apalis-core [`Backend`](apalis_core::backend::Backend) that workers run on
+//! ([`RedisBackend`]).
+//!
+//! # Key layout
+//! Every key of a queue is `<prefix>:{<queue>}:<suffix>`; the braces are the Redis Cluster hash
+//! tag, so a queue lives in one slot and no script touches a key outside it. There are no global
+//! keys.
+//!
+//! | suffix | type | content |
+//! |---|---|---|
+//! | `job:<id>` | hash | `kind`, `args`, `attempt`, `max`, `enq`, `run_at`, `state`, `token`, `worker`, `leased_at`, `err`, `sched`, `tick`, `idem`, `finished` |
+//! | `ready` | list | ids ready to run; LPUSH on enqueue, RPOP on fetch |
+//! | `delayed` | zset | ids scored by run-at ms |
+//! | `retry` | zset | ids scored by retry-at ms |
+//! | `leases` | zset | ids scored by lease deadline ms |
+//! | `dead` | zset | ids scored by time of death ms |
+//! | `stats` | hash | counters `enqueued`, `succeeded`, `failed`, `retried`, `dead`, `reclaimed` |
+//! | `fence` | string | fencing-token counter |
+//! | `workers` | zset | worker ids scored by last sign of life |
+//! | `wake` | list | wake-up tokens idle workers block on (capped at 64) |
+//! | `idem:<key>` | string | the job id an idempotency key stands for (expires) |
+//!
+//! # Scripts and their contracts
+//! Times come from Redis (`TIME`), so worker clocks do not matter for leases. Every range read
+//! has a `LIMIT`; no script's cost grows with the backlog.
+//! - `enqueue.lua`: per job, claim the idempotency key (`SET NX PX`) or return the id already
+//!   holding it; write the hash; LPUSH to `ready` or ZADD to `delayed`; push wake tokens.
+//! - `fetch.lua`: promote at most `maintenance_limit` due ids from `delayed` and `retry`;
+//!   reclaim at most `maintenance_limit` expired leases (back to `ready`, or to `dead` when that
+//!   was the last attempt); RPOP up to `count` ids and lease each: `attempt += 1`, a new fencing
+//!   token from `fence`, ZADD `leases` at now + lease. Returns the leased jobs, the reclaimed
+//!   leases (so the caller can record the abandoned attempts) and when the next delayed job is due.
+//! - `ack.lua`: per settlement, refuse it unless the token equals the job's current token and
+//!   the job is `running`; else complete (expire after retention), schedule a retry, or
+//!   dead-letter.
+//! - `renew.lua`: extend leases whose token still matches; report the ones lost.
+//! - `release.lua`: give leases back to `ready` (on shutdown), uncounting unstarted attempts.
+//! - `requeue.lua`: operator moves a dead job back to `ready` with a fresh attempt budget.
+//! - `stats.lua`: LLEN/ZCARD/HGETALL, all O(1) in the backlog.
+//!
+//! # Job state machine
+//! ```text
+//!            enqueue (run_at > now)          fetch: promote when due
+//!  (new) ──────────────────────────▶ scheduled ───────────────┐
+//!    │ enqueue (now)                                           ▼
+//!    └──────────────────────────────────────────────────▶ available ◀──── release (shutdown)
+//!                                                             │  ▲  ◀──── requeue (operator)
+//!                                        fetch: lease+token   │  │ fetch: lease expired,
+//!                                                             ▼  │ attempts left (reclaim)
+//!                                                          running ──────────────┐
+//!              ack done ┌────────────────────────────────────┤ │ ack retry         │ lease expired on
+//!                       ▼                     ack dead /     │ ▼                   │ the last attempt
+//!                  completed                  last attempt   │ retryable ──▶ available (fetch: due)
+//!            (expires after retention)                       ▼                   │
+//!                                                        discarded (dead) ◀──────┘
+//!                                               (expires after dead retention)
+//! ```
+//! The worker moves jobs out of `running` (ack, release); `fetch` moves them in and also does the
+//! timed moves (promotion, reclaim); operators requeue dead jobs; nothing else writes job state.
+
+mod backend;
+mod client;
+mod conn;
+pub mod keys;
+mod ledger;
+
+use std::time::Duration;
+
+pub use backend::{
+    ConsumerOptions, KindPolicy, LeaseBook, RedisBackend, SettleLayer, SettleService,
+};
+pub use client::{
+    ENQUEUE_CHUNK, Enqueued, Fetched, JobRecord, Leased, NewJob, Queue, QueueStats, Reclaimed,
+    Settled, Settlement, Verdict,
+};
+pub use conn::{RedisConn, RedisTarget};
+pub use ledger::{Attempt, AttemptStatus, Ledger, NoLedger};
+
+/// Errors of the queue layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Redis failed or timed out; retrying later is the right answer.
+    #[error("redis command failed")]
+    Redis(#[from] redis::RedisError),
+    /// Redis answered something the scripts never return.
+    #[error("unexpected reply from redis: {0}")]
+    Protocol(String),
+    /// The caller passed something invalid.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Timing options of one queue, shared by producers and consumers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueOptions {
+    /// How long a fetched job is leased before another worker may take it. Defaults to 30 s.
+    pub lease: Duration,
+    /// How long a completed job stays in Redis. Defaults to 1 h.
+    pub retention: Duration,
+    /// How long a dead letter stays in Redis. Defaults to 7 days.
+    pub dead_retention: Duration,
+    /// How long an idempotency key is remembered. Defaults to 24 h.
+    pub idempotency_ttl: Duration,
+    /// The most due jobs promoted, and expired leases reclaimed, per fetch. Defaults to 200.
+    pub maintenance_limit: usize,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            retention: Duration::from_secs(3600),
+            dead_retention: Duration::from_secs(7 * 24 * 3600),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            maintenance_limit: 200,
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: a uniform draw from `[0, min(max, base * 2^(attempt-1))]`.
+///
+/// Full jitter spreads the retries of jobs that failed together (e.g. during a Postgres
+/// outage) instead of sending them back in one wave.
+#[must_use]
+pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(30);
+    let ceiling = base.saturating_mul(1u32 << exponent).min(max);
+    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::random_range(0..=millis))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_under_the_exponential_ceiling_and_the_cap() {
+        let base = Duration::from_secs(1);
+        let max = Duration::from_secs(60);
+        for _ in 0..200 {
+            assert!(backoff(1, base, max) <= Duration::from_secs(1));
+            assert!(backoff(3, base, max) <= Duration::from_secs(4));
+            assert!(backoff(30, base, max) <= max);
+        }
+    }
+
+    #[test]
+    fn backoff_is_jittered() {
+        let draws: std::collections::HashSet<Duration> = (0..50)
+            .map(|_| backoff(5, Duration::from_secs(1), Duration::from_secs(60)))
+            .collect();
+        assert!(
+            draws.len() > 10,
+            "full jitter should spread draws, got {draws:?}"
+        );
+    }
+}

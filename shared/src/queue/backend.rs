@@ -1,0 +1,997 @@
+//! [`RedisBackend`]: the apalis-core `Backend` workers run on, and [`SettleLayer`], the
+//! middleware that turns each attempt's result into a ledger row and a queue settlement.
+//!
+//! Per worker (one queue, one process) there are three cooperating parts:
+//! - the backend itself, polled by apalis-core's worker loop: it fetches leased jobs in batches
+//!   sized to the free concurrency, and blocks on the queue's wake list when there is nothing
+//!   to do (so an idle worker picks up a new job within a round trip, without polling);
+//! - a *renewer* task that extends the leases of every job this worker holds, every third of
+//!   the lease, and drops the ones it lost;
+//! - a *completer* task that takes finished attempts from a bounded channel, writes them to the
+//!   [`Ledger`] in one batch, then settles them in Redis in one script call. A job is acked only
+//!   after its row is committed. The channel is bounded, so when Postgres is down the handlers
+//!   block on it, the concurrency slots fill up and the backend stops fetching: back-pressure
+//!   instead of unbounded memory.
+//!
+//! Redis errors never reach apalis-core as worker errors: every loop logs the first failure of
+//! an outage once, retries with capped exponential backoff, and logs again when it recovers.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use apalis_core::backend::finalize::Ephemeral;
+use apalis_core::backend::{Backend, BackendConfig};
+use apalis_core::error::BoxDynError;
+use apalis_core::task::Task;
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::task::task_id::{RandomId, TaskId};
+use apalis_core::worker::context::WorkerContext;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
+use tower::{Layer, Service};
+
+use super::client::{Fetched, Queue, Settled, Settlement, Verdict};
+use super::conn::RedisConn;
+use super::ledger::{Attempt, AttemptStatus, Ledger};
+use crate::job::{Job, JobError, JobId, Outcome};
+
+/// Retry policy of one job kind (or the queue default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindPolicy {
+    /// Longest a single attempt may run; a timeout is a retryable failure.
+    pub timeout: Duration,
+    /// First retry delay ceiling.
+    pub backoff_base: Duration,
+    /// Largest retry delay ceiling.
+    pub backoff_max: Duration,
+}
+
+impl Default for KindPolicy {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(3600),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// How one worker consumes one queue.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    /// Unique per process and per restart, e.g. `reports@host-1234-5f3a`.
+    pub worker_id: String,
+    /// Most jobs running at once (also the most leased at once).
+    pub concurrency: usize,
+    /// Most jobs leased per fetch round trip.
+    pub batch_size: usize,
+    /// Longest an idle worker blocks before looking again (reclaiming expired leases, promoting
+    /// due jobs). Defaults to 1 s.
+    pub idle_wait_max: Duration,
+    /// Policy for kinds without their own.
+    pub default_policy: KindPolicy,
+    /// Per-kind policies.
+    pub kinds: HashMap<String, KindPolicy>,
+    /// Finished attempts that may wait for the ledger before handlers block. Defaults to 4096.
+    pub completion_buffer: usize,
+}
+
+impl ConsumerOptions {
+    /// Options with defaults for everything but the identity and concurrency.
+    #[must_use]
+    pub fn new(worker_id: impl Into<String>, concurrency: usize) -> Self {
+        Self {
+            worker_id: worker_id.into(),
+            concurrency: concurrency.max(1),
+            batch_size: 64,
+            idle_wait_max: Duration::from_secs(1),
+            default_policy: KindPolicy::default(),
+            kinds: HashMap::new(),
+            completion_buffer: 4096,
+        }
+    }
+
+    fn policy(&self, kind: &str) -> &KindPolicy {
+        self.kinds.get(kind).unwrap_or(&self.default_policy)
+    }
+}
+
+/// The leases one worker holds, shared by the backend, the renewer, the completer and the
+/// runtime (which releases what is left when the grace period runs out).
+#[derive(Debug, Default)]
+pub struct LeaseBook {
+    // A std mutex: it is never held across an await, and every critical section is a map
+    // operation.
+    entries: Mutex<HashMap<String, LeaseEntry>>,
+}
+
+/// One held lease.
+#[derive(Debug, Clone)]
+pub struct LeaseEntry {
+    /// The fencing token.
+    pub token: String,
+    /// Unix ms when the handler started, `None` while the job waits in the buffer.
+    pub started_at_ms: Option<i64>,
+    /// The job, for recording an abandoned attempt.
+    pub job: Arc<Job>,
+}
+
+impl LeaseBook {
+    fn insert(&self, id: String, entry: LeaseEntry) {
+        self.lock().insert(id, entry);
+    }
+
+    fn mark_started(&self, id: &str, at_ms: i64) {
+        if let Some(entry) = self.lock().get_mut(id) {
+            entry.started_at_ms = Some(at_ms);
+        }
+    }
+
+    fn remove(&self, id: &str) -> Option<LeaseEntry> {
+        self.lock().remove(id)
+    }
+
+    fn tokens(&self) -> Vec<(String, String)> {
+        self.lock()
+            .iter()
+            .map(|(id, entry)| (id.clone(), entry.token.clone()))
+            .collect()
+    }
+
+    /// Takes every lease still held (for release at shutdown).
+    pub fn drain(&self) -> Vec<(String, LeaseEntry)> {
+        self.lock().drain().collect()
+    }
+
+    /// How many leases are held.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no lease is held.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, LeaseEntry>> {
+        // A poisoned lock means a panic while holding it; the map is still consistent because
+        // every critical section is a single map call.
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Counters a worker exposes about its queue protocol.
+#[derive(Debug, Default)]
+pub struct BackendCounters {
+    /// Acks refused because the fencing token was stale.
+    pub refused_acks: AtomicU64,
+    /// Leases the renewer found lost.
+    pub lost_leases: AtomicU64,
+    /// Attempts settled.
+    pub settled: AtomicU64,
+}
+
+enum Completion {
+    Finished {
+        attempt: Box<Attempt>,
+        settlement: Settlement,
+    },
+    Record(Box<Attempt>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The carrier of a task's lease through the middleware stack.
+#[derive(Debug, Clone)]
+struct LeaseTag {
+    id: String,
+    token: String,
+}
+
+struct Shared {
+    queue: Queue,
+    options: ConsumerOptions,
+    leases: Arc<LeaseBook>,
+    completions: mpsc::Sender<Completion>,
+    in_flight: AtomicUsize,
+    counters: Arc<BackendCounters>,
+}
+
+type FetchFuture =
+    BoxFuture<'static, Result<(VecDeque<Task<Job>>, Option<Duration>), super::Error>>;
+
+/// The apalis-core backend over one Redis queue. Build one per worker with
+/// [`RedisBackend::new`]; it yields `Task<Job>`.
+pub struct RedisBackend {
+    shared: Arc<Shared>,
+    ledger: Arc<dyn Ledger>,
+    blocking: RedisConn,
+    buffer: VecDeque<Task<Job>>,
+    fetch: Option<FetchFuture>,
+    wait: Option<BoxFuture<'static, ()>>,
+    close: Option<BoxFuture<'static, ()>>,
+    redis_outage: Outage,
+    started: bool,
+    completion_rx: Option<mpsc::Receiver<Completion>>,
+    renewer: Option<tokio::task::AbortHandle>,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("queue", self.shared.queue.name())
+            .field("worker_id", &self.shared.options.worker_id)
+            .field("buffered", &self.buffer.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBackend {
+    /// A backend for `queue`, recording attempts in `ledger`, holding leases in `leases`.
+    ///
+    /// # Errors
+    /// When the blocking connection's URL does not parse.
+    pub fn new(
+        queue: Queue,
+        blocking: RedisConn,
+        options: ConsumerOptions,
+        ledger: Arc<dyn Ledger>,
+        leases: Arc<LeaseBook>,
+        counters: Arc<BackendCounters>,
+    ) -> Self {
+        let (completions, completion_rx) = mpsc::channel(options.completion_buffer.max(1));
+        let shared = Arc::new(Shared {
+            queue,
+            options,
+            leases,
+            completions,
+            in_flight: AtomicUsize::new(0),
+            counters,
+        });
+        Self {
+            shared,
+            ledger,
+            blocking,
+            buffer: VecDeque::new(),
+            fetch: None,
+            wait: None,
+            close: None,
+            redis_outage: Outage::new("redis", "fetch"),
+            started: false,
+            completion_rx: Some(completion_rx),
+            renewer: None,
+        }
+    }
+
+    /// The counters this backend updates.
+    #[must_use]
+    pub fn counters(&self) -> Arc<BackendCounters> {
+        self.shared.counters.clone()
+    }
+
+    fn start_background(&mut self) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        if let Some(rx) = self.completion_rx.take() {
+            tokio::spawn(run_completer(
+                rx,
+                self.shared.queue.clone(),
+                self.ledger.clone(),
+                self.shared.leases.clone(),
+                self.shared.counters.clone(),
+            ));
+        }
+        let renewer = tokio::spawn(run_renewer(
+            self.shared.queue.clone(),
+            self.shared.options.worker_id.clone(),
+            self.shared.leases.clone(),
+            self.shared.counters.clone(),
+        ));
+        self.renewer = Some(renewer.abort_handle());
+    }
+
+    fn start_fetch(&mut self) {
+        let free = self
+            .shared
+            .options
+            .concurrency
+            .saturating_sub(self.shared.in_flight.load(Ordering::Acquire));
+        let count = free.clamp(1, self.shared.options.batch_size.max(1));
+        let shared = self.shared.clone();
+        let ledger = self.ledger.clone();
+        self.fetch = Some(Box::pin(fetch_batch(shared, ledger, count)));
+    }
+}
+
+impl Drop for RedisBackend {
+    fn drop(&mut self) {
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
+        }
+    }
+}
+
+impl Backend for RedisBackend {
+    type Task = Task<Job>;
+    type Error = super::Error;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        self.start_background();
+        loop {
+            if let Some(task) = self.buffer.pop_front() {
+                self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+                return Poll::Ready(Some(Ok(task)));
+            }
+            if let Some(fetch) = self.fetch.as_mut() {
+                let result = futures::ready!(fetch.poll_unpin(cx));
+                self.fetch = None;
+                match result {
+                    Ok((tasks, _)) if !tasks.is_empty() => {
+                        self.redis_outage.recovered();
+                        self.buffer = tasks;
+                        continue;
+                    }
+                    Ok((_, next_due)) => {
+                        self.redis_outage.recovered();
+                        let idle_max = self.shared.options.idle_wait_max;
+                        let wait = next_due.map_or(idle_max, |due| due.min(idle_max));
+                        let queue = self.shared.queue.clone();
+                        let blocking = self.blocking.clone();
+                        self.wait = Some(Box::pin(async move {
+                            if queue.wait_for_work(&blocking, wait).await.is_err() {
+                                // The next fetch reports the outage; don't spin meanwhile.
+                                tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
+                            }
+                        }));
+                    }
+                    Err(error) => {
+                        let delay = self.redis_outage.failed(&error);
+                        self.wait = Some(Box::pin(tokio::time::sleep(delay)));
+                    }
+                }
+            }
+            if let Some(wait) = self.wait.as_mut() {
+                futures::ready!(wait.poll_unpin(cx));
+                self.wait = None;
+            }
+            self.start_fetch();
+        }
+    }
+
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        if self.close.is_none() {
+            self.wait = None;
+            let pending_fetch = self.fetch.take();
+            let mut buffered: Vec<Task<Job>> = self.buffer.drain(..).collect();
+            let shared = self.shared.clone();
+            self.close = Some(Box::pin(async move {
+                // A fetch in flight has leased jobs in Redis: finish it so they can be given back
+                // now instead of waiting for their leases to expire.
+                if let Some(fetch) = pending_fetch
+                    && let Ok((tasks, _)) = fetch.await
+                {
+                    buffered.extend(tasks);
+                }
+                let unstarted: Vec<(String, String, bool)> = buffered
+                    .iter()
+                    .filter_map(|task| task.ctx().data().get::<LeaseTag>().cloned())
+                    .map(|tag| {
+                        shared.leases.remove(&tag.id);
+                        (tag.id, tag.token, false)
+                    })
+                    .collect();
+                if !unstarted.is_empty() {
+                    match shared
+                        .queue
+                        .release(&shared.options.worker_id, false, &unstarted)
+                        .await
+                    {
+                        Ok(n_released) => tracing::info!(
+                            queue = %shared.queue.name(),
+                            n_released,
+                            "released jobs fetched but not started"
+                        ),
+                        Err(error) => tracing::warn!(
+                            queue = %shared.queue.name(),
+                            error = %error,
+                            "could not release unstarted jobs; their leases will expire"
+                        ),
+                    }
+                }
+                // Wait until every finished attempt is recorded and settled.
+                let (done_tx, done_rx) = oneshot::channel();
+                if shared
+                    .completions
+                    .send(Completion::Flush(done_tx))
+                    .await
+                    .is_ok()
+                {
+                    let _ = done_rx.await;
+                }
+            }));
+        }
+        let close = self.close.as_mut().expect("set above");
+        futures::ready!(close.poll_unpin(cx));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl BackendConfig for RedisBackend {
+    type Args = Job;
+    type Id = RandomId;
+    type Kind = Ephemeral;
+    type Config = ConsumerOptions;
+    type Layer = SettleLayer;
+
+    fn config(&self) -> &Self::Config {
+        &self.shared.options
+    }
+
+    fn middleware(&mut self, _: &mut WorkerContext) -> Self::Layer {
+        SettleLayer {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Leases a batch and turns it into tasks. Records the abandoned attempts of reclaimed leases,
+/// dead-letters what cannot be decoded, and skips jobs that already succeeded.
+async fn fetch_batch(
+    shared: Arc<Shared>,
+    ledger: Arc<dyn Ledger>,
+    count: usize,
+) -> Result<(VecDeque<Task<Job>>, Option<Duration>), super::Error> {
+    let Fetched {
+        jobs,
+        reclaimed,
+        next_due,
+    } = shared.queue.fetch(&shared.options.worker_id, count).await?;
+    let queue_name = shared.queue.name().clone();
+    for lost in reclaimed {
+        let Ok(job_id) = JobId::parse(&lost.id) else {
+            continue;
+        };
+        let now = now_ms();
+        tracing::warn!(
+            job_id = %job_id, queue = %queue_name, attempt = lost.attempt, worker_id = %lost.worker,
+            dead = lost.dead, "lease expired; job taken back"
+        );
+        let attempt = Attempt {
+            job_id,
+            attempt: lost.attempt,
+            kind: lost.kind,
+            queue: queue_name.to_string(),
+            status: AttemptStatus::Abandoned,
+            schedule: lost.schedule,
+            tick_ms: None,
+            enqueued_at_ms: lost.enqueued_at_ms,
+            started_at_ms: if lost.leased_at_ms > 0 {
+                lost.leased_at_ms
+            } else {
+                now
+            },
+            finished_at_ms: now,
+            worker: lost.worker,
+            args: serde_json::from_str(&lost.args).unwrap_or(serde_json::Value::Null),
+            outcome: None,
+            error: Some("lease expired before the attempt was acknowledged".to_owned()),
+            next_state: Some(if lost.dead { "dead" } else { "retrying" }),
+        };
+        let _ = shared
+            .completions
+            .send(Completion::Record(Box::new(attempt)))
+            .await;
+    }
+
+    // Redelivered jobs may have succeeded already (acked row, lost ack): ask the ledger once
+    // for the whole batch. First deliveries cannot have a run yet, so they cost nothing.
+    let redelivered: Vec<JobId> = jobs
+        .iter()
+        .filter(|leased| leased.attempt > 1 && !leased.missing)
+        .filter_map(|leased| JobId::parse(&leased.id).ok())
+        .collect();
+    let already_done = if redelivered.is_empty() {
+        Default::default()
+    } else {
+        ledger.succeeded(redelivered).await.unwrap_or_else(|error| {
+            tracing::warn!(error = %error, "could not check the ledger for earlier successes; running anyway");
+            Default::default()
+        })
+    };
+
+    let mut tasks = VecDeque::with_capacity(jobs.len());
+    for leased in jobs {
+        if leased.missing {
+            tracing::warn!(queue = %queue_name, id = %leased.id, "ready id had no job data; dead-lettered");
+            continue;
+        }
+        let Ok(job_id) = JobId::parse(&leased.id) else {
+            tracing::warn!(queue = %queue_name, id = %leased.id, "job id is not a uuid; dead-lettered");
+            let settlement = Settlement {
+                id: leased.id.clone(),
+                token: leased.token.clone(),
+                verdict: Verdict::Dead,
+                error: "job id is not a uuid".to_owned(),
+            };
+            let _ = shared.queue.settle(&[settlement]).await;
+            continue;
+        };
+        let (args, payload_error) = match serde_json::from_str(&leased.args) {
+            Ok(args) => (args, None),
+            Err(error) => (
+                serde_json::Value::Null,
+                Some(format!("payload is not valid JSON: {error}")),
+            ),
+        };
+        let job = Job {
+            id: job_id,
+            kind: leased.kind,
+            queue: queue_name.clone(),
+            args,
+            payload_error,
+            attempt: leased.attempt,
+            max_attempts: leased.max_attempts.max(1),
+            enqueued_at_ms: leased.enqueued_at_ms,
+            schedule: leased.schedule,
+            tick_ms: leased.tick_ms,
+        };
+        let job = Arc::new(job);
+        shared.leases.insert(
+            leased.id.clone(),
+            LeaseEntry {
+                token: leased.token.clone(),
+                started_at_ms: None,
+                job: job.clone(),
+            },
+        );
+        if already_done.contains(&job_id) {
+            tracing::info!(job_id = %job_id, attempt = job.attempt, "job already succeeded; acked without running");
+            let now = now_ms();
+            let attempt = attempt_row(
+                &job,
+                &shared,
+                AttemptStatus::Skipped,
+                now,
+                now,
+                None,
+                None,
+                Some("done"),
+            );
+            let settlement = Settlement {
+                id: leased.id,
+                token: leased.token,
+                verdict: Verdict::Done,
+                error: String::new(),
+            };
+            let _ = shared
+                .completions
+                .send(Completion::Finished {
+                    attempt: Box::new(attempt),
+                    settlement,
+                })
+                .await;
+            continue;
+        }
+        let task = TaskBuilder::new(Job::clone(&job))
+            .task_id(TaskId::from_string(job_id.to_string()))
+            .attempt(job.attempt.saturating_sub(1) as usize)
+            .max_attempts(job.max_attempts as usize)
+            .data(LeaseTag {
+                id: leased.id,
+                token: leased.token,
+            })
+            .build();
+        tasks.push_back(task);
+    }
+    Ok((tasks, next_due))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attempt_row(
+    job: &Job,
+    shared: &Shared,
+    status: AttemptStatus,
+    started_at_ms: i64,
+    finished_at_ms: i64,
+    outcome: Option<Outcome>,
+    error: Option<String>,
+    next_state: Option<&'static str>,
+) -> Attempt {
+    Attempt {
+        job_id: job.id,
+        attempt: job.attempt,
+        kind: job.kind.clone(),
+        queue: job.queue.to_string(),
+        status,
+        schedule: job.schedule.clone(),
+        tick_ms: job.tick_ms,
+        enqueued_at_ms: job.enqueued_at_ms,
+        started_at_ms,
+        finished_at_ms,
+        worker: shared.options.worker_id.clone(),
+        args: job.args.clone(),
+        outcome,
+        error,
+        next_state,
+    }
+}
+
+/// The backend's middleware: wraps every attempt, enforces the kind's timeout, turns panics
+/// into dead letters, and hands the result to the completer.
+#[derive(Clone)]
+pub struct SettleLayer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SettleLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SettleLayer").finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for SettleLayer {
+    type Service = SettleService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SettleService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// See [`SettleLayer`].
+#[derive(Clone)]
+pub struct SettleService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> std::fmt::Debug for SettleService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SettleService").finish_non_exhaustive()
+    }
+}
+
+impl<S> Service<Task<Job>> for SettleService<S>
+where
+    S: Service<Task<Job>, Response = Outcome>,
+    S::Error: Into<BoxDynError>,
+    S::Future: Send + 'static,
+{
+    type Response = Outcome;
+    type Error = BoxDynError;
+    type Future = Pin<Box<dyn Future<Output = Result<Outcome, BoxDynError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, task: Task<Job>) -> Self::Future {
+        let shared = self.shared.clone();
+        let tag = task.ctx().data().get::<LeaseTag>().cloned();
+        let job = task.args.clone();
+        let started_at_ms = now_ms();
+        if let Some(tag) = &tag {
+            shared.leases.mark_started(&tag.id, started_at_ms);
+        }
+        let policy = shared.options.policy(&job.kind).clone();
+        let inner = if let Some(reason) = &job.payload_error {
+            // Never hand an undecodable payload to a handler.
+            let reason = reason.clone();
+            async move { Err::<Outcome, BoxDynError>(Box::new(JobError::Permanent(reason))) }
+                .boxed()
+        } else {
+            let fut = self.inner.call(task);
+            async move { fut.await.map_err(Into::into) }.boxed()
+        };
+        Box::pin(async move {
+            let result =
+                match tokio::time::timeout(policy.timeout, AssertUnwindSafe(inner).catch_unwind())
+                    .await
+                {
+                    Err(_) => Err(JobError::retryable(format!(
+                        "attempt timed out after {}",
+                        humanize(policy.timeout)
+                    ))),
+                    Ok(Err(panic)) => Err(JobError::Permanent(format!(
+                        "handler panicked: {}",
+                        panic_message(&panic)
+                    ))),
+                    Ok(Ok(Ok(outcome))) => Ok(outcome),
+                    Ok(Ok(Err(error))) => Err(match error.downcast::<JobError>() {
+                        Ok(job_error) => *job_error,
+                        Err(other) => JobError::retryable(other.to_string()),
+                    }),
+                };
+            let finished_at_ms = now_ms();
+            let (attempt, verdict, response) = match result {
+                Ok(outcome) => (
+                    attempt_row(
+                        &job,
+                        &shared,
+                        AttemptStatus::Succeeded,
+                        started_at_ms,
+                        finished_at_ms,
+                        Some(outcome.clone()),
+                        None,
+                        Some("done"),
+                    ),
+                    Verdict::Done,
+                    Ok(outcome),
+                ),
+                Err(error) => {
+                    let verdict = match &error {
+                        JobError::Retryable { retry_after, .. }
+                            if job.attempt < job.max_attempts =>
+                        {
+                            Verdict::Retry(retry_after.unwrap_or_else(|| {
+                                super::backoff(job.attempt, policy.backoff_base, policy.backoff_max)
+                            }))
+                        }
+                        _ => Verdict::Dead,
+                    };
+                    let next_state = if matches!(verdict, Verdict::Dead) {
+                        "dead"
+                    } else {
+                        "retrying"
+                    };
+                    tracing::warn!(
+                        job_id = %job.id, job_kind = %job.kind, queue = %job.queue, attempt = job.attempt,
+                        max_attempts = job.max_attempts, next_state, error = %error, "attempt failed"
+                    );
+                    (
+                        attempt_row(
+                            &job,
+                            &shared,
+                            AttemptStatus::Failed,
+                            started_at_ms,
+                            finished_at_ms,
+                            None,
+                            Some(error.to_string()),
+                            Some(next_state),
+                        ),
+                        verdict,
+                        Err(Box::new(error) as BoxDynError),
+                    )
+                }
+            };
+            if let Some(tag) = tag {
+                let settlement = Settlement {
+                    id: tag.id,
+                    token: tag.token,
+                    verdict,
+                    error: attempt.error.clone().unwrap_or_default(),
+                };
+                // Bounded: when the ledger is down this waits, which is the back-pressure.
+                let _ = shared
+                    .completions
+                    .send(Completion::Finished {
+                        attempt: Box::new(attempt),
+                        settlement,
+                    })
+                    .await;
+            }
+            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            response
+        })
+    }
+}
+
+/// Most attempts recorded and settled per round trip.
+const COMPLETION_BATCH: usize = 1024;
+
+async fn run_completer(
+    mut rx: mpsc::Receiver<Completion>,
+    queue: Queue,
+    ledger: Arc<dyn Ledger>,
+    leases: Arc<LeaseBook>,
+    counters: Arc<BackendCounters>,
+) {
+    let mut ledger_outage = Outage::new("ledger", "record attempts");
+    let mut redis_outage = Outage::new("redis", "settle attempts");
+    let mut batch = Vec::with_capacity(COMPLETION_BATCH);
+    while rx.recv_many(&mut batch, COMPLETION_BATCH).await > 0 {
+        let mut attempts = Vec::with_capacity(batch.len());
+        let mut settlements = Vec::with_capacity(batch.len());
+        let mut flushes = Vec::new();
+        for completion in batch.drain(..) {
+            match completion {
+                Completion::Finished {
+                    attempt,
+                    settlement,
+                } => {
+                    attempts.push(*attempt);
+                    settlements.push(settlement);
+                }
+                Completion::Record(attempt) => attempts.push(*attempt),
+                Completion::Flush(done) => flushes.push(done),
+            }
+        }
+        // 1. The ledger first: a job is never acked before its row is committed.
+        while !attempts.is_empty() {
+            match ledger.record(attempts.clone()).await {
+                Ok(()) => {
+                    ledger_outage.recovered();
+                    break;
+                }
+                Err(error) => {
+                    let delay = ledger_outage.failed(&*error);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+        // 2. Then settle in Redis, fenced by each lease's token.
+        while !settlements.is_empty() {
+            match queue.settle(&settlements).await {
+                Ok(results) => {
+                    redis_outage.recovered();
+                    counters
+                        .settled
+                        .fetch_add(results.len() as u64, Ordering::Relaxed);
+                    for (id, settled) in results {
+                        leases.remove(&id);
+                        if settled == Settled::Refused {
+                            counters.refused_acks.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(
+                                queue = %queue.name(), job_id = %id,
+                                "ack refused: this worker's lease was stale (the job was leased again)"
+                            );
+                        }
+                    }
+                    break;
+                }
+                Err(error) => {
+                    let delay = redis_outage.failed(&error);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+async fn run_renewer(
+    queue: Queue,
+    worker_id: String,
+    leases: Arc<LeaseBook>,
+    counters: Arc<BackendCounters>,
+) {
+    let period = (queue.options().lease / 3).max(Duration::from_millis(100));
+    let mut outage = Outage::new("redis", "renew leases");
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let held = leases.tokens();
+        match queue.renew(&worker_id, &held).await {
+            Ok(lost) => {
+                outage.recovered();
+                for id in lost {
+                    // Still in the book means we did not settle it ourselves in the meantime.
+                    if leases.remove(&id).is_some() {
+                        counters.lost_leases.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(queue = %queue.name(), job_id = %id, worker_id = %worker_id, "lease lost; its ack will be refused");
+                    }
+                }
+            }
+            Err(error) => {
+                outage.failed(&error);
+            }
+        }
+    }
+}
+
+/// Logs a dependency outage once when it starts and once when it ends, and paces retries with
+/// capped exponential backoff and jitter.
+#[derive(Debug)]
+pub(crate) struct Outage {
+    dependency: &'static str,
+    action: &'static str,
+    since: Option<Instant>,
+    failures: u32,
+}
+
+impl Outage {
+    pub(crate) fn new(dependency: &'static str, action: &'static str) -> Self {
+        Self {
+            dependency,
+            action,
+            since: None,
+            failures: 0,
+        }
+    }
+
+    /// Records a failure; returns how long to wait before the next try.
+    pub(crate) fn failed(&mut self, error: &dyn std::error::Error) -> Duration {
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
+            tracing::warn!(
+                dependency = self.dependency, action = self.action, error = %error,
+                error.chain = ?ErrorChain(error), "dependency unavailable; retrying with backoff"
+            );
+        }
+        self.failures = self.failures.saturating_add(1);
+        let ceiling = Duration::from_millis(50)
+            .saturating_mul(1 << self.failures.min(7))
+            .min(Duration::from_secs(5));
+        ceiling / 2 + super::backoff(1, ceiling / 2, ceiling / 2)
+    }
+
+    /// Records a success, logging the end of an outage if one was running.
+    pub(crate) fn recovered(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                dependency = self.dependency,
+                action = self.action,
+                outage_ms = since.elapsed().as_millis() as u64,
+                failures = self.failures,
+                "dependency available again"
+            );
+            self.failures = 0;
+        }
+    }
+}
+
+struct ErrorChain<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Debug for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut list = f.debug_list();
+        let mut current: Option<&dyn std::error::Error> = Some(self.0);
+        while let Some(error) = current {
+            list.entry(&format_args!("{error}"));
+            current = error.source();
+        }
+        list.finish()
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+fn humanize(duration: Duration) -> String {
+    format!("{:.3}s", duration.as_secs_f64())
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,646 @@
+//! [`Queue`]: the typed Rust side of the Lua scripts, one method per script.
+//!
+//! Every method is one round trip (one `EVALSHA`, falling back to `EVAL` when the script cache
+//! is cold, e.g. after a Redis restart). Nothing here retries: a Redis error is returned as
+//! [`Error::Redis`] and the caller's loop decides to back off and try again.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::{Script, Value};
+
+use super::conn::RedisConn;
+use super::keys::QueueKeys;
+use super::{Error, QueueOptions};
+use crate::job::{JobId, QueueName};
+
+static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/enqueue.lua")));
+static FETCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/fetch.lua")));
+static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/ack.lua")));
+static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/renew.lua")));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/release.lua")));
+static REQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/requeue.lua")));
+static STATS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/stats.lua")));
+
+/// Jobs per enqueue script call: large batches are split so no call blocks Redis for long.
+pub const ENQUEUE_CHUNK: usize = 500;
+
+/// A job to enqueue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    /// The id it will have (callers mint it so they can log it before the round trip).
+    pub id: JobId,
+    /// The kind string (validated by the caller against the catalog).
+    pub kind: String,
+    /// JSON arguments.
+    pub args: serde_json::Value,
+    /// Attempts allowed, at least 1.
+    pub max_attempts: u32,
+    /// Run no earlier than this (unix ms); `None` runs now.
+    pub run_at_ms: Option<i64>,
+    /// A second enqueue with the same key returns the first job's id and enqueues nothing.
+    pub idempotency_key: Option<String>,
+    /// The schedule that produced it.
+    pub schedule: Option<String>,
+    /// The nominal tick time (unix ms) that produced it.
+    pub tick_ms: Option<i64>,
+}
+
+impl NewJob {
+    /// A job to run now with a fresh id and no extras.
+    #[must_use]
+    pub fn new(kind: impl Into<String>, args: serde_json::Value, max_attempts: u32) -> Self {
+        Self {
+            id: JobId::new(),
+            kind: kind.into(),
+            args,
+            max_attempts: max_attempts.max(1),
+            run_at_ms: None,
+            idempotency_key: None,
+            schedule: None,
+            tick_ms: None,
+        }
+    }
+}
+
+/// What an enqueue did for one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The job was added under this id.
+    New(JobId),
+    /// An earlier job with the same idempotency key stands for it.
+    Duplicate(JobId),
+}
+
+impl Enqueued {
+    /// The id that stands for the job either way.
+    #[must_use]
+    pub fn id(self) -> JobId {
+        match self {
+            Self::New(id) | Self::Duplicate(id) => id,
+        }
+    }
+}
+
+/// A job leased to a worker by [`Queue::fetch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leased {
+    /// The id as stored (normally a UUID).
+    pub id: String,
+    /// The fencing token of this lease; every later ack/renew must carry it.
+    pub token: String,
+    /// Which delivery this is (1-based).
+    pub attempt: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// The stored kind string.
+    pub kind: String,
+    /// The stored argument text, not yet decoded.
+    pub args: String,
+    /// Enqueue time, unix ms.
+    pub enqueued_at_ms: i64,
+    /// The schedule that produced it.
+    pub schedule: Option<String>,
+    /// The tick (unix ms) that produced it.
+    pub tick_ms: Option<i64>,
+    /// True when the id had no job behind it; the script already dead-lettered it.
+    pub missing: bool,
+}
+
+/// A lease that expired and was taken back by [`Queue::fetch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reclaimed {
+    /// The job id.
+    pub id: String,
+    /// The attempt whose lease expired.
+    pub attempt: u32,
+    /// The worker that held it.
+    pub worker: String,
+    /// When that lease began, unix ms.
+    pub leased_at_ms: i64,
+    /// The stored kind.
+    pub kind: String,
+    /// The stored argument text.
+    pub args: String,
+    /// Enqueue time, unix ms.
+    pub enqueued_at_ms: i64,
+    /// True when this was the last attempt and the job is now dead.
+    pub dead: bool,
+    /// The schedule that produced it.
+    pub schedule: Option<String>,
+}
+
+/// The result of one fetch round trip.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fetched {
+    /// Newly leased jobs.
+    pub jobs: Vec<Leased>,
+    /// Expired leases taken back in the same call.
+    pub reclaimed: Vec<Reclaimed>,
+    /// Time until the earliest delayed or retrying job is due, if any.
+    pub next_due: Option<Duration>,
+}
+
+/// How an attempt ended, as the queue needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Succeeded: the job is completed and expires after the retention.
+    Done,
+    /// Failed: retry after this delay, unless it was the last attempt (then dead).
+    Retry(Duration),
+    /// Failed permanently: dead letter now.
+    Dead,
+}
+
+/// One attempt to settle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    /// The job id.
+    pub id: String,
+    /// The fencing token the attempt was leased with.
+    pub token: String,
+    /// What to do with the job.
+    pub verdict: Verdict,
+    /// The error message for failed attempts.
+    pub error: String,
+}
+
+/// What the queue did with a settlement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The job is completed.
+    Completed,
+    /// The job waits for a retry.
+    Retryable,
+    /// The job is dead.
+    Discarded,
+    /// The token was stale: another lease owns the job now. Nothing was changed.
+    Refused,
+}
+
+/// Queue depth and counters, all read in O(1).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct QueueStats {
+    /// The queue.
+    pub name: String,
+    /// Ready to run now.
+    pub pending: u64,
+    /// Delayed until a future time.
+    pub scheduled: u64,
+    /// Leased to a worker.
+    pub running: u64,
+    /// Waiting for a retry.
+    pub retrying: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Workers seen in the last 30 s.
+    pub workers: u64,
+    /// Age of the oldest ready job, in seconds.
+    pub oldest_pending_age_seconds: Option<f64>,
+    /// Monotonic counters: enqueued, succeeded, failed, retried, dead, reclaimed.
+    pub totals: HashMap<String, u64>,
+}
+
+/// One job's current record in Redis.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JobRecord {
+    /// The job id.
+    pub id: String,
+    /// Every field of the job hash (`state`, `attempt`, `err`, ...).
+    pub fields: HashMap<String, String>,
+}
+
+/// One queue under one key prefix: the typed face of the Lua scripts.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    conn: RedisConn,
+    keys: QueueKeys,
+    name: QueueName,
+    options: QueueOptions,
+}
+
+impl Queue {
+    /// A handle on `name` under `prefix`, using `conn` for every call.
+    #[must_use]
+    pub fn new(conn: RedisConn, prefix: &str, name: QueueName, options: QueueOptions) -> Self {
+        Self {
+            keys: QueueKeys::new(prefix, &name),
+            conn,
+            name,
+            options,
+        }
+    }
+
+    /// The queue's name.
+    #[must_use]
+    pub fn name(&self) -> &QueueName {
+        &self.name
+    }
+
+    /// The queue's key names.
+    #[must_use]
+    pub fn keys(&self) -> &QueueKeys {
+        &self.keys
+    }
+
+    /// The queue's timing options.
+    #[must_use]
+    pub fn options(&self) -> &QueueOptions {
+        &self.options
+    }
+
+    /// A clone of the connection, for callers that need a raw command.
+    #[must_use]
+    pub fn conn(&self) -> RedisConn {
+        self.conn.clone()
+    }
+
+    /// Enqueues a batch: one round trip per [`ENQUEUE_CHUNK`] jobs.
+    ///
+    /// # Errors
+    /// On a Redis error; chunks already sent stay enqueued (and idempotency keys make a retry
+    /// of the whole batch safe when they are set).
+    pub async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, Error> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(ENQUEUE_CHUNK) {
+            let mut invocation = ENQUEUE.prepare_invoke();
+            invocation
+                .key(&self.keys.ready)
+                .key(&self.keys.delayed)
+                .key(&self.keys.stats)
+                .key(&self.keys.wake)
+                .arg(&self.keys.base)
+                .arg(millis(self.options.idempotency_ttl))
+                .arg(millis(self.options.retention));
+            for job in chunk {
+                invocation
+                    .arg(job.id.to_string())
+                    .arg(&job.kind)
+                    .arg(job.args.to_string())
+                    .arg(job.max_attempts.max(1))
+                    .arg(job.run_at_ms.unwrap_or(0))
+                    .arg(job.idempotency_key.as_deref().unwrap_or(""))
+                    .arg(job.schedule.as_deref().unwrap_or(""))
+                    .arg(job.tick_ms.map(|t| t.to_string()).unwrap_or_default());
+            }
+            let reply: Value = invocation.invoke_async(&mut self.conn.clone()).await?;
+            let fields = array(reply)?;
+            for pair in fields.chunks(2) {
+                let [id, fresh] = pair else {
+                    return Err(protocol("enqueue reply is not pairs"));
+                };
+                let id = JobId::parse(&text(id)?).map_err(|e| Error::Protocol(e.to_string()))?;
+                out.push(if int(fresh)? == 1 {
+                    Enqueued::New(id)
+                } else {
+                    Enqueued::Duplicate(id)
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Leases up to `count` ready jobs to `worker`, after promoting due jobs and reclaiming
+    /// expired leases (each bounded by the options' `maintenance_limit`).
+    ///
+    /// # Errors
+    /// On a Redis error or a malformed reply.
+    pub async fn fetch(&self, worker: &str, count: usize) -> Result<Fetched, Error> {
+        let reply: Value = FETCH
+            .key(&self.keys.ready)
+            .key(&self.keys.delayed)
+            .key(&self.keys.retry)
+            .key(&self.keys.leases)
+            .key(&self.keys.dead)
+            .key(&self.keys.stats)
+            .key(&self.keys.fence)
+            .key(&self.keys.workers)
+            .arg(&self.keys.base)
+            .arg(worker)
+            .arg(count)
+            .arg(millis(self.options.lease))
+            .arg(self.options.maintenance_limit)
+            .arg(millis(self.options.dead_retention))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let mut parts = array(reply)?.into_iter();
+        let (Some(jobs), Some(reclaimed), Some(next_due)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(protocol("fetch reply has fewer than 3 parts"));
+        };
+        let mut fetched = Fetched::default();
+        for f in array(jobs)?.chunks(10) {
+            let [id, token, attempt, max, kind, args, enq, sched, tick, state] = f else {
+                return Err(protocol("fetch job entry is not 10 fields"));
+            };
+            fetched.jobs.push(Leased {
+                id: text(id)?,
+                token: text(token)?,
+                attempt: int(attempt)? as u32,
+                max_attempts: int(max)? as u32,
+                kind: text(kind)?,
+                args: text(args)?,
+                enqueued_at_ms: int(enq)?,
+                schedule: non_empty(text(sched)?),
+                tick_ms: non_empty(text(tick)?).and_then(|t| t.parse().ok()),
+                missing: text(state)? == "missing",
+            });
+        }
+        for f in array(reclaimed)?.chunks(9) {
+            let [id, attempt, worker, leased_at, kind, args, enq, dead, sched] = f else {
+                return Err(protocol("fetch reclaim entry is not 9 fields"));
+            };
+            fetched.reclaimed.push(Reclaimed {
+                id: text(id)?,
+                attempt: int(attempt)? as u32,
+                worker: text(worker)?,
+                leased_at_ms: text(leased_at)?.parse().unwrap_or(0),
+                kind: text(kind)?,
+                args: text(args)?,
+                enqueued_at_ms: text(enq)?.parse().unwrap_or(0),
+                dead: int(dead)? == 1,
+                schedule: non_empty(text(sched)?),
+            });
+        }
+        let next_due = int(&next_due)?;
+        fetched.next_due = (next_due >= 0).then(|| Duration::from_millis(next_due as u64));
+        Ok(fetched)
+    }
+
+    /// Settles a batch of attempts in one round trip. Stale tokens are refused, not applied.
+    ///
+    /// # Errors
+    /// On a Redis error or a malformed reply.
+    pub async fn settle(
+        &self,
+        settlements: &[Settlement],
+    ) -> Result<Vec<(String, Settled)>, Error> {
+        if settlements.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = ACK.prepare_invoke();
+        invocation
+            .key(&self.keys.leases)
+            .key(&self.keys.retry)
+            .key(&self.keys.dead)
+            .key(&self.keys.stats)
+            .arg(&self.keys.base)
+            .arg(millis(self.options.retention))
+            .arg(millis(self.options.dead_retention));
+        for s in settlements {
+            let (verdict, delay) = match s.verdict {
+                Verdict::Done => ("done", 0),
+                Verdict::Retry(delay) => ("retry", millis(delay)),
+                Verdict::Dead => ("dead", 0),
+            };
+            invocation
+                .arg(&s.id)
+                .arg(&s.token)
+                .arg(verdict)
+                .arg(delay)
+                .arg(&s.error);
+        }
+        let reply: Value = invocation.invoke_async(&mut self.conn.clone()).await?;
+        array(reply)?
+            .chunks(2)
+            .map(|pair| {
+                let [id, state] = pair else {
+                    return Err(protocol("ack reply is not pairs"));
+                };
+                let settled = match text(state)?.as_str() {
+                    "completed" => Settled::Completed,
+                    "retryable" => Settled::Retryable,
+                    "discarded" => Settled::Discarded,
+                    _ => Settled::Refused,
+                };
+                Ok((text(id)?, settled))
+            })
+            .collect()
+    }
+
+    /// Extends the leases `worker` holds; returns the ids whose lease it no longer holds.
+    ///
+    /// # Errors
+    /// On a Redis error.
+    pub async fn renew(
+        &self,
+        worker: &str,
+        leases: &[(String, String)],
+    ) -> Result<Vec<String>, Error> {
+        let mut invocation = RENEW.prepare_invoke();
+        invocation
+            .key(&self.keys.leases)
+            .key(&self.keys.workers)
+            .arg(&self.keys.base)
+            .arg(worker)
+            .arg(millis(self.options.lease));
+        for (id, token) in leases {
+            invocation.arg(id).arg(token);
+        }
+        let reply: Value = invocation.invoke_async(&mut self.conn.clone()).await?;
+        array(reply)?.iter().map(text).collect()
+    }
+
+    /// Gives leased jobs back to the ready list. `started = false` means the attempt never
+    /// began and does not count. `deregister` removes `worker` from the live-worker set.
+    ///
+    /// # Errors
+    /// On a Redis error.
+    pub async fn release(
+        &self,
+        worker: &str,
+        deregister: bool,
+        leases: &[(String, String, bool)],
+    ) -> Result<u64, Error> {
+        let mut invocation = RELEASE.prepare_invoke();
+        invocation
+            .key(&self.keys.leases)
+            .key(&self.keys.ready)
+            .key(&self.keys.wake)
+            .key(&self.keys.workers)
+            .arg(&self.keys.base)
+            .arg(if deregister { worker } else { "" });
+        for (id, token, started) in leases {
+            invocation
+                .arg(id)
+                .arg(token)
+                .arg(if *started { "1" } else { "0" });
+        }
+        let released: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
+        Ok(released as u64)
+    }
+
+    /// Moves a dead job back to the ready list with a fresh attempt budget.
+    /// Returns false when `id` is not a dead letter of this queue.
+    ///
+    /// # Errors
+    /// On a Redis error.
+    pub async fn requeue_dead(&self, id: &str) -> Result<bool, Error> {
+        let requeued: i64 = REQUEUE
+            .key(&self.keys.dead)
+            .key(&self.keys.ready)
+            .key(&self.keys.wake)
+            .arg(&self.keys.base)
+            .arg(id)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(requeued == 1)
+    }
+
+    /// The newest dead letters, most recent first, at most `limit`.
+    ///
+    /// # Errors
+    /// On a Redis error.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<JobRecord>, Error> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&self.keys.dead)
+            .arg(0)
+            .arg(limit.saturating_sub(1))
+            .arg("REV")
+            .query_async(&mut conn)
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(record) = self.job(&id).await? {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One job's hash, or `None` when Redis no longer knows it (finished and expired).
+    ///
+    /// # Errors
+    /// On a Redis error.
+    pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, Error> {
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.job(id))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok((!fields.is_empty()).then(|| JobRecord {
+            id: id.to_owned(),
+            fields,
+        }))
+    }
+
+    /// Depths and counters of the queue, in one round trip.
+    ///
+    /// # Errors
+    /// On a Redis error.
+    pub async fn stats(&self) -> Result<QueueStats, Error> {
+        let reply: Value = STATS
+            .key(&self.keys.ready)
+            .key(&self.keys.delayed)
+            .key(&self.keys.retry)
+            .key(&self.keys.leases)
+            .key(&self.keys.dead)
+            .key(&self.keys.stats)
+            .key(&self.keys.workers)
+            .arg(&self.keys.base)
+            .arg(30_000)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let parts = array(reply)?;
+        let [
+            pending,
+            scheduled,
+            retrying,
+            running,
+            dead,
+            workers,
+            oldest,
+            now,
+            counters,
+        ] = parts.as_slice()
+        else {
+            return Err(protocol("stats reply is not 9 parts"));
+        };
+        let oldest = int(oldest)?;
+        let mut totals = HashMap::new();
+        for pair in array(counters.clone())?.chunks(2) {
+            if let [field, value] = pair {
+                totals.insert(text(field)?, text(value)?.parse().unwrap_or(0));
+            }
+        }
+        Ok(QueueStats {
+            name: self.name.to_string(),
+            pending: int(pending)? as u64,
+            scheduled: int(scheduled)? as u64,
+            retrying: int(retrying)? as u64,
+            running: int(running)? as u64,
+            dead: int(dead)? as u64,
+            workers: int(workers)? as u64,
+            oldest_pending_age_seconds: (oldest >= 0)
+                .then(|| (int(now).unwrap_or(oldest) - oldest).max(0) as f64 / 1000.0),
+            totals,
+        })
+    }
+
+    /// Blocks on the queue's wake list for at most `timeout`, on a connection made for
+    /// blocking. Returns true when woken by an enqueue, false on timeout.
+    ///
+    /// # Errors
+    /// On a Redis error.
+    pub async fn wait_for_work(
+        &self,
+        blocking: &RedisConn,
+        timeout: Duration,
+    ) -> Result<bool, Error> {
+        let seconds = timeout.as_secs_f64().max(0.001);
+        let popped: Option<(String, String)> = redis::cmd("BLPOP")
+            .arg(&self.keys.wake)
+            .arg(seconds)
+            .query_async(&mut blocking.clone())
+            .await?;
+        Ok(popped.is_some())
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn protocol(message: &str) -> Error {
+    Error::Protocol(message.to_owned())
+}
+
+fn non_empty(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+fn array(value: Value) -> Result<Vec<Value>, Error> {
+    match value {
+        Value::Array(items) | Value::Set(items) => Ok(items),
+        Value::Nil => Ok(Vec::new()),
+        other => Err(Error::Protocol(format!("expected an array, got {other:?}"))),
+    }
+}
+
+fn text(value: &Value) -> Result<String, Error> {
+    match value {
+        Value::BulkString(bytes) => Ok(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(s) => Ok(s.clone()),
+        Value::Int(n) => Ok(n.to_string()),
+        Value::Okay => Ok("OK".to_owned()),
+        Value::Nil | Value::Boolean(false) => Ok(String::new()),
+        other => Err(Error::Protocol(format!("expected text, got {other:?}"))),
+    }
+}
+
+fn int(value: &Value) -> Result<i64, Error> {
+    match value {
+        Value::Int(n) => Ok(*n),
+        Value::Nil | Value::Boolean(false) => Ok(0),
+        other => {
+            let text = text(other)?;
+            if text.is_empty() {
+                return Ok(0);
+            }
+            text.parse()
+                .map_err(|_| Error::Protocol(format!("expected an integer, got {text:?}")))
+        }
+    }
+}

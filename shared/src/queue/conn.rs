@@ -1,0 +1,160 @@
+//! The Redis connection every queue operation goes through: one standalone server (optionally
+//! TLS, `rediss://`) or a Redis Cluster, behind one type.
+//!
+//! Connections are lazy and self-healing: building one never fails because Redis is down, and a
+//! broken connection is re-established on the next command. Errors still surface per command,
+//! so callers decide whether to retry (the worker loops do, with backoff).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+use tokio::sync::OnceCell;
+
+/// Where Redis is and how patient to be with it.
+#[derive(Clone)]
+pub struct RedisTarget {
+    /// `redis://` or `rediss://` URL of a standalone server (ignored in cluster mode).
+    pub url: String,
+    /// Seed nodes of a Redis Cluster; non-empty selects cluster mode.
+    pub cluster_urls: Vec<String>,
+    /// How long one command may take before it fails as a timeout.
+    pub response_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisTarget {
+    // URLs may carry passwords: never print them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTarget")
+            .field("cluster", &!self.cluster_urls.is_empty())
+            .field("response_timeout", &self.response_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisTarget {
+    /// A standalone target with a 5 s response timeout.
+    #[must_use]
+    pub fn standalone(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            cluster_urls: Vec::new(),
+            response_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A clonable, multiplexed connection to a standalone Redis or a Redis Cluster.
+#[derive(Clone)]
+pub struct RedisConn {
+    inner: Inner,
+}
+
+#[derive(Clone)]
+enum Inner {
+    Standalone(ConnectionManager),
+    // The cluster client connects on first use, so a worker can start while the cluster is down.
+    Cluster(ClusterClient, Arc<OnceCell<ClusterConnection>>),
+}
+
+impl std::fmt::Debug for RedisConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match self.inner {
+            Inner::Standalone(_) => "standalone",
+            Inner::Cluster(..) => "cluster",
+        };
+        f.debug_struct("RedisConn").field("mode", &mode).finish()
+    }
+}
+
+impl RedisConn {
+    /// A connection for ordinary commands, with the target's response timeout.
+    ///
+    /// # Errors
+    /// When a URL does not parse. Redis being unreachable is not an error here.
+    pub fn open(target: &RedisTarget) -> redis::RedisResult<Self> {
+        Self::build(target, Some(target.response_timeout))
+    }
+
+    /// A connection for blocking waits (BLPOP): it must not share a socket with other
+    /// commands, and its timeout must exceed the longest wait, so it gets none of its own.
+    ///
+    /// # Errors
+    /// When a URL does not parse.
+    pub fn open_blocking(target: &RedisTarget) -> redis::RedisResult<Self> {
+        Self::build(target, None)
+    }
+
+    fn build(target: &RedisTarget, timeout: Option<Duration>) -> redis::RedisResult<Self> {
+        if target.cluster_urls.is_empty() {
+            let client = redis::Client::open(target.url.as_str())?;
+            let config = ConnectionManagerConfig::new()
+                .set_response_timeout(timeout)
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_max_delay(Duration::from_secs(2));
+            let manager = ConnectionManager::new_lazy_with_config(client, config)?;
+            Ok(Self {
+                inner: Inner::Standalone(manager),
+            })
+        } else {
+            let mut builder = ClusterClient::builder(target.cluster_urls.clone())
+                .connection_timeout(Duration::from_secs(2));
+            // The blocking connection's waits are bounded by the caller (BLPOP timeout).
+            builder = builder.response_timeout(timeout.unwrap_or(Duration::from_secs(60)));
+            let client = builder.build()?;
+            Ok(Self {
+                inner: Inner::Cluster(client, Arc::new(OnceCell::new())),
+            })
+        }
+    }
+
+    /// Whether this connection talks to a Redis Cluster.
+    #[must_use]
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner, Inner::Cluster(..))
+    }
+}
+
+async fn cluster_conn<'a>(
+    client: &ClusterClient,
+    cell: &'a OnceCell<ClusterConnection>,
+) -> redis::RedisResult<&'a ClusterConnection> {
+    cell.get_or_try_init(|| client.get_async_connection()).await
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match &mut self.inner {
+            Inner::Standalone(manager) => manager.req_packed_command(cmd),
+            Inner::Cluster(client, cell) => Box::pin(async move {
+                let mut conn = cluster_conn(client, cell).await?.clone();
+                conn.req_packed_command(cmd).await
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match &mut self.inner {
+            Inner::Standalone(manager) => manager.req_packed_commands(pipeline, offset, count),
+            Inner::Cluster(client, cell) => Box::pin(async move {
+                let mut conn = cluster_conn(client, cell).await?.clone();
+                conn.req_packed_commands(pipeline, offset, count).await
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match &self.inner {
+            Inner::Standalone(manager) => manager.get_db(),
+            Inner::Cluster(..) => 0,
+        }
+    }
+}

@@ -1,0 +1,58 @@
+-- Enqueue a batch of jobs into one queue. Bounded by the batch size the caller sends.
+-- KEYS[1] ready list, KEYS[2] delayed zset, KEYS[3] stats hash, KEYS[4] wake list
+-- ARGV[1] key base "<prefix>:{<queue>}:" (job and idempotency keys are built from it,
+--         and share the queue's hash tag), ARGV[2] idempotency ttl ms, ARGV[3] retention ms
+--         of a finished job (also used as the minimum idempotency ttl),
+-- then 8 fields per job: id, kind, args, max_attempts, run_at_ms (0 = now), idem_key ('' = none),
+--         schedule ('' = none), tick_ms ('' = none)
+-- Returns a flat array: for each job, the id that stands for it and 1 if it was enqueued now,
+-- 0 if an earlier job with the same idempotency key already stands for it.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local base = ARGV[1]
+local idem_ttl = tonumber(ARGV[2])
+local out = {}
+local n_ready = 0
+local n_new = 0
+for i = 4, #ARGV, 8 do
+  local id, kind, args, max = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local run_at, idem, sched, tick = tonumber(ARGV[i + 4]), ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+  local existing = false
+  if idem ~= '' then
+    local key = base .. 'idem:' .. idem
+    local ok = redis.call('SET', key, id, 'NX', 'PX', idem_ttl)
+    if not ok then
+      existing = redis.call('GET', key)
+    end
+  end
+  if existing then
+    out[#out + 1] = existing
+    out[#out + 1] = 0
+  else
+    local job = base .. 'job:' .. id
+    local state = 'available'
+    if run_at > now then state = 'scheduled' end
+    redis.call('HSET', job, 'kind', kind, 'args', args, 'attempt', 0, 'max', max,
+      'enq', now, 'run_at', math.max(run_at, now), 'state', state)
+    if idem ~= '' then redis.call('HSET', job, 'idem', idem) end
+    if sched ~= '' then redis.call('HSET', job, 'sched', sched) end
+    if tick ~= '' then redis.call('HSET', job, 'tick', tick) end
+    if state == 'scheduled' then
+      redis.call('ZADD', KEYS[2], run_at, id)
+    else
+      redis.call('LPUSH', KEYS[1], id)
+      n_ready = n_ready + 1
+    end
+    n_new = n_new + 1
+    out[#out + 1] = id
+    out[#out + 1] = 1
+  end
+end
+if n_new > 0 then redis.call('HINCRBY', KEYS[3], 'enqueued', n_new) end
+if n_ready > 0 then
+  -- One wake token per ready job, capped: idle workers block on this list.
+  local tokens = math.min(n_ready, 16)
+  for _ = 1, tokens do redis.call('LPUSH', KEYS[4], 1) end
+  redis.call('LTRIM', KEYS[4], 0, 63)
+end
+return out

@@ -1,0 +1,25 @@
+-- O(1) queue statistics.
+-- KEYS[1] ready, KEYS[2] delayed, KEYS[3] retry, KEYS[4] leases, KEYS[5] dead, KEYS[6] stats,
+-- KEYS[7] workers
+-- ARGV[1] key base, ARGV[2] worker liveness window ms
+-- Returns { pending, scheduled, retrying, running, dead, workers, oldest_pending_enq_ms (-1),
+--           now_ms, counters (flat field/value list) }
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local oldest = -1
+local tail = redis.call('LINDEX', KEYS[1], -1)
+if tail then
+  local enq = redis.call('HGET', ARGV[1] .. 'job:' .. tail, 'enq')
+  if enq then oldest = tonumber(enq) end
+end
+return {
+  redis.call('LLEN', KEYS[1]),
+  redis.call('ZCARD', KEYS[2]),
+  redis.call('ZCARD', KEYS[3]),
+  redis.call('ZCARD', KEYS[4]),
+  redis.call('ZCARD', KEYS[5]),
+  redis.call('ZCOUNT', KEYS[7], now - tonumber(ARGV[2]), '+inf'),
+  oldest,
+  now,
+  redis.call('HGETALL', KEYS[6]),
+}
