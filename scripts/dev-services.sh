@@ -325,7 +325,7 @@ _upkeep_dev_services_up() {
         export UPKEEP_NEXTEST=1
     else
         export UPKEEP_NEXTEST=0
-        _upkeep_log "cargo-nextest not found: scripts/test.sh falls back to 'cargo test' (to get it: cargo install cargo-nextest)"
+        _upkeep_log "cargo-nextest not found: scripts/test.sh falls back to 'cargo test' (to get it: cargo install cargo-nextest --locked)"
     fi
 
     local tool
