@@ -5,41 +5,55 @@
 //! served on a free port on 127.0.0.1 with trust authentication and `fsync=off`.
 //!
 //! Postgres refuses to run as root. When the tests run as root, the directory is created
-//! under /tmp, handed to the `postgres` user, and `initdb`/`pg_ctl` run through
-//! `runuser -u postgres`; otherwise they run as the current user.
+//! under /tmp, handed to the `postgres` user, and `initdb` and `postgres` run as that user;
+//! otherwise they run as the current user.
+//!
+//! The server is the `postgres` program itself as a child of the test, not a daemon
+//! started by `pg_ctl`: `pg_ctl` detaches the server into a session of its own, which
+//! would survive a test killed by the runner's timeout. As a child it is tied to the test
+//! process like every other helper process (see `process`), and stopping it is a signal:
+//! SIGINT for a fast shutdown, SIGQUIT for an immediate one.
 
 use std::ffi::OsStr;
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
 use tempfile::TempDir;
 
 use crate::ports::{free_port, log_reports_port_in_use};
-use crate::process::{print_log_tail, read_lossy};
+use crate::process::{POLL_INTERVAL, print_log_tail, read_lossy, spawn_tied, tie_to_test_process};
 
 /// How many fresh ports a first start tries when the chosen one was taken meanwhile.
 const PORT_ATTEMPTS: usize = 5;
 
-/// How long `pg_ctl` waits for the server to start or stop.
-const PG_CTL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the server gets to start (including crash recovery) or to stop.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the server logs once it accepts connections (messages are in English: the
+/// cluster is created with `--no-locale`).
+const READY_LINE: &str = "database system is ready to accept connections";
 
 /// A Postgres server on 127.0.0.1 with its cluster in a temporary directory.
 ///
-/// Dropping it stops the server (`-m immediate`) and removes the directory. When the
-/// drop happens during a panic, the end of the server's log is printed.
+/// Dropping it stops the server (immediate shutdown) and removes the directory. When
+/// the drop happens during a panic, the end of the server's log is printed.
 pub struct PrivatePostgres {
     port: u16,
     /// Holds the cluster root: `data/`, `postgres.log` and the server's unix socket.
     dir: TempDir,
-    /// Where `initdb`, `pg_ctl` and `postgres` live.
+    /// Where `initdb` and `postgres` live.
     bin_dir: PathBuf,
-    /// Whether the server programs run through `runuser -u postgres` (we are root).
+    /// Whether the server programs run as the `postgres` user (we are root).
     as_postgres_user: bool,
-    /// Whether the server was started and not stopped since.
-    running: bool,
+    /// The postmaster; `None` while stopped.
+    server: Option<Child>,
 }
 
 impl PrivatePostgres {
@@ -47,8 +61,8 @@ impl PrivatePostgres {
     ///
     /// # Errors
     /// Fails when the server programs are missing (scripts/test.sh installs the Debian
-    /// package postgresql), the `postgres` user is missing while running as root, or
-    /// `initdb` or `pg_ctl start` fails.
+    /// package postgresql), the `postgres` user is missing while running as root,
+    /// `initdb` fails, or the server does not accept connections within 60 seconds.
     pub fn start() -> anyhow::Result<Self> {
         let bin_dir = find_pg_bin_dir()?;
         let as_postgres_user = running_as_root();
@@ -58,7 +72,7 @@ impl PrivatePostgres {
             dir,
             bin_dir,
             as_postgres_user,
-            running: false,
+            server: None,
         };
         postgres.initdb()?;
         for attempt in 1..=PORT_ATTEMPTS {
@@ -104,26 +118,27 @@ impl PrivatePostgres {
         read_lossy(&self.log_path())
     }
 
-    /// Stops the server with `pg_ctl stop -m fast`: sessions are disconnected and the
-    /// server shuts down cleanly.
+    /// Stops the server with a fast shutdown (SIGINT, like `pg_ctl stop -m fast`):
+    /// sessions are disconnected and the server shuts down cleanly.
     ///
     /// # Errors
-    /// Fails when `pg_ctl stop` fails.
+    /// Fails when the server does not exit within 60 seconds (it is then killed).
     pub fn stop(&mut self) -> anyhow::Result<()> {
-        self.pg_ctl_stop("fast")
+        self.stop_with(Signal::SIGINT)
     }
 
-    /// Stops the server with `pg_ctl stop -m immediate`: no checkpoint, so the next start
-    /// runs crash recovery, as after a crash of the server.
+    /// Stops the server with an immediate shutdown (SIGQUIT, like `pg_ctl stop -m
+    /// immediate`): no checkpoint, so the next start runs crash recovery, as after a
+    /// crash of the server.
     ///
     /// # Errors
-    /// Fails when `pg_ctl stop` fails.
+    /// Fails when the server does not exit within 60 seconds (it is then killed).
     pub fn stop_immediate(&mut self) -> anyhow::Result<()> {
-        self.pg_ctl_stop("immediate")
+        self.stop_with(Signal::SIGQUIT)
     }
 
     /// Starts the server again on the same port with the same cluster, stopping it first
-    /// (`-m fast`) if it is running, and waits until it accepts connections.
+    /// (fast shutdown) if it is running, and waits until it accepts connections.
     ///
     /// # Errors
     /// Fails when the old server does not stop or the new one does not start, for
@@ -159,67 +174,88 @@ impl PrivatePostgres {
     }
 
     fn start_server(&mut self) -> anyhow::Result<()> {
-        let data_dir = self.data_dir();
         let log_path = self.log_path();
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            self.port,
-            self.dir.path().display()
-        );
-        let timeout = PG_CTL_TIMEOUT.as_secs().to_string();
-        let output = self.run_server_program(
-            "pg_ctl",
-            [
-                OsStr::new("-D"),
-                data_dir.as_os_str(),
-                OsStr::new("-l"),
-                log_path.as_os_str(),
-                OsStr::new("-o"),
-                OsStr::new(&options),
-                OsStr::new("-w"),
-                OsStr::new("-t"),
-                OsStr::new(&timeout),
-                OsStr::new("start"),
-            ],
-        )?;
-        check_output("pg_ctl start", &output).with_context(|| {
-            format!(
-                "starting the private Postgres on port {}; log:\n{}",
-                self.port,
-                self.log()
-            )
-        })?;
-        self.running = true;
-        Ok(())
-    }
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .context("opening postgres.log")?;
+        let log_for_stderr = log.try_clone().context("duplicating the log handle")?;
+        // Only what this start logs counts: an earlier start logged the ready line too.
+        let log_offset = std::fs::metadata(&log_path)
+            .map(|meta| meta.len())
+            .unwrap_or(0);
+        let mut command = Command::new(self.bin_dir.join("postgres"));
+        command
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-k")
+            .arg(self.dir.path())
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .current_dir(self.dir.path());
+        let mut tied = tie_to_test_process(&command, self.as_postgres_user.then_some("postgres"));
+        tied.stdin(Stdio::null()).stdout(log).stderr(log_for_stderr);
+        self.server = Some(spawn_tied(tied).context("starting postgres")?);
 
-    fn pg_ctl_stop(&mut self, mode: &str) -> anyhow::Result<()> {
-        let data_dir = self.data_dir();
-        // A start that timed out may have left a server running without `running` set.
-        if !self.running && !data_dir.join("postmaster.pid").exists() {
-            return Ok(());
+        let deadline = Instant::now() + SERVER_TIMEOUT;
+        loop {
+            let server = self
+                .server
+                .as_mut()
+                .expect("set above, cleared only before returning");
+            if let Some(status) = server.try_wait().context("polling postgres")? {
+                self.server = None;
+                anyhow::bail!(
+                    "postgres on port {} exited during start-up ({status}); log:\n{}",
+                    self.port,
+                    self.log()
+                );
+            }
+            if logged_since(&log_path, log_offset).contains(READY_LINE) && accepts_tcp(self.port) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = self.stop_with(Signal::SIGKILL);
+                anyhow::bail!(
+                    "postgres on port {} did not accept connections within {SERVER_TIMEOUT:?}; log:\n{}",
+                    self.port,
+                    self.log()
+                );
+            }
+            std::thread::sleep(POLL_INTERVAL);
         }
-        let timeout = PG_CTL_TIMEOUT.as_secs().to_string();
-        let output = self.run_server_program(
-            "pg_ctl",
-            [
-                OsStr::new("-D"),
-                data_dir.as_os_str(),
-                OsStr::new("-m"),
-                OsStr::new(mode),
-                OsStr::new("-w"),
-                OsStr::new("-t"),
-                OsStr::new(&timeout),
-                OsStr::new("stop"),
-            ],
-        )?;
-        check_output("pg_ctl stop", &output)?;
-        self.running = false;
-        Ok(())
     }
 
-    /// Runs `initdb` or `pg_ctl` from the server's bin directory, as the `postgres` user
-    /// when we are root. The working directory is the cluster root, which that user owns.
+    /// Sends `signal` to the postmaster and waits for it to exit.
+    fn stop_with(&mut self, signal: Signal) -> anyhow::Result<()> {
+        let Some(mut server) = self.server.take() else {
+            return Ok(());
+        };
+        if let Ok(None) = server.try_wait() {
+            // The process is not reaped yet, so the pid is still ours.
+            let pid = Pid::from_raw(i32::try_from(server.id()).expect("pids fit in an i32"));
+            let _ = signal::kill(pid, signal);
+        }
+        let deadline = Instant::now() + SERVER_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = server.try_wait() {
+                return Ok(());
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        let _ = server.kill();
+        let _ = server.wait();
+        anyhow::bail!(
+            "postgres on port {} did not exit within {SERVER_TIMEOUT:?} of {signal}; killed it",
+            self.port
+        )
+    }
+
+    /// Runs a program from the server's bin directory to completion, as the `postgres`
+    /// user when we are root. The working directory is the cluster root, which that user
+    /// owns.
     fn run_server_program<'a>(
         &self,
         program: &str,
@@ -253,12 +289,12 @@ impl Drop for PrivatePostgres {
     }
 }
 
-/// Finds the directory holding `initdb`, `pg_ctl` and `postgres`: `UPKEEP_PG_BIN` (set by
+/// Finds the directory holding `initdb` and `postgres`: `UPKEEP_PG_BIN` (set by
 /// scripts/dev-services.sh), else the newest `/usr/lib/postgresql/<version>/bin` (where
 /// Debian keeps them, off `PATH`), else the directory of `initdb` on `PATH`.
 fn find_pg_bin_dir() -> anyhow::Result<PathBuf> {
     let has_programs = |dir: &Path| {
-        ["initdb", "pg_ctl", "postgres"]
+        ["initdb", "postgres"]
             .iter()
             .all(|program| dir.join(program).is_file())
     };
@@ -285,7 +321,7 @@ fn find_pg_bin_dir() -> anyhow::Result<PathBuf> {
         .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
         .unwrap_or_default();
     on_path.into_iter().find(|dir| has_programs(dir)).context(
-        "initdb, pg_ctl and postgres not found (looked at UPKEEP_PG_BIN, \
+        "initdb and postgres not found (looked at UPKEEP_PG_BIN, \
              /usr/lib/postgresql/*/bin and PATH): run the tests with scripts/test.sh, \
              which installs the Debian package postgresql",
     )
@@ -340,6 +376,21 @@ fn running_as_root() -> bool {
         .find_map(|line| line.strip_prefix("Uid:"))
         .and_then(|ids| ids.split_whitespace().nth(1))
         .is_some_and(|effective| effective == "0")
+}
+
+/// What a log file gained after its first `offset` bytes, as text.
+fn logged_since(path: &Path, offset: u64) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port`.
+fn accepts_tcp(port: u16) -> bool {
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok()
 }
 
 fn check_output(what: &str, output: &Output) -> anyhow::Result<()> {

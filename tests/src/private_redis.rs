@@ -18,7 +18,7 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 
 use crate::ports::{free_port, log_reports_port_in_use};
-use crate::process::{POLL_INTERVAL, print_log_tail, read_lossy};
+use crate::process::{POLL_INTERVAL, print_log_tail, read_lossy, spawn_tied, tie_to_test_process};
 
 /// How long a server gets to answer PING after it was started (an append-only file is
 /// replayed before it answers).
@@ -277,11 +277,10 @@ impl PrivateRedis {
             ])
             .args(["--appendfsync", self.options.appendfsync.as_arg()])
             .args(&self.options.extra_args)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_for_stderr);
-        let child = command.spawn().context(
+            .current_dir(self.dir.path());
+        let mut tied = tie_to_test_process(&command, None);
+        tied.stdin(Stdio::null()).stdout(log).stderr(log_for_stderr);
+        let child = spawn_tied(tied).context(
             "starting redis-server (is it installed? scripts/test.sh installs the Debian package redis-server)",
         )?;
         self.child = Some(child);

@@ -4,13 +4,22 @@
 //! test can wait for a line or assert on the output, and a failing test shows the end of
 //! the log (and keeps the file) instead of losing it. Each child runs in its own process
 //! group, so killing it also kills anything it started.
+//!
+//! Every process the helpers start (binaries, `redis-server`, `postgres`) is tied to the
+//! test process with a parent-death signal (`setpriv --pdeathsig KILL`), so a test that
+//! is killed (by the runner's timeout, say) before its `Drop`s run leaves no servers or
+//! workers behind. The signal fires when the *thread* that spawned the child exits, so
+//! the children are spawned from one thread that lives as long as the test process
+//! ([`spawn_tied`]).
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -85,12 +94,14 @@ impl ChildProcess {
         Self::spawn(name, command)
     }
 
-    /// Starts a prepared command. Its stdin, stdout, stderr and process group are
-    /// replaced: stdin reads nothing, output goes to the log file.
+    /// Starts a prepared command. Its program, arguments, environment changes and working
+    /// directory are kept; stdin reads nothing, output goes to the log file, and the
+    /// process gets a group of its own and is tied to the test process (see the module
+    /// docs). `Command::env_clear` is not carried over.
     ///
     /// # Errors
     /// Fails when the log file cannot be created or the process cannot be started.
-    pub fn spawn(label: &str, mut command: Command) -> anyhow::Result<Self> {
+    pub fn spawn(label: &str, command: Command) -> anyhow::Result<Self> {
         let log_dir = tempfile::Builder::new()
             .prefix(&format!("upkeep-{label}-"))
             .tempdir()
@@ -101,14 +112,15 @@ impl ChildProcess {
         let stderr = stdout
             .try_clone()
             .context("duplicating the log file handle")?;
+        let mut tied = tie_to_test_process(&command, None);
         // A group of its own lets Drop kill whatever the child started as well, and keeps
-        // a Ctrl-C meant for the test runner away from it.
-        let child = command
-            .stdin(Stdio::null())
+        // a Ctrl-C meant for the test runner away from it (the parent-death signal still
+        // ends it when the test process goes).
+        tied.stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
-            .process_group(0)
-            .spawn()
+            .process_group(0);
+        let child = spawn_tied(tied)
             .with_context(|| format!("starting {label} ({:?})", command.get_program()))?;
         Ok(Self {
             label: label.to_owned(),
@@ -263,6 +275,91 @@ pub(crate) fn read_tail(path: &Path, max_bytes: u64) -> String {
     let mut bytes = Vec::new();
     let _ = file.read_to_end(&mut bytes);
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Rewrites `command` to run through `setpriv --pdeathsig KILL`, and as `user` when one
+/// is given (which needs root). Program, arguments, environment changes and working
+/// directory are copied; stdio is left for the caller to set. Spawn the result with
+/// [`spawn_tied`]. Without `setpriv` (util-linux), the command runs untied, through
+/// `runuser` for another user.
+pub(crate) fn tie_to_test_process(command: &Command, user: Option<&str>) -> Command {
+    let setpriv = find_setpriv();
+    let mut tied = match (setpriv, user) {
+        (Some(setpriv), user) => {
+            let mut tied = Command::new(setpriv);
+            if let Some(user) = user {
+                tied.arg(format!("--reuid={user}"))
+                    .arg(format!("--regid={user}"))
+                    .arg("--init-groups");
+            }
+            // Given after the identity options: setpriv applies it last, and a change
+            // of user would otherwise clear it.
+            tied.args(["--pdeathsig", "KILL", "--"]);
+            tied
+        }
+        (None, Some(user)) => {
+            let mut tied = Command::new("runuser");
+            tied.args(["-u", user, "--"]);
+            tied
+        }
+        (None, None) => return copy_command(command, Command::new(command.get_program())),
+    };
+    tied.arg(command.get_program());
+    copy_command(command, tied)
+}
+
+/// Spawns `command` from a thread that lives as long as the test process, so a
+/// parent-death signal set by [`tie_to_test_process`] fires when the process ends, not
+/// when the test thread that asked for the child ends.
+pub(crate) fn spawn_tied(command: Command) -> std::io::Result<Child> {
+    type Request = (Command, mpsc::SyncSender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<mpsc::Sender<Request>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (sender, receiver) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("upkeep-tests-spawner".to_owned())
+            .spawn(move || {
+                // The sender lives in a static, so this loop ends only with the process.
+                for (mut command, reply) in receiver {
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .expect("the test process can start a thread");
+        sender
+    });
+    let (reply_sender, reply_receiver) = mpsc::sync_channel(1);
+    spawner
+        .send((command, reply_sender))
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+    reply_receiver
+        .recv()
+        .map_err(|_| std::io::Error::other("the spawner thread dropped the request"))?
+}
+
+fn copy_command(from: &Command, mut to: Command) -> Command {
+    to.args(from.get_args());
+    for (key, value) in from.get_envs() {
+        match value {
+            Some(value) => to.env(key, value),
+            None => to.env_remove(key),
+        };
+    }
+    if let Some(dir) = from.get_current_dir() {
+        to.current_dir(dir);
+    }
+    to
+}
+
+fn find_setpriv() -> Option<PathBuf> {
+    static SETPRIV: OnceLock<Option<PathBuf>> = OnceLock::new();
+    SETPRIV
+        .get_or_init(|| {
+            let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin"));
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("setpriv"))
+                .find(|candidate| candidate.is_file())
+        })
+        .clone()
 }
 
 fn kill_group(pid: Pid) {

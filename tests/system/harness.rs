@@ -236,3 +236,76 @@ fn cargo_bin_finds_the_built_operator_cli() {
     assert!(path.is_file(), "{}", path.display());
     assert!(path.ends_with("upkeepctl"));
 }
+
+/// Set in the copy of the test binary that the next test starts and kills.
+const VICTIM_ENV: &str = "UPKEEP_HARNESS_VICTIM";
+
+#[test]
+fn private_servers_die_with_a_test_process_killed_before_its_drops_run() {
+    if std::env::var_os(VICTIM_ENV).is_some() {
+        // The victim: start both servers, say where they are, wait to be killed.
+        let redis = PrivateRedis::start().expect("private redis starts");
+        let postgres = PrivatePostgres::start().expect("private postgres starts");
+        println!(
+            "victim redis={} {} postgres={} {}",
+            redis.port(),
+            redis.dir().display(),
+            postgres.port(),
+            postgres.dir().display()
+        );
+        std::thread::sleep(Duration::from_secs(120));
+        return;
+    }
+    let mut command = Command::new(std::env::current_exe().expect("test binary path"));
+    command
+        .args([
+            "--exact",
+            "harness::private_servers_die_with_a_test_process_killed_before_its_drops_run",
+            "--nocapture",
+        ])
+        .env(VICTIM_ENV, "1");
+    let mut victim = ChildProcess::spawn("victim", command).expect("start the victim");
+    assert!(
+        victim.wait_for_log("victim redis=", Duration::from_secs(60)),
+        "the victim did not start its servers:\n{}",
+        victim.log()
+    );
+    let log = victim.log();
+    let line = log
+        .lines()
+        .find(|line| line.starts_with("victim redis="))
+        .expect("the line waited for");
+    let fields: Vec<&str> = line.split([' ', '=']).collect();
+    let (redis_port, redis_dir) = (fields[2].parse::<u16>().expect("port"), fields[3]);
+    let (postgres_port, postgres_dir) = (fields[5].parse::<u16>().expect("port"), fields[6]);
+    assert!(accepts_tcp(redis_port) && accepts_tcp(postgres_port));
+
+    // Only the victim itself, not its process group: the servers must go because their
+    // parent did, not because they were signalled too.
+    let victim_pid = nix::unistd::Pid::from_raw(victim.pid().try_into().expect("pid"));
+    nix::sys::signal::kill(victim_pid, nix::sys::signal::Signal::SIGKILL).expect("kill -9");
+    assert!(victim.wait_timeout(Duration::from_secs(10)).is_some());
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (accepts_tcp(redis_port) || accepts_tcp(postgres_port)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let redis_gone = !accepts_tcp(redis_port);
+    let postgres_gone = !accepts_tcp(postgres_port);
+    // The victim's Drops never ran, so its directories are ours to remove.
+    let _ = std::fs::remove_dir_all(redis_dir);
+    let _ = std::fs::remove_dir_all(postgres_dir);
+    assert!(
+        redis_gone,
+        "redis-server on {redis_port} outlived the killed test"
+    );
+    assert!(
+        postgres_gone,
+        "postgres on {postgres_port} outlived the killed test"
+    );
+}
+
+fn accepts_tcp(port: u16) -> bool {
+    let address = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+    std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok()
+}
