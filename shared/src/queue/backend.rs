@@ -807,7 +807,7 @@ where
 }
 
 /// Most attempts recorded and settled per round trip.
-const COMPLETION_BATCH: usize = 1024;
+const COMPLETION_BATCH: usize = 256;
 
 async fn run_completer(
     mut rx: mpsc::Receiver<Completion>,

@@ -24,7 +24,7 @@ static REQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lu
 static STATS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/stats.lua")));
 
 /// Jobs per enqueue script call: large batches are split so no call blocks Redis for long.
-pub const ENQUEUE_CHUNK: usize = 500;
+pub const ENQUEUE_CHUNK: usize = 200;
 
 /// A job to enqueue.
 #[derive(Debug, Clone, PartialEq)]

@@ -57,14 +57,14 @@ pub struct RedisConn {
 enum Inner {
     Standalone(ConnectionManager),
     // The cluster client connects on first use, so a worker can start while the cluster is down.
-    Cluster(ClusterClient, Arc<OnceCell<ClusterConnection>>),
+    Cluster(Arc<(ClusterClient, OnceCell<ClusterConnection>)>),
 }
 
 impl std::fmt::Debug for RedisConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mode = match self.inner {
             Inner::Standalone(_) => "standalone",
-            Inner::Cluster(..) => "cluster",
+            Inner::Cluster(_) => "cluster",
         };
         f.debug_struct("RedisConn").field("mode", &mode).finish()
     }
@@ -106,7 +106,7 @@ impl RedisConn {
             builder = builder.response_timeout(timeout.unwrap_or(Duration::from_secs(60)));
             let client = builder.build()?;
             Ok(Self {
-                inner: Inner::Cluster(client, Arc::new(OnceCell::new())),
+                inner: Inner::Cluster(Arc::new((client, OnceCell::new()))),
             })
         }
     }
@@ -114,7 +114,7 @@ impl RedisConn {
     /// Whether this connection talks to a Redis Cluster.
     #[must_use]
     pub fn is_cluster(&self) -> bool {
-        matches!(self.inner, Inner::Cluster(..))
+        matches!(self.inner, Inner::Cluster(_))
     }
 }
 
@@ -129,8 +129,8 @@ impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.inner {
             Inner::Standalone(manager) => manager.req_packed_command(cmd),
-            Inner::Cluster(client, cell) => Box::pin(async move {
-                let mut conn = cluster_conn(client, cell).await?.clone();
+            Inner::Cluster(cluster) => Box::pin(async move {
+                let mut conn = cluster_conn(&cluster.0, &cluster.1).await?.clone();
                 conn.req_packed_command(cmd).await
             }),
         }
@@ -144,8 +144,8 @@ impl ConnectionLike for RedisConn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match &mut self.inner {
             Inner::Standalone(manager) => manager.req_packed_commands(pipeline, offset, count),
-            Inner::Cluster(client, cell) => Box::pin(async move {
-                let mut conn = cluster_conn(client, cell).await?.clone();
+            Inner::Cluster(cluster) => Box::pin(async move {
+                let mut conn = cluster_conn(&cluster.0, &cluster.1).await?.clone();
                 conn.req_packed_commands(pipeline, offset, count).await
             }),
         }
@@ -154,7 +154,7 @@ impl ConnectionLike for RedisConn {
     fn get_db(&self) -> i64 {
         match &self.inner {
             Inner::Standalone(manager) => manager.get_db(),
-            Inner::Cluster(..) => 0,
+            Inner::Cluster(_) => 0,
         }
     }
 }

@@ -67,6 +67,7 @@ mod client;
 mod conn;
 pub mod keys;
 mod ledger;
+mod settings;
 
 use std::time::Duration;
 

@@ -1,4 +1,76 @@
-//! The Postgres ledger.
+//! The Postgres ledger: the only module that issues SQL.
+//!
+//! - [`runs`]: `job_runs`, one row per attempt, and the `findings` each attempt reported.
+//! - [`ticks`]: `schedule_ticks`, one row per expected tick of a schedule.
+//! - [`schedules`]: `schedules` as reconciled from the config, and the `schedule_events` audit.
+//!
+//! Every write is idempotent, because delivery is at-least-once and scheduler replicas race:
+//! runs on `(job_id, attempt)`, ticks on `(schedule, fire_at)`. Queries are checked at run time
+//! (`sqlx::query`, not the `query!` macros), so the workspace builds without a database; the
+//! tests in `shared/tests/store/` run every query against a real Postgres. Connection details
+//! come from [`crate::config::DatabaseSettings`]; this module never reads the environment.
 
-/// All migrations, embedded once.
+pub mod runs;
+pub mod schedules;
+pub mod ticks;
+
+use sqlx::PgPool;
+
+use crate::config::DatabaseSettings;
+
+/// All migrations, embedded once; every binary and test uses this.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Connecting to Postgres failed.
+    #[error("cannot connect to postgres")]
+    Connect(#[source] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("cannot apply migrations")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("database query failed")]
+    Database(#[from] sqlx::Error),
+    /// A value is outside its vocabulary (an unknown status or decision), whether given by a
+    /// caller or read from a row.
+    #[error("{0}")]
+    Invalid(String),
+    /// A value could not be encoded for the database.
+    #[error("cannot encode {what} as JSON")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// Why it failed.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The named schedule does not exist.
+    #[error("schedule {0:?} not found")]
+    ScheduleNotFound(String),
+}
+
+/// Opens a pool from `database` and applies pending migrations when
+/// `database.migrate_on_start` is set.
+///
+/// # Errors
+/// [`Error::Connect`] when Postgres cannot be reached, [`Error::Migrate`] when a migration fails.
+pub async fn connect(database: &DatabaseSettings) -> Result<PgPool, Error> {
+    let pool = database.connect().await.map_err(Error::Connect)?;
+    if database.migrate_on_start {
+        MIGRATOR.run(&pool).await?;
+    }
+    Ok(pool)
+}
+
+/// Opens a pool from `database` and applies pending migrations, whatever
+/// `migrate_on_start` says (for `upkeepctl migrate`, `upkeepctl up` and tests).
+///
+/// # Errors
+/// [`Error::Connect`] when Postgres cannot be reached, [`Error::Migrate`] when a migration fails.
+pub async fn connect_and_migrate(database: &DatabaseSettings) -> Result<PgPool, Error> {
+    let pool = database.connect().await.map_err(Error::Connect)?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}

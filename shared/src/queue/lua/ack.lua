@@ -12,6 +12,7 @@ local base = ARGV[1]
 local retention, dead_retention = tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 local n_done, n_failed, n_dead, n_retried = 0, 0, 0, 0
+local unleased = {}
 for i = 4, #ARGV, 5 do
   local id, token, verdict, delay, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4]
   local job = base .. 'job:' .. id
@@ -20,11 +21,11 @@ for i = 4, #ARGV, 5 do
   if f[1] ~= token or f[2] ~= 'running' then
     state = 'refused'
   else
-    redis.call('ZREM', KEYS[1], id)
+    unleased[#unleased + 1] = id
     if verdict == 'retry' and tonumber(f[3]) >= tonumber(f[4]) then verdict = 'dead' end
     if verdict == 'done' then
       redis.call('HSET', job, 'state', 'completed', 'finished', now)
-      redis.call('HDEL', job, 'err')
+      if tonumber(f[3]) > 1 then redis.call('HDEL', job, 'err') end
       redis.call('PEXPIRE', job, retention)
       n_done = n_done + 1
       state = 'completed'
@@ -46,6 +47,8 @@ for i = 4, #ARGV, 5 do
   out[#out + 1] = id
   out[#out + 1] = state
 end
+-- One ZREM for the batch; the batch size is bounded by the caller (at most 1024).
+if #unleased > 0 then redis.call('ZREM', KEYS[1], unpack(unleased)) end
 if n_done > 0 then redis.call('HINCRBY', KEYS[4], 'succeeded', n_done) end
 if n_failed > 0 then redis.call('HINCRBY', KEYS[4], 'failed', n_failed) end
 if n_retried > 0 then redis.call('HINCRBY', KEYS[4], 'retried', n_retried) end

@@ -55,4 +55,6 @@ if n_ready > 0 then
   for _ = 1, tokens do redis.call('LPUSH', KEYS[4], 1) end
   redis.call('LTRIM', KEYS[4], 0, 63)
 end
+-- A new delayed job wakes one idle worker too, so it learns the due time instead of sleeping past it.
+if n_new > n_ready then redis.call('LPUSH', KEYS[4], 1); redis.call('LTRIM', KEYS[4], 0, 63) end
 return out

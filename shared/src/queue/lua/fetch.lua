@@ -60,20 +60,23 @@ end
 -- 3. Forget dead letters past their retention (their hashes expire by themselves).
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - dead_retention)
 
--- 4. Lease ready jobs.
+-- 4. Lease ready jobs: one HMGET, one HSET and one ZADD per job; tokens come from one INCRBY.
 local jobs = {}
 if count > 0 then
   local ids = redis.call('RPOP', KEYS[1], count)
   if ids then
+    local last_token = redis.call('INCRBY', KEYS[7], #ids)
+    local token = last_token - #ids
     for _, id in ipairs(ids) do
+      token = token + 1
       local job = base .. 'job:' .. id
-      if redis.call('EXISTS', job) == 1 then
-        local attempt = redis.call('HINCRBY', job, 'attempt', 1)
-        local token = redis.call('INCR', KEYS[7])
-        redis.call('HSET', job, 'state', 'running', 'token', token, 'worker', worker, 'leased_at', now)
+      local f = redis.call('HMGET', job, 'kind', 'args', 'attempt', 'max', 'enq', 'sched', 'tick')
+      if f[1] then
+        local attempt = (tonumber(f[3]) or 0) + 1
+        redis.call('HSET', job, 'attempt', attempt, 'state', 'running', 'token', token,
+          'worker', worker, 'leased_at', now)
         redis.call('ZADD', KEYS[4], now + lease_ms, id)
-        local f = redis.call('HMGET', job, 'max', 'kind', 'args', 'enq', 'sched', 'tick')
-        for _, v in ipairs({ id, token, attempt, f[1] or '1', f[2] or '', f[3] or '', f[4] or '0', f[5] or '', f[6] or '' , 'ok' }) do
+        for _, v in ipairs({ id, token, attempt, f[4] or '1', f[1], f[2] or '', f[5] or '0', f[6] or '', f[7] or '', 'ok' }) do
           jobs[#jobs + 1] = v
         end
       else

@@ -1,0 +1,475 @@
+//! `job_runs` (one row per attempt) and `findings`: the hot path of every worker.
+//!
+//! [`record_runs`] writes a whole batch in one statement (columns passed as arrays and
+//! expanded with `UNNEST`), together with the findings of the rows it actually wrote, so a batch
+//! costs one round trip and one transaction however large it is. It is idempotent on
+//! `(job_id, attempt)`: a finished row is never overwritten by a duplicate delivery; only a
+//! `running` or `abandoned` row may be completed by a later write. Workers acknowledge a job to
+//! Redis only after this returns.
+//!
+//! Retention is [`delete_runs_older_than`], which deletes in bounded batches (see the
+//! `job_runs` migration for why the table is not partitioned).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, PgPool, Row};
+use uuid::Uuid;
+
+use super::Error;
+use crate::job::{JobId, Outcome};
+
+/// The `job_runs.status` vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// The attempt is in progress.
+    Running,
+    /// The handler succeeded.
+    Succeeded,
+    /// The handler failed.
+    Failed,
+    /// The worker lost the attempt (lease expired, or shut down mid-attempt).
+    Abandoned,
+    /// Not run: the job had already succeeded.
+    Skipped,
+}
+
+/// One attempt to write with [`record_runs`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    /// The job.
+    pub job_id: JobId,
+    /// Which attempt, 1 for the first delivery.
+    pub attempt: i32,
+    /// The job kind as stored in the queue (may be unknown to this build).
+    pub kind: String,
+    /// The queue it was fetched from.
+    pub queue: String,
+    /// How it ended, or [`RunStatus::Running`].
+    pub status: RunStatus,
+    /// The schedule that produced the job, if any.
+    pub schedule: Option<String>,
+    /// The nominal fire time of the tick that produced the job, if any.
+    pub tick_at: Option<DateTime<Utc>>,
+    /// When the job was enqueued.
+    pub enqueued_at: DateTime<Utc>,
+    /// When this attempt started.
+    pub started_at: DateTime<Utc>,
+    /// When this attempt ended; `None` while running.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The worker's identity.
+    pub worker: String,
+    /// The job's arguments.
+    pub args: serde_json::Value,
+    /// What a successful attempt produced; its findings go to `findings`.
+    pub outcome: Option<Outcome>,
+    /// Why the attempt failed.
+    pub error: Option<String>,
+    /// What the queue did next: `done`, `retrying` or `dead`.
+    pub next_state: Option<String>,
+}
+
+/// One row of `job_runs` as read back.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunRow {
+    /// Row id; increases with insertion.
+    pub id: i64,
+    /// The job.
+    pub job_id: JobId,
+    /// Which attempt.
+    pub attempt: i32,
+    /// The job kind.
+    pub kind: String,
+    /// The queue.
+    pub queue: String,
+    /// How the attempt ended, or running.
+    pub status: RunStatus,
+    /// The schedule that produced the job, if any.
+    pub schedule: Option<String>,
+    /// The tick that produced the job, if any.
+    pub tick_at: Option<DateTime<Utc>>,
+    /// When the job was enqueued.
+    pub enqueued_at: DateTime<Utc>,
+    /// When the attempt started.
+    pub started_at: DateTime<Utc>,
+    /// When the attempt ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `finished_at - started_at` in milliseconds.
+    pub duration_ms: Option<i64>,
+    /// The worker's identity.
+    pub worker: String,
+    /// The job's arguments.
+    pub args: serde_json::Value,
+    /// What a successful attempt produced.
+    pub outcome: Option<Outcome>,
+    /// Why the attempt failed.
+    pub error: Option<String>,
+    /// What the queue did next: `done`, `retrying` or `dead`.
+    pub next_state: Option<String>,
+    /// When the ledger last wrote the row.
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Records a batch of attempts in one statement, with their findings; returns how many run rows
+/// were inserted or completed.
+///
+/// Idempotent: a record whose `(job_id, attempt)` row already exists only completes a
+/// `running` or `abandoned` row (a `running` record never replaces anything); a finished row is
+/// left alone, and so are its findings. Findings are written only for rows this call wrote.
+/// When the batch holds the same attempt twice, the most final record wins.
+///
+/// # Errors
+/// [`Error::Database`] on a database error, [`Error::Encode`] when an outcome cannot be encoded.
+/// Nothing is written then: the statement is atomic.
+pub async fn record_runs(pool: &PgPool, records: &[RunRecord]) -> Result<u64, Error> {
+    if records.is_empty() {
+        return Ok(0);
+    }
+    // One INSERT ... ON CONFLICT cannot touch the same row twice, so duplicates inside the batch
+    // are settled here.
+    let mut best: HashMap<(JobId, i32), &RunRecord> = HashMap::with_capacity(records.len());
+    for record in records {
+        best.entry((record.job_id, record.attempt))
+            .and_modify(|kept| {
+                if record.status.finality() >= kept.status.finality() {
+                    *kept = record;
+                }
+            })
+            .or_insert(record);
+    }
+    let n_rows = best.len();
+    let mut columns = Columns::with_capacity(n_rows);
+    for record in best.into_values() {
+        columns.push(record)?;
+    }
+    let n_written: i64 = sqlx::query_scalar(RECORD_RUNS_SQL)
+        .bind(columns.job_id)
+        .bind(columns.attempt)
+        .bind(columns.kind)
+        .bind(columns.queue)
+        .bind(columns.status)
+        .bind(columns.schedule)
+        .bind(columns.tick_at)
+        .bind(columns.enqueued_at)
+        .bind(columns.started_at)
+        .bind(columns.finished_at)
+        .bind(columns.worker)
+        .bind(columns.args)
+        .bind(columns.outcome)
+        .bind(columns.error)
+        .bind(columns.next_state)
+        .fetch_one(pool)
+        .await?;
+    Ok(u64::try_from(n_written).unwrap_or(0))
+}
+
+/// Which of `ids` already have a succeeded attempt (workers skip those: delivery is
+/// at-least-once).
+///
+/// # Errors
+/// [`Error::Database`] on a database error.
+pub async fn succeeded_jobs(pool: &PgPool, ids: &[JobId]) -> Result<HashSet<JobId>, Error> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let uuids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+    let rows: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT DISTINCT job_id FROM job_runs WHERE job_id = ANY($1) AND status = 'succeeded'",
+    )
+    .bind(uuids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(JobId).collect())
+}
+
+/// Every attempt of one job, first attempt first.
+///
+/// # Errors
+/// [`Error::Database`] on a database error or a row this build cannot decode.
+pub async fn runs_for_job(pool: &PgPool, job_id: JobId) -> Result<Vec<RunRow>, Error> {
+    Ok(sqlx::query_as::<_, RunRow>(
+        "SELECT id, job_id, attempt, kind, queue, status, schedule, tick_at, enqueued_at, \
+         started_at, finished_at, duration_ms, worker, args, outcome, error, next_state, \
+         recorded_at \
+         FROM job_runs WHERE job_id = $1 ORDER BY attempt",
+    )
+    .bind(job_id.0)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The most recent attempts, optionally of one kind and/or one status: running ones first,
+/// then by `finished_at`, newest first. `limit` is clamped to 1..=10000.
+///
+/// # Errors
+/// [`Error::Database`] on a database error or a row this build cannot decode.
+pub async fn recent_runs(
+    pool: &PgPool,
+    kind: Option<&str>,
+    status: Option<RunStatus>,
+    limit: i64,
+) -> Result<Vec<RunRow>, Error> {
+    Ok(sqlx::query_as::<_, RunRow>(
+        "SELECT id, job_id, attempt, kind, queue, status, schedule, tick_at, enqueued_at, \
+         started_at, finished_at, duration_ms, worker, args, outcome, error, next_state, \
+         recorded_at \
+         FROM job_runs \
+         WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR status = $2) \
+         ORDER BY finished_at DESC, id DESC LIMIT $3",
+    )
+    .bind(kind)
+    .bind(status.map(RunStatus::as_str))
+    .bind(limit.clamp(1, 10_000))
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The retention mechanism: deletes the runs that finished before `cutoff`, and their findings,
+/// in batches of at most `batch_limit` rows (each its own short transaction, so no statement
+/// holds locks or grows WAL for long); returns how many runs were deleted. Running rows are
+/// never deleted. `batch_limit` is clamped to 1..=100000.
+///
+/// # Errors
+/// [`Error::Database`] on a database error; batches already deleted stay deleted.
+pub async fn delete_runs_older_than(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+    batch_limit: i64,
+) -> Result<u64, Error> {
+    let batch_limit = batch_limit.clamp(1, 100_000);
+    let mut n_deleted: u64 = 0;
+    loop {
+        let n_batch: i64 = sqlx::query_scalar(
+            "WITH doomed AS ( \
+                 DELETE FROM job_runs WHERE id IN ( \
+                     SELECT id FROM job_runs WHERE finished_at < $1 \
+                     ORDER BY finished_at LIMIT $2) \
+                 RETURNING job_id, attempt \
+             ), gone AS ( \
+                 DELETE FROM findings f USING doomed d \
+                 WHERE f.job_id = d.job_id AND f.attempt = d.attempt \
+             ) \
+             SELECT count(*) FROM doomed",
+        )
+        .bind(cutoff)
+        .bind(batch_limit)
+        .fetch_one(pool)
+        .await?;
+        n_deleted += u64::try_from(n_batch).unwrap_or(0);
+        if n_batch < batch_limit {
+            return Ok(n_deleted);
+        }
+    }
+}
+
+impl RunStatus {
+    /// The SQL spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Abandoned => "abandoned",
+            Self::Skipped => "skipped",
+        }
+    }
+
+    /// Parses the SQL spelling.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the unknown value.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        Ok(match text {
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "abandoned" => Self::Abandoned,
+            "skipped" => Self::Skipped,
+            other => return Err(Error::Invalid(format!("unknown run status {other:?}"))),
+        })
+    }
+
+    /// Whether the attempt is over (anything but running or abandoned, which a later write may
+    /// still complete).
+    #[must_use]
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Running | Self::Abandoned)
+    }
+
+    /// How final a status is, to pick one record when a batch holds the same attempt twice.
+    fn finality(self) -> u8 {
+        match self {
+            Self::Running => 0,
+            Self::Abandoned => 1,
+            Self::Skipped => 2,
+            Self::Failed => 3,
+            Self::Succeeded => 4,
+        }
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<'r> FromRow<'r, PgRow> for RunRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        let status: String = row.try_get("status")?;
+        let outcome: Option<serde_json::Value> = row.try_get("outcome")?;
+        let decode = |column: &str, source: Box<dyn std::error::Error + Send + Sync>| {
+            sqlx::Error::ColumnDecode {
+                index: column.to_owned(),
+                source,
+            }
+        };
+        Ok(Self {
+            id: row.try_get("id")?,
+            job_id: JobId(row.try_get("job_id")?),
+            attempt: row.try_get("attempt")?,
+            kind: row.try_get("kind")?,
+            queue: row.try_get("queue")?,
+            status: RunStatus::parse(&status).map_err(|e| decode("status", Box::new(e)))?,
+            schedule: row.try_get("schedule")?,
+            tick_at: row.try_get("tick_at")?,
+            enqueued_at: row.try_get("enqueued_at")?,
+            started_at: row.try_get("started_at")?,
+            finished_at: row.try_get("finished_at")?,
+            duration_ms: row.try_get("duration_ms")?,
+            worker: row.try_get("worker")?,
+            args: row.try_get("args")?,
+            outcome: outcome
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| decode("outcome", Box::new(e)))?,
+            error: row.try_get("error")?,
+            next_state: row.try_get("next_state")?,
+            recorded_at: row.try_get("recorded_at")?,
+        })
+    }
+}
+
+/// A batch of records, column by column, ready to bind as arrays.
+struct Columns<'a> {
+    job_id: Vec<Uuid>,
+    attempt: Vec<i32>,
+    kind: Vec<&'a str>,
+    queue: Vec<&'a str>,
+    status: Vec<&'static str>,
+    schedule: Vec<Option<&'a str>>,
+    tick_at: Vec<Option<DateTime<Utc>>>,
+    enqueued_at: Vec<DateTime<Utc>>,
+    started_at: Vec<DateTime<Utc>>,
+    finished_at: Vec<Option<DateTime<Utc>>>,
+    worker: Vec<&'a str>,
+    args: Vec<&'a serde_json::Value>,
+    outcome: Vec<Option<serde_json::Value>>,
+    error: Vec<Option<&'a str>>,
+    next_state: Vec<Option<&'a str>>,
+}
+
+impl<'a> Columns<'a> {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            job_id: Vec::with_capacity(n),
+            attempt: Vec::with_capacity(n),
+            kind: Vec::with_capacity(n),
+            queue: Vec::with_capacity(n),
+            status: Vec::with_capacity(n),
+            schedule: Vec::with_capacity(n),
+            tick_at: Vec::with_capacity(n),
+            enqueued_at: Vec::with_capacity(n),
+            started_at: Vec::with_capacity(n),
+            finished_at: Vec::with_capacity(n),
+            worker: Vec::with_capacity(n),
+            args: Vec::with_capacity(n),
+            outcome: Vec::with_capacity(n),
+            error: Vec::with_capacity(n),
+            next_state: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, record: &'a RunRecord) -> Result<(), Error> {
+        let outcome = record
+            .outcome
+            .as_ref()
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|source| Error::Encode {
+                what: "an outcome",
+                source,
+            })?;
+        self.job_id.push(record.job_id.0);
+        self.attempt.push(record.attempt);
+        self.kind.push(&record.kind);
+        self.queue.push(&record.queue);
+        self.status.push(record.status.as_str());
+        self.schedule.push(record.schedule.as_deref());
+        self.tick_at.push(record.tick_at);
+        self.enqueued_at.push(record.enqueued_at);
+        self.started_at.push(record.started_at);
+        self.finished_at.push(record.finished_at);
+        self.worker.push(&record.worker);
+        self.args.push(&record.args);
+        self.outcome.push(outcome);
+        self.error.push(record.error.as_deref());
+        self.next_state.push(record.next_state.as_deref());
+        Ok(())
+    }
+}
+
+/// The batch write: rows in, conflicts settled, findings of the written rows in, count out.
+///
+/// The `ON CONFLICT ... WHERE` clause is the idempotency rule: an existing row is only
+/// completed when it is `running` or `abandoned`, never by a `running` record, and never by an
+/// identical status (a duplicate `abandoned`). `RETURNING` yields only rows inserted or
+/// updated, so findings of a duplicate delivery are not written again; the unique
+/// `(job_id, attempt, ordinal)` key makes that doubly sure.
+const RECORD_RUNS_SQL: &str = r"
+WITH input AS (
+    SELECT * FROM UNNEST(
+        $1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[],
+        $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::text[],
+        $12::jsonb[], $13::jsonb[], $14::text[], $15::text[]
+    ) AS t(job_id, attempt, kind, queue, status, schedule, tick_at, enqueued_at, started_at,
+           finished_at, worker, args, outcome, error, next_state)
+), written AS (
+    INSERT INTO job_runs (job_id, attempt, kind, queue, status, schedule, tick_at, enqueued_at,
+                          started_at, finished_at, duration_ms, worker, args, outcome, error,
+                          next_state)
+    SELECT job_id, attempt, kind, queue, status, schedule, tick_at, enqueued_at, started_at,
+           finished_at,
+           (extract(epoch FROM (finished_at - started_at)) * 1000)::bigint,
+           worker, args, outcome, error, next_state
+    FROM input
+    ON CONFLICT (job_id, attempt) DO UPDATE SET
+        status = EXCLUDED.status,
+        started_at = EXCLUDED.started_at,
+        finished_at = EXCLUDED.finished_at,
+        duration_ms = EXCLUDED.duration_ms,
+        worker = EXCLUDED.worker,
+        outcome = EXCLUDED.outcome,
+        error = EXCLUDED.error,
+        next_state = EXCLUDED.next_state,
+        recorded_at = now()
+    WHERE job_runs.status IN ('running', 'abandoned')
+      AND EXCLUDED.status <> 'running'
+      AND EXCLUDED.status <> job_runs.status
+    RETURNING job_id, attempt, kind, outcome, finished_at
+), found AS (
+    INSERT INTO findings (job_id, attempt, ordinal, kind, code, severity, message, detail,
+                          created_at)
+    SELECT w.job_id, w.attempt, f.ordinal::int4, w.kind, f.finding->>'code',
+           f.finding->>'severity', COALESCE(f.finding->>'message', ''),
+           NULLIF(f.finding->'detail', 'null'::jsonb), COALESCE(w.finished_at, now())
+    FROM written w
+    CROSS JOIN LATERAL jsonb_array_elements(COALESCE(w.outcome->'findings', '[]'::jsonb))
+        WITH ORDINALITY AS f(finding, ordinal)
+    ON CONFLICT (job_id, attempt, ordinal) DO NOTHING
+)
+SELECT count(*) FROM written";

@@ -1,0 +1,349 @@
+//! `upkeepctl bench`: enqueue N no-op `system.ping` jobs, drain them with a real worker, and
+//! report what the peers benchmark reports (`../shared/bench/peers`), so the two can be
+//! compared line by line from one run.
+//!
+//! Backlog mode (like the peers): enqueue everything first, then start the worker.
+//! `process_per_s` is N over first start → last completion; latencies are enqueue → completion
+//! per job (mostly queueing delay in backlog mode, as the peers' README explains). Live mode
+//! (`--live N`): an idle worker, N single enqueues paced at `--live-rate` per second; its
+//! latency is the idle pickup latency. Every run uses its own key prefix, so it never touches
+//! the production queues, and deletes its keys at the end.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::future::BoxFuture;
+use upkeep_shared::config::Settings;
+use upkeep_shared::queue::{Attempt, AttemptStatus, Ledger, NewJob, NoLedger, RedisConn};
+use upkeep_shared::shutdown::Shutdown;
+use upkeep_shared::{JobId, QueueName};
+
+use crate::ledger::PgLedger;
+use crate::registry::Registry;
+use crate::runtime::WorkerRuntime;
+
+/// Options of `upkeepctl bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Jobs to enqueue and drain.
+    #[arg(long, default_value_t = 20_000)]
+    pub jobs: usize,
+    /// Worker concurrency.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: u32,
+    /// Jobs leased per fetch (at most the free concurrency).
+    #[arg(long, default_value_t = 64)]
+    pub batch: u32,
+    /// Measure Redis alone: do not record attempts in Postgres.
+    #[arg(long)]
+    pub no_ledger: bool,
+    /// Live mode: this many single enqueues into an idle worker, instead of a backlog.
+    #[arg(long)]
+    pub live: Option<usize>,
+    /// Enqueues per second in live mode.
+    #[arg(long, default_value_t = 100)]
+    pub live_rate: u32,
+    /// Give up after this long.
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Runs one benchmark and prints one summary line.
+///
+/// # Errors
+/// When Redis or Postgres cannot be reached, or the run times out.
+pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
+    let prefix = format!("bench-{}", &JobId::new().to_string()[24..]);
+    settings.redis.key_prefix =
+        upkeep_shared::config::KeyPrefix::parse(&prefix).map_err(anyhow::Error::msg)?;
+    let queue_name = QueueName::parse("bench")?;
+    let mut queue_settings = settings.queue(&queue_name);
+    queue_settings.concurrency = args.concurrency;
+    queue_settings.batch_size = args.batch;
+    queue_settings.retention = Duration::from_secs(60);
+    settings.queues.insert(queue_name.clone(), queue_settings);
+    settings.worker.grace_period = Duration::from_secs(5);
+
+    let n_jobs = args.live.unwrap_or(args.jobs);
+    let inner: Arc<dyn Ledger> = if args.no_ledger {
+        Arc::new(NoLedger)
+    } else {
+        let pool = settings
+            .database
+            .connect()
+            .await
+            .context("connecting to Postgres")?;
+        upkeep_shared::MIGRATOR
+            .run(&pool)
+            .await
+            .context("applying migrations")?;
+        Arc::new(PgLedger::new(pool))
+    };
+    let shutdown = Shutdown::new();
+    let probe = Arc::new(Probe::new(inner, n_jobs, shutdown.clone()));
+    let queue = settings.open_queue(&queue_name)?;
+    let mut admin = RedisConn::open(&settings.redis.target())?;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut admin)
+        .await
+        .unwrap_or(());
+
+    let runtime = WorkerRuntime::build_with_ledger(
+        settings.clone(),
+        vec![queue_name.clone()],
+        Registry::standard(),
+        probe.clone(),
+    )?;
+    let mode;
+    let enqueue_per_s;
+    let started;
+    let worker;
+    if let Some(n_live) = args.live {
+        mode = format!("live n={n_live} rate={}/s", args.live_rate);
+        worker = tokio::spawn(runtime.run_until_stopped(shutdown.clone()));
+        // Warm up: one job end to end, so the worker is idle and blocked on its wake list.
+        let warm = NewJob::new("system.ping", serde_json::json!({}), 1);
+        queue.enqueue(&[warm]).await?;
+        probe.wait_for(1, args.timeout).await?;
+        probe.reset(n_live);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        started = Instant::now();
+        let period = Duration::from_secs_f64(1.0 / f64::from(args.live_rate.max(1)));
+        let mut ticker = tokio::time::interval(period);
+        for _ in 0..n_live {
+            ticker.tick().await;
+            let job = NewJob::new("system.ping", serde_json::json!({}), 1);
+            probe.sent(job.id);
+            queue.enqueue(&[job]).await?;
+        }
+        enqueue_per_s = n_live as f64 / started.elapsed().as_secs_f64();
+    } else {
+        mode = format!(
+            "backlog ledger={}",
+            if args.no_ledger { "off" } else { "postgres" }
+        );
+        let enqueue_started = Instant::now();
+        let mut n_left = n_jobs;
+        while n_left > 0 {
+            let n_batch = n_left.min(1000);
+            let batch: Vec<NewJob> = (0..n_batch)
+                .map(|_| NewJob::new("system.ping", serde_json::json!({}), 1))
+                .collect();
+            queue.enqueue(&batch).await?;
+            n_left -= n_batch;
+        }
+        enqueue_per_s = n_jobs as f64 / enqueue_started.elapsed().as_secs_f64();
+        started = Instant::now();
+        worker = tokio::spawn(runtime.run_until_stopped(shutdown.clone()));
+    }
+    let finished = probe.wait_for(n_jobs, args.timeout).await;
+    shutdown.trigger();
+    worker.await.context("worker task")??;
+    finished?;
+    let _ = started;
+
+    let report = probe.report();
+    let commands = total_commands(&mut admin).await.unwrap_or(0);
+    let rss_mb = peak_rss_kib().map_or(f64::NAN, |kib| kib as f64 / 1024.0);
+    println!(
+        "peer=upkeep cfg=\"{mode} c={c} batch={b}\" n={n_jobs} c={c} enqueue_per_s={enqueue_per_s:.0} \
+         process_per_s={process:.0} p50_ms={p50:.2} p99_ms={p99:.2} redis_cmds_per_job={cmds:.2} \
+         worker_peak_rss_mb={rss_mb:.1}",
+        c = args.concurrency,
+        b = args.batch,
+        process = report.process_per_s,
+        p50 = report.p50_ms,
+        p99 = report.p99_ms,
+        cmds = commands as f64 / n_jobs as f64,
+    );
+    cleanup(&mut admin, &prefix).await;
+    Ok(())
+}
+
+/// A ledger decorator that times every completion and stops the run after the last one.
+struct Probe {
+    inner: Arc<dyn Ledger>,
+    target: AtomicUsize,
+    done: AtomicUsize,
+    first_start_ms: AtomicI64,
+    last_finish_ms: AtomicI64,
+    latencies_ms: Mutex<Vec<f64>>,
+    sent_at: Mutex<std::collections::HashMap<JobId, i64>>,
+    counted: Mutex<HashSet<JobId>>,
+    notify: tokio::sync::Notify,
+    shutdown: Shutdown,
+}
+
+struct Report {
+    process_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl Probe {
+    fn new(inner: Arc<dyn Ledger>, target: usize, shutdown: Shutdown) -> Self {
+        Self {
+            inner,
+            target: AtomicUsize::new(target),
+            done: AtomicUsize::new(0),
+            first_start_ms: AtomicI64::new(i64::MAX),
+            last_finish_ms: AtomicI64::new(0),
+            latencies_ms: Mutex::new(Vec::with_capacity(target)),
+            sent_at: Mutex::default(),
+            counted: Mutex::default(),
+            notify: tokio::sync::Notify::new(),
+            shutdown,
+        }
+    }
+
+    fn reset(&self, target: usize) {
+        self.target.store(target, Ordering::SeqCst);
+        self.done.store(0, Ordering::SeqCst);
+        self.first_start_ms.store(i64::MAX, Ordering::SeqCst);
+        self.last_finish_ms.store(0, Ordering::SeqCst);
+        lock(&self.latencies_ms).clear();
+    }
+
+    fn sent(&self, id: JobId) {
+        lock(&self.sent_at).insert(id, now_us());
+    }
+
+    async fn wait_for(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.done.load(Ordering::SeqCst) < n {
+            if self.shutdown.is_triggered() && self.done.load(Ordering::SeqCst) < n {
+                anyhow::bail!("stopped before every job completed");
+            }
+            if tokio::time::timeout_at(deadline, self.notify.notified())
+                .await
+                .is_err()
+            {
+                anyhow::bail!(
+                    "timed out: {} of {n} jobs completed",
+                    self.done.load(Ordering::SeqCst)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn report(&self) -> Report {
+        let mut latencies = lock(&self.latencies_ms).clone();
+        latencies.sort_by(f64::total_cmp);
+        let pick = |q: f64| {
+            if latencies.is_empty() {
+                f64::NAN
+            } else {
+                latencies[((latencies.len() - 1) as f64 * q).round() as usize]
+            }
+        };
+        let span_ms = (self.last_finish_ms.load(Ordering::SeqCst)
+            - self.first_start_ms.load(Ordering::SeqCst))
+        .max(1) as f64;
+        Report {
+            process_per_s: self.done.load(Ordering::SeqCst) as f64 / (span_ms / 1000.0),
+            p50_ms: pick(0.50),
+            p99_ms: pick(0.99),
+        }
+    }
+}
+
+impl Ledger for Probe {
+    fn record(&self, attempts: Vec<Attempt>) -> BoxFuture<'_, Result<(), anyhow::Error>> {
+        Box::pin(async move {
+            let succeeded: Vec<(JobId, i64, i64)> = attempts
+                .iter()
+                .filter(|a| a.status == AttemptStatus::Succeeded)
+                .map(|a| (a.job_id, a.enqueued_at_ms, a.started_at_ms))
+                .collect();
+            self.inner.record(attempts).await?;
+            // Completion is taken after the ledger commit, like the peers take it after their
+            // own completion bookkeeping.
+            let now = now_us();
+            let mut n_new = 0;
+            {
+                let mut counted = lock(&self.counted);
+                let sent_at = lock(&self.sent_at);
+                let mut latencies = lock(&self.latencies_ms);
+                for (id, enqueued_ms, started_ms) in succeeded {
+                    if !counted.insert(id) {
+                        continue;
+                    }
+                    n_new += 1;
+                    self.first_start_ms.fetch_min(started_ms, Ordering::SeqCst);
+                    let from_us = sent_at.get(&id).copied().unwrap_or(enqueued_ms * 1000);
+                    latencies.push((now - from_us) as f64 / 1000.0);
+                }
+            }
+            self.last_finish_ms.fetch_max(now / 1000, Ordering::SeqCst);
+            let done = self.done.fetch_add(n_new, Ordering::SeqCst) + n_new;
+            if n_new > 0 || done >= self.target.load(Ordering::SeqCst) {
+                self.notify.notify_waiters();
+            }
+            Ok(())
+        })
+    }
+
+    fn succeeded(&self, ids: Vec<JobId>) -> BoxFuture<'_, Result<HashSet<JobId>, anyhow::Error>> {
+        self.inner.succeeded(ids)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+async fn total_commands(conn: &mut RedisConn) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await?;
+    Ok(info
+        .lines()
+        .filter(|line| line.starts_with("cmdstat_"))
+        .filter_map(|line| line.split("calls=").nth(1))
+        .filter_map(|rest| rest.split(',').next())
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum())
+}
+
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse().ok())
+}
+
+async fn cleanup(conn: &mut RedisConn, prefix: &str) {
+    let mut cursor: u64 = 0;
+    loop {
+        let reply: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await;
+        let Ok((next, keys)) = reply else { return };
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(&keys).query_async(conn).await;
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
+    }
+}

@@ -1,0 +1,12 @@
+//! `upkeep-worker-backup`: the worker daemon of the `backups` queue.
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match upkeep_workers::run_daemon("upkeep-worker-backup", &["backups"]).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("upkeep-worker-backup: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

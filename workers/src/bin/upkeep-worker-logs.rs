@@ -1,0 +1,12 @@
+//! `upkeep-worker-logs`: the worker daemon of the `logs` queue.
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match upkeep_workers::run_daemon("upkeep-worker-logs", &["logs"]).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("upkeep-worker-logs: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

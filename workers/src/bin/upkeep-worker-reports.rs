@@ -1,0 +1,12 @@
+//! `upkeep-worker-reports`: the worker daemon of the `reports` queue.
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match upkeep_workers::run_daemon("upkeep-worker-reports", &["reports"]).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("upkeep-worker-reports: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! `upkeep-worker-tokens`: the worker daemon of the `tokens` queue.
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match upkeep_workers::run_daemon("upkeep-worker-tokens", &["tokens"]).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("upkeep-worker-tokens: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

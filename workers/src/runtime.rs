@@ -1,0 +1,329 @@
+//! The worker runtime: one apalis-core worker per queue, under one `Monitor`, until shutdown.
+//!
+//! Start-up connects lazily (a worker starts even while Redis or Postgres is down, and says so
+//! once), applies migrations when configured, and registers a worker per queue with a unique
+//! identity. On SIGTERM/SIGINT the workers stop fetching, in-flight jobs get the grace period
+//! to finish, fetched-but-unstarted jobs are released at once, and whatever still runs when
+//! the grace period ends is released back to the queue and recorded as `abandoned`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use apalis_core::monitor::Monitor;
+use apalis_core::worker::builder::WorkerBuilder;
+use sqlx::PgPool;
+use tower::limit::ConcurrencyLimitLayer;
+use upkeep_shared::config::Settings;
+use upkeep_shared::queue::{
+    Attempt, AttemptStatus, ConsumerOptions, KindPolicy, LeaseBook, Ledger, Queue, RedisBackend,
+    RedisConn,
+};
+use upkeep_shared::shutdown::Shutdown;
+use upkeep_shared::{JobKind, QueueName};
+
+use crate::ledger::PgLedger;
+use crate::registry::{Registry, dispatch};
+
+/// A built, not yet running, set of workers.
+pub struct WorkerRuntime {
+    settings: Settings,
+    queues: Vec<QueueName>,
+    registry: Arc<Registry>,
+    ledger: Arc<dyn Ledger>,
+    conn: RedisConn,
+    identity: String,
+}
+
+impl std::fmt::Debug for WorkerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerRuntime")
+            .field("queues", &self.queues)
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerRuntime {
+    /// Prepares workers for `queues`, recording attempts in the configured Postgres.
+    ///
+    /// # Errors
+    /// When a URL is malformed. Unreachable services are not errors: the loops wait for them.
+    pub async fn build(
+        settings: Settings,
+        queues: Vec<QueueName>,
+        registry: Registry,
+    ) -> anyhow::Result<Self> {
+        let pool = settings
+            .database
+            .connect_lazy()
+            .context("building the Postgres pool")?;
+        if settings.database.migrate_on_start {
+            migrate_with_retry(&pool).await;
+        }
+        let ledger: Arc<dyn Ledger> = Arc::new(PgLedger::new(pool));
+        Self::build_with_ledger(settings, queues, registry, ledger)
+    }
+
+    /// Like [`WorkerRuntime::build`], with a ledger of the caller's choice (the queue benchmark
+    /// uses `NoLedger` to measure Redis alone).
+    ///
+    /// # Errors
+    /// When the Redis URL is malformed.
+    pub fn build_with_ledger(
+        settings: Settings,
+        queues: Vec<QueueName>,
+        registry: Registry,
+        ledger: Arc<dyn Ledger>,
+    ) -> anyhow::Result<Self> {
+        let conn =
+            RedisConn::open(&settings.redis.target()).context("opening the Redis connection")?;
+        let identity = settings
+            .worker
+            .identity
+            .clone()
+            .unwrap_or_else(default_identity);
+        Ok(Self {
+            settings,
+            queues,
+            registry: Arc::new(registry),
+            ledger,
+            conn,
+            identity,
+        })
+    }
+
+    /// This process's identity, the suffix of every worker id.
+    #[must_use]
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Runs every worker until `shutdown` fires, then shuts down gracefully.
+    ///
+    /// # Errors
+    /// When the monitor fails to run.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let grace = self.settings.worker.grace_period;
+        let mut monitor = Monitor::new().shutdown_timeout(grace);
+        let mut books = Vec::new();
+        for queue_name in &self.queues {
+            let queue = self.settings.queue_on(self.conn.clone(), queue_name);
+            let blocking = RedisConn::open_blocking(&self.settings.redis.target())
+                .context("opening the blocking Redis connection")?;
+            let options = self.consumer_options(queue_name);
+            let worker_id = options.worker_id.clone();
+            let concurrency = options.concurrency;
+            let leases = Arc::new(LeaseBook::default());
+            books.push((queue.clone(), leases.clone(), worker_id.clone()));
+            let ledger = self.ledger.clone();
+            let registry = self.registry.clone();
+            tracing::info!(queue = %queue_name, worker_id = %worker_id, concurrency, "worker starting");
+            monitor = monitor.register(move |restarts| {
+                let backend = RedisBackend::new(
+                    queue.clone(),
+                    blocking.clone(),
+                    options.clone(),
+                    ledger.clone(),
+                    leases.clone(),
+                    Arc::default(),
+                );
+                WorkerBuilder::new(format!("{worker_id}-r{restarts}"))
+                    .backend(backend)
+                    .layer(ConcurrencyLimitLayer::new(concurrency))
+                    .data(registry.clone())
+                    .build(dispatch)
+            });
+        }
+        let signal = {
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.wait().await;
+                Ok(())
+            }
+        };
+        let result = monitor.run_with_signal(signal).await;
+        for (queue, leases, worker_id) in books {
+            release_leftovers(&queue, &leases, &worker_id, self.ledger.as_ref()).await;
+        }
+        result.context("running the workers")?;
+        tracing::info!("workers stopped");
+        Ok(())
+    }
+
+    fn consumer_options(&self, queue: &QueueName) -> ConsumerOptions {
+        let queue_settings = self.settings.queue(queue);
+        let mut options = ConsumerOptions::new(
+            format!("{queue}@{}", self.identity),
+            queue_settings.concurrency as usize,
+        );
+        options.batch_size = queue_settings.batch_size as usize;
+        options.default_policy = KindPolicy {
+            timeout: queue_settings.timeout,
+            backoff_base: queue_settings.backoff_base,
+            backoff_max: queue_settings.backoff_max,
+        };
+        for spec in upkeep_shared::job::CATALOG {
+            let policy = self.settings.job_policy(queue, spec.name);
+            options.kinds.insert(
+                spec.name.to_owned(),
+                KindPolicy {
+                    timeout: policy.timeout,
+                    backoff_base: policy.backoff_base,
+                    backoff_max: policy.backoff_max,
+                },
+            );
+        }
+        options
+    }
+}
+
+/// Gives back every lease still held after the workers stopped: jobs that were still running
+/// when the grace period ran out. Their attempts count and are recorded as abandoned.
+async fn release_leftovers(
+    queue: &Queue,
+    leases: &LeaseBook,
+    worker_id: &str,
+    ledger: &dyn Ledger,
+) {
+    let leftovers = leases.drain();
+    let to_release: Vec<(String, String, bool)> = leftovers
+        .iter()
+        .map(|(id, entry)| {
+            (
+                id.clone(),
+                entry.token.clone(),
+                entry.started_at_ms.is_some(),
+            )
+        })
+        .collect();
+    let now = now_ms();
+    let abandoned: Vec<Attempt> = leftovers
+        .iter()
+        .filter_map(|(_, entry)| entry.started_at_ms.map(|started| (entry, started)))
+        .map(|(entry, started_at_ms)| Attempt {
+            job_id: entry.job.id,
+            attempt: entry.job.attempt,
+            kind: entry.job.kind.clone(),
+            queue: queue.name().to_string(),
+            status: AttemptStatus::Abandoned,
+            schedule: entry.job.schedule.clone(),
+            tick_ms: entry.job.tick_ms,
+            enqueued_at_ms: entry.job.enqueued_at_ms,
+            started_at_ms,
+            finished_at_ms: now,
+            worker: worker_id.to_owned(),
+            args: entry.job.args.clone(),
+            outcome: None,
+            error: Some(
+                "worker shut down before the attempt finished (grace period over)".to_owned(),
+            ),
+            next_state: Some("retrying"),
+        })
+        .collect();
+    if !abandoned.is_empty()
+        && let Err(error) = tokio::time::timeout(Duration::from_secs(5), ledger.record(abandoned))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
+    {
+        tracing::warn!(error = %error, "could not record abandoned attempts");
+    }
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        queue.release(worker_id, true, &to_release),
+    )
+    .await
+    {
+        Ok(Ok(n_released)) if n_released > 0 => {
+            tracing::warn!(queue = %queue.name(), n_released, "released jobs still running after the grace period");
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(queue = %queue.name(), error = %error, "could not release leases; they will expire")
+        }
+        Err(_) => {
+            tracing::warn!(queue = %queue.name(), "releasing leases timed out; they will expire")
+        }
+    }
+}
+
+async fn migrate_with_retry(pool: &PgPool) {
+    let mut logged = false;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match upkeep_shared::MIGRATOR.run(pool).await {
+            Ok(()) => {
+                tracing::info!("migrations applied");
+                return;
+            }
+            Err(error) => {
+                if !logged {
+                    tracing::warn!(error = %error, "cannot apply migrations yet; retrying");
+                    logged = true;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// `hostname-pid-xxxx`: unique per process and per restart, so a restarted worker never
+/// inherits the identity (and thus the leases) of its previous life.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
+    let nonce: u16 = rand_nonce();
+    format!("{host}-{}-{nonce:04x}", std::process::id())
+}
+
+fn rand_nonce() -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    (nanos ^ std::process::id()) as u16
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The whole life of a worker daemon serving `queues`: telemetry, config, build, run until
+/// SIGTERM/SIGINT. The four worker binaries are one call to this.
+///
+/// # Errors
+/// A bad configuration (naming the key), or a failure to run.
+pub async fn run_daemon(service: &str, queues: &[&str]) -> anyhow::Result<()> {
+    let settings = Settings::load().map_err(|e| anyhow::anyhow!("{e}"))?;
+    upkeep_shared::telemetry::init(
+        service,
+        &settings.telemetry.filter,
+        settings.telemetry.format,
+    );
+    tracing::info!(service, settings = %settings.redacted_summary(), "starting");
+    let queues = queues
+        .iter()
+        .map(|q| QueueName::parse(q))
+        .collect::<Result<Vec<_>, _>>()?;
+    let runtime = WorkerRuntime::build(settings, queues, Registry::standard()).await?;
+    let shutdown = Shutdown::new();
+    shutdown
+        .on_signals()
+        .context("installing signal handlers")?;
+    runtime.run_until_stopped(shutdown).await
+}
+
+/// Kinds of the catalog served by `queue` by default (for start-up logs and docs).
+#[must_use]
+pub fn default_kinds_of(queue: &str) -> Vec<&'static str> {
+    upkeep_shared::job::CATALOG
+        .iter()
+        .filter(|spec| spec.default_queue == queue)
+        .map(|spec| spec.name)
+        .filter(|name| JobKind::parse(name).is_ok())
+        .collect()
+}
