@@ -1,42 +1,59 @@
-//! `schedules` and `schedule_events`: the schedules as last reconciled from the config (the
-//! config is the source of truth), the operator's pause flag, and an audit trail of who changed
-//! what.
+//! `schedules` and `schedule_events`: the schedules as last reconciled from the config, the
+//! operator's pause flag, and the audit trail of who changed what.
+//!
+//! The config is the source of truth for definitions: [`reconcile`] brings the table in line
+//! with it at scheduler start (adding, updating, and disabling what the config dropped, never
+//! deleting), using a stable hash of each definition to tell what changed. Pausing is the
+//! operator's and survives reconciliation. Every change is one `schedule_events` row.
 
 use std::collections::HashMap;
+use std::fmt;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 
 use super::Error;
 use crate::config::ScheduleSettings;
 
-/// What reconciling the table with the config changed.
+/// What [`reconcile`] changed, by schedule name (each list sorted).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReconcilePlan {
-    /// Schedules new in the config.
+    /// Schedules new to the table.
     pub added: Vec<String>,
-    /// Schedules whose definition changed.
+    /// Schedules whose definition changed, or that came back to the config.
     pub changed: Vec<String>,
-    /// Schedules no longer in the config (kept, disabled).
+    /// Schedules no longer in the config: kept, disabled, marked `in_config = false`.
     pub removed: Vec<String>,
 }
 
 /// One row of `schedules`.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
 pub struct ScheduleRow {
-    /// Name.
+    /// The schedule's name.
     pub name: String,
-    /// Cron expression.
+    /// Cron expression as configured.
     pub cron: String,
-    /// IANA zone.
+    /// IANA time zone.
     pub timezone: String,
     /// Job kind.
     pub kind: String,
-    /// Queue.
+    /// Job arguments.
+    pub args: serde_json::Value,
+    /// Queue its jobs go to.
     pub queue: String,
-    /// Whether it fires.
+    /// Catch-up policy: `skip`, `latest` or `all`.
+    pub catch_up: String,
+    /// Catch-up window in milliseconds.
+    pub catch_up_window_ms: i64,
+    /// Most ticks caught up at once.
+    pub catch_up_max: i32,
+    /// Overlap policy: `allow`, `skip` or `queue_one`.
+    pub overlap: String,
+    /// Jitter in milliseconds.
+    pub jitter_ms: i64,
+    /// Whether the config enables it (false once removed from the config).
     pub enabled: bool,
-    /// Whether the current config has it.
+    /// Whether the current config still has it.
     pub in_config: bool,
     /// Paused by an operator.
     pub paused: bool,
@@ -44,46 +61,48 @@ pub struct ScheduleRow {
     pub paused_by: Option<String>,
     /// When it was paused.
     pub paused_at: Option<DateTime<Utc>>,
+    /// Stable hash of the definition, see [`config_hash`].
+    pub config_hash: String,
+    /// When the table first saw it.
+    pub created_at: DateTime<Utc>,
+    /// When the row last changed.
+    pub updated_at: DateTime<Utc>,
 }
 
-fn definition(schedule: &ScheduleSettings) -> serde_json::Value {
-    serde_json::json!({
-        "cron": schedule.cron.as_str(),
-        "timezone": schedule.timezone.name(),
-        "kind": schedule.kind.as_str(),
-        "args": schedule.args,
-        "queue": schedule.queue.as_str(),
-        "catch_up": schedule.catch_up.as_str(),
-        "catch_up_window_ms": schedule.catch_up_window.as_millis() as i64,
-        "catch_up_max": schedule.catch_up_max,
-        "overlap": schedule.overlap.as_str(),
-        "jitter_ms": schedule.jitter.as_millis() as i64,
-        "enabled": schedule.enabled,
-    })
+/// What happened to a schedule: the `schedule_events.action` vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventAction {
+    /// An operator paused it.
+    Pause,
+    /// An operator resumed it.
+    Resume,
+    /// An operator fired it now.
+    Trigger,
+    /// An operator enqueued past ticks.
+    Backfill,
+    /// Reconciliation found it new in the config.
+    Added,
+    /// Reconciliation found its definition changed.
+    Changed,
+    /// Reconciliation found it gone from the config.
+    Removed,
 }
 
-/// FNV-1a of the canonical definition: stable across processes and builds.
-fn hash(definition: &serde_json::Value) -> String {
-    let mut state: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in definition.to_string().bytes() {
-        state ^= u64::from(byte);
-        state = state.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{state:016x}")
-}
-
-/// Brings the table in line with the config: inserts new schedules, updates changed ones, and
-/// marks the ones gone from the config as removed (kept for history, never fired). Pause flags
-/// survive. Every change is recorded in `schedule_events` with actor `config`.
+/// Brings `schedules` in line with `configured`: inserts new schedules, updates changed ones
+/// (or ones back in the config), and disables the ones gone from the config (kept for history).
+/// Pause flags survive. Every change is a `schedule_events` row with actor `config`.
+///
+/// Safe with several replicas starting at once: the whole reconciliation is one transaction
+/// under an advisory lock, so the first replica applies the changes and the others find none.
 ///
 /// # Errors
-/// On a database error (the whole reconciliation is one transaction).
+/// [`Error::Database`] on a database error; nothing is changed then.
 pub async fn reconcile(
     pool: &PgPool,
     configured: &[ScheduleSettings],
 ) -> Result<ReconcilePlan, Error> {
     let mut tx = pool.begin().await?;
-    // Replicas starting together reconcile one at a time.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('upkeep.schedules.reconcile'))")
         .execute(&mut *tx)
         .await?;
@@ -98,21 +117,26 @@ pub async fn reconcile(
     let mut plan = ReconcilePlan::default();
     for schedule in configured {
         let definition = definition(schedule);
-        let config_hash = hash(&definition);
+        let config_hash = hash_definition(&definition);
         let action = match existing.get(&schedule.name) {
-            None => "added",
-            Some((old_hash, in_config)) if *old_hash != config_hash || !in_config => "changed",
+            None => EventAction::Added,
+            Some((old_hash, in_config)) if *old_hash != config_hash || !in_config => {
+                EventAction::Changed
+            }
             Some(_) => continue,
         };
         sqlx::query(
-            "INSERT INTO schedules (name, cron, timezone, kind, args, queue, catch_up, catch_up_window_ms, \
-             overlap, jitter_ms, enabled, in_config, config_hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, true, $12) \
-             ON CONFLICT (name) DO UPDATE SET cron = EXCLUDED.cron, timezone = EXCLUDED.timezone, \
-             kind = EXCLUDED.kind, args = EXCLUDED.args, queue = EXCLUDED.queue, \
-             catch_up = EXCLUDED.catch_up, catch_up_window_ms = EXCLUDED.catch_up_window_ms, \
-             overlap = EXCLUDED.overlap, jitter_ms = EXCLUDED.jitter_ms, enabled = EXCLUDED.enabled, \
-             in_config = true, config_hash = EXCLUDED.config_hash, updated_at = now()",
+            "INSERT INTO schedules (name, cron, timezone, kind, args, queue, catch_up, \
+             catch_up_window_ms, catch_up_max, overlap, jitter_ms, enabled, in_config, \
+             config_hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, true, $13) \
+             ON CONFLICT (name) DO UPDATE SET cron = EXCLUDED.cron, \
+             timezone = EXCLUDED.timezone, kind = EXCLUDED.kind, args = EXCLUDED.args, \
+             queue = EXCLUDED.queue, catch_up = EXCLUDED.catch_up, \
+             catch_up_window_ms = EXCLUDED.catch_up_window_ms, \
+             catch_up_max = EXCLUDED.catch_up_max, overlap = EXCLUDED.overlap, \
+             jitter_ms = EXCLUDED.jitter_ms, enabled = EXCLUDED.enabled, in_config = true, \
+             config_hash = EXCLUDED.config_hash, updated_at = now()",
         )
         .bind(&schedule.name)
         .bind(schedule.cron.as_str())
@@ -121,27 +145,31 @@ pub async fn reconcile(
         .bind(&schedule.args)
         .bind(schedule.queue.as_str())
         .bind(schedule.catch_up.as_str())
-        .bind(schedule.catch_up_window.as_millis() as i64)
+        .bind(millis(schedule.catch_up_window))
+        .bind(i32::try_from(schedule.catch_up_max).unwrap_or(i32::MAX))
         .bind(schedule.overlap.as_str())
-        .bind(schedule.jitter.as_millis() as i64)
+        .bind(millis(schedule.jitter))
         .bind(schedule.enabled)
         .bind(&config_hash)
         .execute(&mut *tx)
         .await?;
-        record_event_in(&mut tx, &schedule.name, action, "config", definition).await?;
-        if action == "added" {
-            plan.added.push(schedule.name.clone());
-        } else {
-            plan.changed.push(schedule.name.clone());
+        record_event(&mut *tx, &schedule.name, action, "config", definition).await?;
+        match action {
+            EventAction::Added => plan.added.push(schedule.name.clone()),
+            _ => plan.changed.push(schedule.name.clone()),
         }
     }
     for (name, (_, in_config)) in &existing {
         if *in_config && !configured.iter().any(|s| &s.name == name) {
-            sqlx::query("UPDATE schedules SET in_config = false, enabled = false, updated_at = now() WHERE name = $1")
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
-            record_event_in(&mut tx, name, "removed", "config", serde_json::json!({})).await?;
+            sqlx::query(
+                "UPDATE schedules SET in_config = false, enabled = false, updated_at = now() \
+                 WHERE name = $1",
+            )
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+            let detail = serde_json::json!({});
+            record_event(&mut *tx, name, EventAction::Removed, "config", detail).await?;
             plan.removed.push(name.clone());
         }
     }
@@ -152,23 +180,27 @@ pub async fn reconcile(
     Ok(plan)
 }
 
-/// Every schedule the table knows, by name.
+/// Every schedule the table knows, removed ones included, by name.
 ///
 /// # Errors
-/// On a database error.
+/// [`Error::Database`] on a database error.
 pub async fn list(pool: &PgPool) -> Result<Vec<ScheduleRow>, Error> {
     Ok(sqlx::query_as::<_, ScheduleRow>(
-        "SELECT name, cron, timezone, kind, queue, enabled, in_config, paused, paused_by, paused_at \
+        "SELECT name, cron, timezone, kind, args, queue, catch_up, catch_up_window_ms, \
+         catch_up_max, overlap, jitter_ms, enabled, in_config, paused, paused_by, paused_at, \
+         config_hash, created_at, updated_at \
          FROM schedules ORDER BY name",
     )
     .fetch_all(pool)
     .await?)
 }
 
-/// Pauses or resumes a schedule; returns false when no such schedule exists.
+/// Pauses (`paused = true`) or resumes a schedule on behalf of `actor`, recording a `pause` or
+/// `resume` event. Returns false, and records nothing, when it already was in that state.
 ///
 /// # Errors
-/// On a database error.
+/// [`Error::ScheduleNotFound`] when the table has no such schedule; [`Error::Database`] on a
+/// database error.
 pub async fn set_paused(
     pool: &PgPool,
     name: &str,
@@ -176,7 +208,17 @@ pub async fn set_paused(
     actor: &str,
 ) -> Result<bool, Error> {
     let mut tx = pool.begin().await?;
-    let updated = sqlx::query(
+    let current: Option<bool> =
+        sqlx::query_scalar("SELECT paused FROM schedules WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+    match current {
+        None => return Err(Error::ScheduleNotFound(name.to_owned())),
+        Some(current) if current == paused => return Ok(false),
+        Some(_) => {}
+    }
+    sqlx::query(
         "UPDATE schedules SET paused = $2, paused_by = CASE WHEN $2 THEN $3 END, \
          paused_at = CASE WHEN $2 THEN now() END, updated_at = now() WHERE name = $1",
     )
@@ -184,37 +226,26 @@ pub async fn set_paused(
     .bind(paused)
     .bind(actor)
     .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if updated == 1 {
-        let action = if paused { "pause" } else { "resume" };
-        record_event_in(&mut tx, name, action, actor, serde_json::json!({})).await?;
-    }
+    .await?;
+    let action = if paused {
+        EventAction::Pause
+    } else {
+        EventAction::Resume
+    };
+    record_event(&mut *tx, name, action, actor, serde_json::json!({})).await?;
     tx.commit().await?;
-    Ok(updated == 1)
+    Ok(true)
 }
 
-/// Records an operator action (trigger, backfill, ...) on a schedule.
+/// Appends one `schedule_events` row. Takes any executor, so it can join the caller's
+/// transaction.
 ///
 /// # Errors
-/// On a database error.
-pub async fn record_event(
-    pool: &PgPool,
+/// [`Error::Database`] on a database error.
+pub async fn record_event<'e>(
+    db: impl PgExecutor<'e>,
     schedule: &str,
-    action: &str,
-    actor: &str,
-    detail: serde_json::Value,
-) -> Result<(), Error> {
-    let mut tx = pool.begin().await?;
-    record_event_in(&mut tx, schedule, action, actor, detail).await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-async fn record_event_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    schedule: &str,
-    action: &str,
+    action: EventAction,
     actor: &str,
     detail: serde_json::Value,
 ) -> Result<(), Error> {
@@ -222,10 +253,92 @@ async fn record_event_in(
         "INSERT INTO schedule_events (schedule, action, actor, detail) VALUES ($1, $2, $3, $4)",
     )
     .bind(schedule)
-    .bind(action)
+    .bind(action.as_str())
     .bind(actor)
     .bind(detail)
-    .execute(&mut **tx)
+    .execute(db)
     .await?;
     Ok(())
+}
+
+/// The stable hash of a schedule's definition that [`reconcile`] compares: 16 hex digits of
+/// FNV-1a over its canonical JSON (keys sorted at every level), so it is the same in every
+/// process and every build.
+#[must_use]
+pub fn config_hash(schedule: &ScheduleSettings) -> String {
+    hash_definition(&definition(schedule))
+}
+
+impl EventAction {
+    /// The SQL spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::Trigger => "trigger",
+            Self::Backfill => "backfill",
+            Self::Added => "added",
+            Self::Changed => "changed",
+            Self::Removed => "removed",
+        }
+    }
+}
+
+impl fmt::Display for EventAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The definition as stored, also the detail of `added` and `changed` events.
+fn definition(schedule: &ScheduleSettings) -> serde_json::Value {
+    serde_json::json!({
+        "cron": schedule.cron.as_str(),
+        "timezone": schedule.timezone.name(),
+        "kind": schedule.kind.as_str(),
+        "args": schedule.args,
+        "queue": schedule.queue.as_str(),
+        "catch_up": schedule.catch_up.as_str(),
+        "catch_up_window_ms": millis(schedule.catch_up_window),
+        "catch_up_max": schedule.catch_up_max,
+        "overlap": schedule.overlap.as_str(),
+        "jitter_ms": millis(schedule.jitter),
+        "enabled": schedule.enabled,
+    })
+}
+
+fn hash_definition(definition: &serde_json::Value) -> String {
+    let mut state: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in canonical(definition).to_string().bytes() {
+        state ^= u64::from(byte);
+        state = state.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{state:016x}")
+}
+
+/// `value` with every object's keys in sorted order. serde_json keeps insertion order when some
+/// crate in the build enables its `preserve_order` feature, so sorting here keeps the hash
+/// independent of feature unification.
+fn canonical(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<(&String, &serde_json::Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            serde_json::Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(key, value)| (key.clone(), canonical(value)))
+                    .collect(),
+            )
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.iter().map(canonical).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+fn millis(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }

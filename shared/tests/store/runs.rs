@@ -1,0 +1,338 @@
+//! `store::runs`: idempotent batch writes, findings, lookups and retention.
+
+use std::time::Instant;
+
+use chrono::Duration;
+use sqlx::PgPool;
+use upkeep_shared::store::runs::{self, RunStatus};
+use upkeep_shared::{JobId, Severity};
+
+use crate::helpers::{record, succeeded_with_findings, t0};
+
+async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(pool)
+        .await
+        .expect("count query")
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn the_same_batch_recorded_twice_leaves_one_row_per_attempt(pool: PgPool) {
+    let batch: Vec<_> = (0..20)
+        .map(|_| record(JobId::new(), 1, RunStatus::Succeeded))
+        .collect();
+
+    let first = runs::record_runs(&pool, &batch).await.unwrap();
+    let second = runs::record_runs(&pool, &batch).await.unwrap();
+
+    assert_eq!(first, 20);
+    assert_eq!(second, 0, "a duplicate delivery writes nothing");
+    assert_eq!(count(&pool, "SELECT count(*) FROM job_runs").await, 20);
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn a_duplicate_delivery_does_not_overwrite_a_finished_run(pool: PgPool) {
+    let job_id = JobId::new();
+    let succeeded = record(job_id, 1, RunStatus::Succeeded);
+    runs::record_runs(&pool, &[succeeded]).await.unwrap();
+
+    let mut late_failure = record(job_id, 1, RunStatus::Failed);
+    late_failure.worker = "worker-b".to_owned();
+    let mut late_running = record(job_id, 1, RunStatus::Running);
+    late_running.worker = "worker-c".to_owned();
+    let n_failed = runs::record_runs(&pool, &[late_failure]).await.unwrap();
+    let n_running = runs::record_runs(&pool, &[late_running]).await.unwrap();
+
+    assert_eq!((n_failed, n_running), (0, 0));
+    let rows = runs::runs_for_job(&pool, job_id).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, RunStatus::Succeeded);
+    assert_eq!(rows[0].worker, "worker-a");
+    assert_eq!(rows[0].error, None);
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn an_abandoned_run_can_be_completed_by_a_later_write(pool: PgPool) {
+    let job_id = JobId::new();
+    runs::record_runs(&pool, &[record(job_id, 1, RunStatus::Abandoned)])
+        .await
+        .unwrap();
+
+    let n_written = runs::record_runs(
+        &pool,
+        &[succeeded_with_findings(
+            job_id,
+            1,
+            &[("disk.used_pct", Severity::Warn)],
+        )],
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(n_written, 1);
+    let rows = runs::runs_for_job(&pool, job_id).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, RunStatus::Succeeded);
+    assert_eq!(rows[0].duration_ms, Some(1500));
+    assert_eq!(rows[0].outcome.as_ref().unwrap().findings.len(), 1);
+    assert_eq!(count(&pool, "SELECT count(*) FROM findings").await, 1);
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn a_running_row_is_completed_by_its_final_record_and_not_by_another_running_one(
+    pool: PgPool,
+) {
+    let job_id = JobId::new();
+    runs::record_runs(&pool, &[record(job_id, 1, RunStatus::Running)])
+        .await
+        .unwrap();
+
+    let n_running_again = runs::record_runs(&pool, &[record(job_id, 1, RunStatus::Running)])
+        .await
+        .unwrap();
+    let n_failed = runs::record_runs(&pool, &[record(job_id, 1, RunStatus::Failed)])
+        .await
+        .unwrap();
+
+    assert_eq!((n_running_again, n_failed), (0, 1));
+    let rows = runs::runs_for_job(&pool, job_id).await.unwrap();
+    assert_eq!(rows[0].status, RunStatus::Failed);
+    assert_eq!(rows[0].error.as_deref(), Some("boom"));
+    assert_eq!(rows[0].next_state.as_deref(), Some("retrying"));
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn findings_are_written_once_even_when_the_run_is_delivered_twice(pool: PgPool) {
+    let job_id = JobId::new();
+    // Two findings with the same code (two disks) are both kept.
+    let run = succeeded_with_findings(
+        job_id,
+        1,
+        &[
+            ("disk.used_pct", Severity::Warn),
+            ("disk.used_pct", Severity::Critical),
+            ("backup.stale", Severity::Ok),
+        ],
+    );
+
+    runs::record_runs(&pool, std::slice::from_ref(&run))
+        .await
+        .unwrap();
+    runs::record_runs(&pool, &[run]).await.unwrap();
+
+    let findings: Vec<(i32, String, String, String, Option<serde_json::Value>)> = sqlx::query_as(
+        "SELECT ordinal, code, severity, kind, detail FROM findings WHERE job_id = $1 \
+             ORDER BY ordinal",
+    )
+    .bind(job_id.0)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let codes: Vec<(i32, &str, &str)> = findings
+        .iter()
+        .map(|(ordinal, code, severity, _, _)| (*ordinal, code.as_str(), severity.as_str()))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (1, "disk.used_pct", "warn"),
+            (2, "disk.used_pct", "critical"),
+            (3, "backup.stale", "ok")
+        ]
+    );
+    assert_eq!(findings[0].3, "system.ping");
+    assert_eq!(findings[0].4, Some(serde_json::json!({"value": 1})));
+    let created_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT min(created_at) FROM findings")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        created_at,
+        t0() + Duration::milliseconds(1500),
+        "a finding is dated when it was observed"
+    );
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn the_most_final_record_wins_when_a_batch_holds_an_attempt_twice(pool: PgPool) {
+    let job_id = JobId::new();
+    let batch = [
+        record(job_id, 1, RunStatus::Succeeded),
+        record(job_id, 1, RunStatus::Running),
+        record(job_id, 2, RunStatus::Abandoned),
+        record(job_id, 2, RunStatus::Failed),
+    ];
+
+    let n_written = runs::record_runs(&pool, &batch).await.unwrap();
+
+    assert_eq!(n_written, 2);
+    let statuses: Vec<RunStatus> = runs::runs_for_job(&pool, job_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.status)
+        .collect();
+    assert_eq!(statuses, [RunStatus::Succeeded, RunStatus::Failed]);
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn succeeded_jobs_names_only_jobs_with_a_succeeded_attempt(pool: PgPool) {
+    let retried_then_succeeded = JobId::new();
+    let only_failed = JobId::new();
+    let never_seen = JobId::new();
+    runs::record_runs(
+        &pool,
+        &[
+            record(retried_then_succeeded, 1, RunStatus::Failed),
+            record(retried_then_succeeded, 2, RunStatus::Succeeded),
+            record(only_failed, 1, RunStatus::Failed),
+            record(only_failed, 2, RunStatus::Abandoned),
+        ],
+    )
+    .await
+    .unwrap();
+
+    let succeeded = runs::succeeded_jobs(&pool, &[retried_then_succeeded, only_failed, never_seen])
+        .await
+        .unwrap();
+
+    assert_eq!(
+        succeeded.into_iter().collect::<Vec<_>>(),
+        [retried_then_succeeded]
+    );
+    assert!(runs::succeeded_jobs(&pool, &[]).await.unwrap().is_empty());
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn runs_read_back_with_every_field(pool: PgPool) {
+    let job_id = JobId::new();
+    let mut failed = record(job_id, 1, RunStatus::Failed);
+    failed.schedule = Some("nightly".to_owned());
+    failed.tick_at = Some(t0());
+    let succeeded = succeeded_with_findings(job_id, 2, &[("disk.used_pct", Severity::Ok)]);
+    runs::record_runs(&pool, &[succeeded.clone(), failed.clone()])
+        .await
+        .unwrap();
+
+    let rows = runs::runs_for_job(&pool, job_id).await.unwrap();
+
+    assert_eq!(rows.len(), 2);
+    let first = &rows[0];
+    assert_eq!(
+        (first.job_id, first.attempt, first.status),
+        (job_id, 1, RunStatus::Failed)
+    );
+    assert_eq!(first.kind, "system.ping");
+    assert_eq!(first.queue, "reports");
+    assert_eq!(first.schedule.as_deref(), Some("nightly"));
+    assert_eq!(first.tick_at, Some(t0()));
+    assert_eq!(first.enqueued_at, failed.enqueued_at);
+    assert_eq!(first.started_at, failed.started_at);
+    assert_eq!(first.finished_at, failed.finished_at);
+    assert_eq!(first.args, failed.args);
+    assert_eq!(first.outcome, None);
+    assert_eq!(rows[1].outcome, succeeded.outcome);
+    assert_eq!(rows[1].next_state.as_deref(), Some("done"));
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn recent_runs_filter_by_kind_and_status_newest_first(pool: PgPool) {
+    let mut batch = Vec::new();
+    for job_idx in 0..6 {
+        let status = if job_idx % 2 == 0 {
+            RunStatus::Succeeded
+        } else {
+            RunStatus::Failed
+        };
+        let mut run = record(JobId::new(), 1, status);
+        run.finished_at = Some(t0() + Duration::seconds(job_idx));
+        if job_idx >= 4 {
+            run.kind = "db.bloat".to_owned();
+        }
+        batch.push(run);
+    }
+    let running = record(JobId::new(), 1, RunStatus::Running);
+    batch.push(running.clone());
+    runs::record_runs(&pool, &batch).await.unwrap();
+
+    let all = runs::recent_runs(&pool, None, None, 100).await.unwrap();
+    let failed_pings = runs::recent_runs(&pool, Some("system.ping"), Some(RunStatus::Failed), 100)
+        .await
+        .unwrap();
+    let newest_two = runs::recent_runs(&pool, None, None, 2).await.unwrap();
+
+    assert_eq!(all.len(), 7);
+    assert_eq!(all[0].job_id, running.job_id, "running attempts come first");
+    assert_eq!(all[1].finished_at, Some(t0() + Duration::seconds(5)));
+    let finished: Vec<i64> = failed_pings
+        .iter()
+        .map(|row| (row.finished_at.unwrap() - t0()).num_seconds())
+        .collect();
+    assert_eq!(finished, [3, 1]);
+    assert_eq!(newest_two.len(), 2);
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn retention_deletes_old_finished_runs_and_their_findings_in_batches(pool: PgPool) {
+    let mut batch = Vec::new();
+    for job_idx in 0..25 {
+        let mut run = succeeded_with_findings(JobId::new(), 1, &[("disk.used_pct", Severity::Ok)]);
+        run.finished_at = Some(t0() + Duration::days(job_idx));
+        batch.push(run);
+    }
+    let mut old_running = record(JobId::new(), 1, RunStatus::Running);
+    old_running.started_at = t0() - Duration::days(100);
+    batch.push(old_running);
+    runs::record_runs(&pool, &batch).await.unwrap();
+
+    // Runs finished on days 0..=9 are older than the cutoff: 10 runs, in batches of 3.
+    let n_deleted = runs::delete_runs_older_than(&pool, t0() + Duration::days(10), 3)
+        .await
+        .unwrap();
+
+    assert_eq!(n_deleted, 10);
+    assert_eq!(count(&pool, "SELECT count(*) FROM job_runs").await, 16);
+    assert_eq!(count(&pool, "SELECT count(*) FROM findings").await, 15);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM job_runs WHERE status = 'running'"
+        )
+        .await,
+        1,
+        "running attempts are never deleted"
+    );
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn recording_ten_thousand_runs_in_batches_of_500_reports_its_throughput(pool: PgPool) {
+    // Measures the worker's hot path; prints the rate (run with --nocapture) and asserts only
+    // that every row landed, because timing depends on the machine.
+    let n_runs: u32 = 10_000;
+    let records: Vec<_> = (0..n_runs)
+        .map(|run_idx| {
+            if run_idx % 10 == 0 {
+                succeeded_with_findings(JobId::new(), 1, &[("disk.used_pct", Severity::Ok)])
+            } else {
+                record(JobId::new(), 1, RunStatus::Succeeded)
+            }
+        })
+        .collect();
+
+    let started = Instant::now();
+    let mut n_written = 0;
+    for chunk in records.chunks(500) {
+        n_written += runs::record_runs(&pool, chunk).await.unwrap();
+    }
+    let elapsed = started.elapsed();
+
+    println!(
+        "record_runs: {n_runs} rows in batches of 500 in {:.3} s = {:.0} rows/s",
+        elapsed.as_secs_f64(),
+        f64::from(n_runs) / elapsed.as_secs_f64()
+    );
+    assert_eq!(n_written, u64::from(n_runs));
+    assert_eq!(count(&pool, "SELECT count(*) FROM job_runs").await, 10_000);
+    assert_eq!(count(&pool, "SELECT count(*) FROM findings").await, 1_000);
+}

@@ -1,0 +1,194 @@
+//! `store::ticks`: exactly-once claims between replicas, confirmation, and history lookups.
+
+use std::sync::Arc;
+
+use chrono::Duration;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::sync::Barrier;
+use upkeep_shared::JobId;
+use upkeep_shared::store::ticks::{self, Decision};
+
+use crate::helpers::t0;
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn exactly_one_of_eight_concurrent_claimers_wins_each_tick(
+    pool_options: PgPoolOptions,
+    connect_options: PgConnectOptions,
+) {
+    // One connection per claimer, so the eight inserts really race in Postgres.
+    let n_claimers = 8;
+    let n_ticks = 25;
+    let pool = pool_options
+        .max_connections(n_claimers + 1)
+        .connect_with(connect_options)
+        .await
+        .unwrap();
+    let barrier = Arc::new(Barrier::new(n_claimers as usize));
+    let mut tasks = Vec::new();
+    for claimer_idx in 0..n_claimers {
+        let pool = pool.clone();
+        let barrier = Arc::clone(&barrier);
+        tasks.push(tokio::spawn(async move {
+            let claimer = format!("scheduler-{claimer_idx}");
+            let mut won = Vec::new();
+            for tick_idx in 0..n_ticks {
+                barrier.wait().await;
+                let fire_at = t0() + Duration::seconds(5 * i64::from(tick_idx));
+                let claim = ticks::claim_tick(&pool, "ping", fire_at, "enqueued", &claimer, None)
+                    .await
+                    .unwrap();
+                if let Some(row) = claim {
+                    assert_eq!(row.claimed_by, claimer);
+                    won.push(row.fire_at);
+                }
+            }
+            won
+        }));
+    }
+
+    let mut wins_per_tick = std::collections::BTreeMap::new();
+    for task in tasks {
+        for fire_at in task.await.unwrap() {
+            *wins_per_tick.entry(fire_at).or_insert(0) += 1;
+        }
+    }
+
+    assert_eq!(wins_per_tick.len(), n_ticks as usize, "every tick was won");
+    assert!(
+        wins_per_tick.values().all(|n_wins| *n_wins == 1),
+        "each tick has exactly one winner: {wins_per_tick:?}"
+    );
+    let n_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM schedule_ticks")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n_rows, i64::from(n_ticks));
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn a_claim_returns_the_row_and_a_second_claim_returns_nothing(pool: PgPool) {
+    let first = ticks::claim_tick(&pool, "ping", t0(), "skipped_overlap", "a", Some("busy"))
+        .await
+        .unwrap()
+        .expect("the first claim wins");
+    let second = ticks::claim_tick(&pool, "ping", t0(), "enqueued", "b", None)
+        .await
+        .unwrap();
+
+    assert_eq!(second, None);
+    assert_eq!(first.schedule, "ping");
+    assert_eq!(first.fire_at, t0());
+    assert_eq!(first.decision, Decision::SkippedOverlap);
+    assert_eq!(first.note.as_deref(), Some("busy"));
+    assert_eq!((first.job_id, first.enqueued_at), (None, None));
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn an_unknown_decision_is_refused_before_reaching_the_database(pool: PgPool) {
+    let result = ticks::claim_tick(&pool, "ping", t0(), "ran", "a", None).await;
+
+    let Err(error) = result else {
+        panic!("expected an error, got {result:?}");
+    };
+    assert_eq!(error.to_string(), "unknown tick decision \"ran\"");
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn unconfirmed_ticks_are_enqueue_claims_older_than_the_cutoff_until_confirmed(pool: PgPool) {
+    let mut claimed = Vec::new();
+    for (idx, decision) in [
+        "enqueued",
+        "caught_up",
+        "manual",
+        "backfill",
+        "missed",
+        "skipped_paused",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let fire_at = t0() + Duration::minutes(i64::try_from(idx).unwrap());
+        let row = ticks::claim_tick(&pool, "nightly", fire_at, decision, "a", None)
+            .await
+            .unwrap()
+            .unwrap();
+        claimed.push(row);
+    }
+    let cutoff = chrono::Utc::now() + Duration::seconds(1);
+
+    let before = ticks::unconfirmed_ticks(&pool, cutoff, 100).await.unwrap();
+    let none_yet = ticks::unconfirmed_ticks(&pool, claimed[0].claimed_at, 100)
+        .await
+        .unwrap();
+    let job_id = JobId::new();
+    let confirmed = ticks::confirm_tick(&pool, claimed[0].id, job_id)
+        .await
+        .unwrap();
+    let after = ticks::unconfirmed_ticks(&pool, cutoff, 100).await.unwrap();
+    let missing = ticks::confirm_tick(&pool, -1, job_id).await.unwrap();
+
+    let decisions: Vec<Decision> = before.iter().map(|row| row.decision).collect();
+    assert_eq!(
+        decisions,
+        [
+            Decision::Enqueued,
+            Decision::CaughtUp,
+            Decision::Manual,
+            Decision::Backfill
+        ]
+    );
+    assert!(
+        none_yet.is_empty(),
+        "claims at or after the cutoff are not stale yet"
+    );
+    assert!(confirmed);
+    assert!(!missing);
+    assert_eq!(after.len(), 3);
+    assert!(after.iter().all(|row| row.id != claimed[0].id));
+    let last = ticks::last_enqueued_tick(&pool, "nightly")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(last.job_id, Some(job_id));
+    assert!(last.enqueued_at.is_some());
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn last_tick_and_ticks_between_read_a_schedules_history(pool: PgPool) {
+    for minute in 0..10 {
+        let fire_at = t0() + Duration::minutes(minute);
+        ticks::claim_tick(&pool, "nightly", fire_at, "enqueued", "a", None)
+            .await
+            .unwrap();
+    }
+    ticks::claim_tick(
+        &pool,
+        "other",
+        t0() + Duration::hours(1),
+        "missed",
+        "a",
+        None,
+    )
+    .await
+    .unwrap();
+
+    let last = ticks::last_tick(&pool, "nightly").await.unwrap().unwrap();
+    let nothing = ticks::last_tick(&pool, "unknown").await.unwrap();
+    let between = ticks::ticks_between(
+        &pool,
+        "nightly",
+        t0() + Duration::minutes(2),
+        t0() + Duration::minutes(5),
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(last.fire_at, t0() + Duration::minutes(9));
+    assert_eq!(nothing, None);
+    let minutes: Vec<i64> = between
+        .iter()
+        .map(|row| (row.fire_at - t0()).num_minutes())
+        .collect();
+    assert_eq!(minutes, [3, 4, 5], "from is exclusive, to inclusive");
+}
