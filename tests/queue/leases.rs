@@ -1,0 +1,248 @@
+//! Leases and fencing tokens: an expired lease goes to the next worker with a new token, the
+//! old holder's late ack is refused, and a live worker keeps its long job's lease alive.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use upkeep_shared::Outcome;
+use upkeep_shared::queue::{AttemptStatus, NewJob, QueueOptions, Settled, Settlement, Verdict};
+
+use crate::support::{
+    Calls, KIND, TestLedger, TestWorker, consumer, eventually, exclusive, handler, shared_queue,
+    stats, total, wait_for_succeeded,
+};
+
+fn one_second_lease() -> QueueOptions {
+    QueueOptions {
+        lease: Duration::from_secs(1),
+        ..QueueOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn a_lease_that_expires_mid_job_goes_to_the_next_worker_and_the_first_holders_ack_is_refused()
+{
+    // Arrange: worker A leases the job and then goes silent (no renewals).
+    let (queue, _) = shared_queue(one_second_lease());
+    let job = NewJob::new(KIND, serde_json::json!({}), 3);
+    let id = job.id.to_string();
+    queue.enqueue(&[job]).await.expect("enqueue");
+    let fetched_by_a = queue.fetch("worker-a", 1).await.expect("fetch");
+    let leased_at = Instant::now();
+    let a = fetched_by_a.jobs.first().expect("A leases the job").clone();
+    assert_eq!(a.attempt, 1);
+
+    // Act: worker B keeps asking until the lease has expired and the job is its.
+    let (b, reclaimed) = eventually("worker B to get the job", Duration::from_secs(5), || {
+        let queue = queue.clone();
+        async move {
+            let fetched = queue.fetch("worker-b", 1).await.expect("fetch");
+            let b = fetched.jobs.first()?.clone();
+            Some((b, fetched.reclaimed))
+        }
+    })
+    .await;
+    let taken_over_after = leased_at.elapsed();
+
+    // Assert: not before the lease ran out; a new attempt with a new token.
+    assert!(
+        taken_over_after >= Duration::from_millis(900),
+        "the job was taken from A after {taken_over_after:?}, before its 1 s lease ran out"
+    );
+    assert_eq!(b.id, id);
+    assert_eq!(b.attempt, 2, "the expired lease counts as an attempt");
+    assert_ne!(b.token, a.token, "the new lease has a new fencing token");
+    let [reclaim] = reclaimed.as_slice() else {
+        panic!("expected exactly A's lease reclaimed, got {reclaimed:?}");
+    };
+    assert_eq!(
+        (
+            reclaim.id.as_str(),
+            reclaim.attempt,
+            reclaim.worker.as_str(),
+            reclaim.dead
+        ),
+        (id.as_str(), 1, "worker-a", false)
+    );
+
+    // Act: A finally answers, with a verdict that would hurt if applied (dead letter).
+    let record_before = queue.job(&id).await.expect("job").expect("job exists");
+    let late = queue
+        .settle(&[Settlement {
+            id: id.clone(),
+            token: a.token.clone(),
+            verdict: Verdict::Dead,
+            error: "A's stale verdict".to_owned(),
+        }])
+        .await
+        .expect("settle");
+    let lost_by_a = queue
+        .renew("worker-a", &[(id.clone(), a.token.clone())])
+        .await
+        .expect("renew");
+
+    // Assert: refused, and nothing changed.
+    assert_eq!(late, vec![(id.clone(), Settled::Refused)]);
+    assert_eq!(
+        lost_by_a,
+        vec![id.clone()],
+        "A's renewal reports the lease lost"
+    );
+    let record_after = queue.job(&id).await.expect("job").expect("job exists");
+    assert_eq!(record_after, record_before);
+    assert_eq!(record_after.fields["state"], "running");
+    assert_eq!(record_after.fields["worker"], "worker-b");
+    assert_eq!(record_after.fields["token"], b.token);
+    let stats_mid = stats(&queue).await;
+    assert_eq!((stats_mid.running, stats_mid.dead), (1, 0));
+
+    // Act: B acks with its token.
+    let acked = queue
+        .settle(&[Settlement {
+            id: id.clone(),
+            token: b.token.clone(),
+            verdict: Verdict::Done,
+            error: String::new(),
+        }])
+        .await
+        .expect("settle");
+
+    // Assert
+    assert_eq!(acked, vec![(id.clone(), Settled::Completed)]);
+    let record = queue
+        .job(&id)
+        .await
+        .expect("job")
+        .expect("completed jobs stay for retention");
+    assert_eq!(record.fields["state"], "completed");
+    let stats = stats(&queue).await;
+    assert_eq!((stats.running, stats.dead, stats.pending), (0, 0, 0));
+    assert_eq!(total(&stats, "succeeded"), 1);
+    assert_eq!(total(&stats, "reclaimed"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_running_three_times_longer_than_its_lease_is_renewed_and_runs_exactly_once() {
+    let _machine = exclusive().await;
+    // Arrange: two workers on a queue with a 1 s lease, so either could take over an
+    // expired lease; the handler takes 3 s.
+    let (queue, target) = shared_queue(one_second_lease());
+    let calls = Arc::new(Calls::default());
+    let ledger = Arc::new(TestLedger::default());
+    let slow = {
+        let calls = calls.clone();
+        handler(move |job| {
+            calls.record(&job);
+            async {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Ok(Outcome::default())
+            }
+        })
+    };
+    let a = TestWorker::start(
+        queue.clone(),
+        &target,
+        consumer("renew-a", 2),
+        ledger.clone(),
+        slow.clone(),
+    );
+    let b = TestWorker::start(
+        queue.clone(),
+        &target,
+        consumer("renew-b", 2),
+        ledger.clone(),
+        slow,
+    );
+    let job = NewJob::new(KIND, serde_json::json!({}), 3);
+
+    // Act
+    queue
+        .enqueue(std::slice::from_ref(&job))
+        .await
+        .expect("enqueue");
+    wait_for_succeeded(&queue, 1, Duration::from_secs(15)).await;
+    let (counters_a, counters_b) = (a.counters(), b.counters());
+    a.stop().await;
+    b.stop().await;
+
+    // Assert
+    assert_eq!(calls.of(job.id), 1, "the job was delivered once");
+    let attempts = ledger.attempts_of(job.id);
+    assert_eq!(attempts.len(), 1, "one ledger row: {attempts:?}");
+    assert_eq!(attempts[0].status, AttemptStatus::Succeeded);
+    assert_eq!(attempts[0].attempt, 1);
+    assert!(
+        attempts[0].finished_at_ms - attempts[0].started_at_ms >= 3_000,
+        "the attempt really outlived the lease"
+    );
+    let stats = stats(&queue).await;
+    assert_eq!(total(&stats, "reclaimed"), 0, "the lease never expired");
+    assert_eq!(total(&stats, "succeeded"), 1);
+    for counters in [counters_a, counters_b] {
+        assert_eq!((counters.refused_acks, counters.lost_leases), (0, 0));
+    }
+}
+
+#[tokio::test]
+async fn a_lease_that_expires_on_the_last_attempt_dead_letters_the_job_instead_of_looping() {
+    // Arrange: a job with one attempt whose worker vanished after leasing it.
+    let (queue, _) = shared_queue(one_second_lease());
+    let job = NewJob::new(KIND, serde_json::json!({}), 1);
+    let id = job.id.to_string();
+    queue.enqueue(&[job]).await.expect("enqueue");
+    let lost = queue
+        .fetch("vanished", 1)
+        .await
+        .expect("fetch")
+        .jobs
+        .remove(0);
+
+    // Act: another worker's fetches do the reclaiming once the lease has expired.
+    let reclaimed = eventually(
+        "the expired lease to be reclaimed",
+        Duration::from_secs(5),
+        || {
+            let queue = queue.clone();
+            async move {
+                let fetched = queue.fetch("survivor", 1).await.expect("fetch");
+                assert!(fetched.jobs.is_empty(), "a dead job is never leased again");
+                (!fetched.reclaimed.is_empty()).then_some(fetched.reclaimed)
+            }
+        },
+    )
+    .await;
+
+    // Assert
+    assert_eq!(reclaimed.len(), 1);
+    assert_eq!(
+        (
+            reclaimed[0].id.as_str(),
+            reclaimed[0].attempt,
+            reclaimed[0].dead
+        ),
+        (id.as_str(), 1, true)
+    );
+    let record = queue
+        .job(&id)
+        .await
+        .expect("job")
+        .expect("dead jobs are kept");
+    assert_eq!(record.fields["state"], "discarded");
+    assert_eq!(
+        record.fields["err"],
+        "lease expired on attempt 1 of 1 (worker vanished)"
+    );
+    let refused = queue
+        .settle(&[Settlement {
+            id: id.clone(),
+            token: lost.token,
+            verdict: Verdict::Done,
+            error: String::new(),
+        }])
+        .await
+        .expect("settle");
+    assert_eq!(refused, vec![(id, Settled::Refused)], "too late to ack");
+    let stats = stats(&queue).await;
+    assert_eq!((stats.dead, stats.running), (1, 0));
+    assert_eq!((total(&stats, "dead"), total(&stats, "reclaimed")), (1, 1));
+}
