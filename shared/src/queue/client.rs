@@ -271,8 +271,7 @@ impl Queue {
                 .key(&self.keys.stats)
                 .key(&self.keys.wake)
                 .arg(&self.keys.base)
-                .arg(millis(self.options.idempotency_ttl))
-                .arg(millis(self.options.retention));
+                .arg(millis(self.options.idempotency_ttl));
             for job in chunk {
                 invocation
                     .arg(job.id.to_string())
@@ -386,6 +385,7 @@ impl Queue {
             .key(&self.keys.retry)
             .key(&self.keys.dead)
             .key(&self.keys.stats)
+            .key(&self.keys.wake)
             .arg(&self.keys.base)
             .arg(millis(self.options.retention))
             .arg(millis(self.options.dead_retention));

@@ -12,7 +12,7 @@
 //!
 //! | suffix | type | content |
 //! |---|---|---|
-//! | `job:<id>` | hash | `kind`, `args`, `attempt`, `max`, `enq`, `run_at`, `state`, `token`, `worker`, `leased_at`, `err`, `sched`, `tick`, `idem`, `finished` |
+//! | `job:<id>` | hash | `kind`, `args`, `attempt`, `max` (absolute limit), `base` (attempts before the current budget, set by requeue), `enq`, `run_at`, `state`, `token`, `worker`, `leased_at`, `err`, `sched`, `tick`, `idem`, `finished` |
 //! | `ready` | list | ids ready to run; LPUSH on enqueue, RPOP on fetch |
 //! | `delayed` | zset | ids scored by run-at ms |
 //! | `retry` | zset | ids scored by retry-at ms |

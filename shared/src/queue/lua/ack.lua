@@ -1,7 +1,7 @@
 -- Settle a batch of attempts. Each settlement carries the lease's fencing token; one whose token
 -- is no longer the job's current token (the lease expired and the job was leased again) is
 -- refused and reported, never applied.
--- KEYS[1] leases, KEYS[2] retry, KEYS[3] dead, KEYS[4] stats
+-- KEYS[1] leases, KEYS[2] retry, KEYS[3] dead, KEYS[4] stats, KEYS[5] wake
 -- ARGV[1] key base, ARGV[2] retention ms (finished jobs), ARGV[3] dead retention ms,
 -- then 5 fields per settlement: id, token, verdict (done|retry|dead), retry delay ms, error
 -- Returns a flat list of 2 fields per settlement: id, applied state
@@ -53,4 +53,9 @@ if n_done > 0 then redis.call('HINCRBY', KEYS[4], 'succeeded', n_done) end
 if n_failed > 0 then redis.call('HINCRBY', KEYS[4], 'failed', n_failed) end
 if n_retried > 0 then redis.call('HINCRBY', KEYS[4], 'retried', n_retried) end
 if n_dead > 0 then redis.call('HINCRBY', KEYS[4], 'dead', n_dead) end
+-- A scheduled retry wakes one idle worker, so it learns the due time instead of sleeping past it.
+if n_retried > 0 then
+  redis.call('LPUSH', KEYS[5], 1)
+  redis.call('LTRIM', KEYS[5], 0, 63)
+end
 return out

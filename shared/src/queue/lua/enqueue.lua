@@ -1,8 +1,7 @@
 -- Enqueue a batch of jobs into one queue. Bounded by the batch size the caller sends.
 -- KEYS[1] ready list, KEYS[2] delayed zset, KEYS[3] stats hash, KEYS[4] wake list
 -- ARGV[1] key base "<prefix>:{<queue>}:" (job and idempotency keys are built from it,
---         and share the queue's hash tag), ARGV[2] idempotency ttl ms, ARGV[3] retention ms
---         of a finished job (also used as the minimum idempotency ttl),
+--         and share the queue's hash tag), ARGV[2] idempotency ttl ms,
 -- then 8 fields per job: id, kind, args, max_attempts, run_at_ms (0 = now), idem_key ('' = none),
 --         schedule ('' = none), tick_ms ('' = none)
 -- Returns a flat array: for each job, the id that stands for it and 1 if it was enqueued now,
@@ -14,7 +13,7 @@ local idem_ttl = tonumber(ARGV[2])
 local out = {}
 local n_ready = 0
 local n_new = 0
-for i = 4, #ARGV, 8 do
+for i = 3, #ARGV, 8 do
   local id, kind, args, max = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local run_at, idem, sched, tick = tonumber(ARGV[i + 4]), ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
   local existing = false

@@ -7,8 +7,13 @@ if redis.call('ZSCORE', KEYS[1], ARGV[2]) == false or redis.call('EXISTS', job) 
   return 0
 end
 redis.call('ZREM', KEYS[1], ARGV[2])
-local err = redis.call('HGET', job, 'err')
-redis.call('HSET', job, 'state', 'available', 'attempt', 0, 'prev_err', err or '')
+-- Attempts keep counting (job_runs is unique on job id + attempt); the budget restarts:
+-- `base` is the attempt count when the current budget began, `max` the absolute limit.
+local f = redis.call('HMGET', job, 'err', 'attempt', 'max', 'base')
+local attempt, max, base = tonumber(f[2]) or 0, tonumber(f[3]) or 1, tonumber(f[4]) or 0
+local budget = math.max(1, max - base)
+redis.call('HSET', job, 'state', 'available', 'base', attempt, 'max', attempt + budget,
+  'prev_err', f[1] or '')
 redis.call('HDEL', job, 'err', 'finished', 'token')
 redis.call('PERSIST', job)
 redis.call('RPUSH', KEYS[2], ARGV[2])
