@@ -207,6 +207,16 @@ async fn enqueue(
         Some(name) => QueueName::parse(name).context("--queue")?,
         None => kind.default_queue(),
     };
+    // Like a schedule's queue: a job on a queue nobody configured is never run, and neither
+    // `stats` nor `dead` would ever show it.
+    if !settings.queues.contains_key(&queue) {
+        let configured: Vec<&str> = settings.queues.keys().map(QueueName::as_str).collect();
+        bail!(
+            "--queue: queue {:?} is not configured (configured: {}; add a [queues.{queue}] section)",
+            queue.as_str(),
+            configured.join(", ")
+        );
+    }
     if count == 0 {
         bail!("--count must be at least 1");
     }
