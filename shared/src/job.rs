@@ -275,6 +275,13 @@ impl PingArgs {
         if args.is_null() {
             return Ok(Self::default());
         }
+        // serde reads a struct from an array too, by position ([5000] would mean
+        // sleep_ms = 5000): only an object is an arguments table, as for every other kind.
+        if !args.is_object() {
+            return Err(JobError::Invalid(
+                "bad args for system.ping: args of system.ping must be a JSON object".to_owned(),
+            ));
+        }
         serde_json::from_value(args.clone())
             .map_err(|e| JobError::Invalid(format!("bad args for system.ping: {e}")))
     }
