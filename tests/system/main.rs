@@ -1,6 +1,15 @@
 //! System tests: the real binaries against real Redis and Postgres.
 //!
 //! Run them with `scripts/test.sh`, which provides the services and builds the binaries
-//! first (see `upkeep_tests` for the helpers). One module per area of behaviour.
+//! first (see `upkeep_tests` for the helpers). One module per area of behaviour; each test
+//! has a database and a Redis key prefix of its own (`support::Deployment`), so they run in
+//! parallel.
 
+mod enqueue;
 mod harness;
+mod outages;
+mod scheduling;
+mod startup;
+mod stopping;
+mod support;
+mod up;
