@@ -160,13 +160,9 @@ async fn postgres_stopped_for_10s_mid_run_loses_no_job_and_records_each_success_
 }
 
 /// README: "While Postgres is down, workers stop fetching new jobs instead of holding
-/// results in memory." The worker's completion channel holds 4096 finished attempts
-/// (`ConsumerOptions::completion_buffer`) and its completer takes 256 more into the batch
-/// it retries, so handlers never block during an outage: the worker keeps fetching and
-/// running the backlog and holds every result in memory until Postgres is back.
+/// results in memory." The completer flags the ledger outage and the backend leases nothing
+/// new until a write succeeds again.
 #[tokio::test]
-#[ignore = "product bug: workers keep fetching and running jobs while Postgres is down \
-            (completion buffer of 4096 results); see the comment on this test"]
 async fn while_postgres_is_down_a_worker_stops_fetching_new_jobs() {
     let outage = backlog_through_a_postgres_outage().await;
 

@@ -177,13 +177,7 @@ async fn a_job_of_a_worker_killed_with_sigkill_is_finished_by_another_worker_onc
 
 /// The abandoned attempt of a scheduled job must stay linked to its tick, like every other
 /// attempt: `job_runs.tick_at` is how "did the 02:00 backup run?" finds its attempts.
-///
-/// Today the row written when a lease expires has `schedule` but no `tick_at`: fetch.lua's
-/// reclaim list carries `sched` but not `tick`, `queue::Reclaimed` has no tick field, and
-/// `fetch_batch` in queue/backend.rs builds that attempt with `tick_ms: None`.
 #[tokio::test]
-#[ignore = "product bug: an attempt abandoned by an expired lease is recorded with tick_at \
-            NULL; see the comment on this test"]
 async fn an_attempt_abandoned_by_a_killed_worker_keeps_the_link_to_its_schedule_tick() {
     let mut deployment = Deployment::new().await;
     deployment.set_env("UPKEEP__QUEUES__REPORTS__LEASE", "2s");

@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -205,6 +205,9 @@ struct Shared {
     completions: mpsc::Sender<Completion>,
     in_flight: AtomicUsize,
     counters: Arc<BackendCounters>,
+    /// Set by the completer while the ledger refuses writes: the backend stops leasing new
+    /// jobs, so results do not pile up in memory and jobs stay in Redis for healthier workers.
+    ledger_down: Arc<AtomicBool>,
 }
 
 type FetchFuture =
@@ -257,6 +260,7 @@ impl RedisBackend {
             completions,
             in_flight: AtomicUsize::new(0),
             counters,
+            ledger_down: Arc::new(AtomicBool::new(false)),
         });
         Self {
             shared,
@@ -291,6 +295,7 @@ impl RedisBackend {
                 self.ledger.clone(),
                 self.shared.leases.clone(),
                 self.shared.counters.clone(),
+                self.shared.ledger_down.clone(),
             ));
         }
         let renewer = tokio::spawn(run_renewer(
@@ -377,6 +382,11 @@ impl Backend for RedisBackend {
             if let Some(wait) = self.wait.as_mut() {
                 futures::ready!(wait.poll_unpin(cx));
                 self.wait = None;
+            }
+            if self.shared.ledger_down.load(Ordering::Acquire) {
+                // Back-pressure: lease nothing new until the ledger accepts writes again.
+                self.wait = Some(Box::pin(tokio::time::sleep(Duration::from_millis(200))));
+                continue;
             }
             self.start_fetch();
         }
@@ -491,7 +501,7 @@ async fn fetch_batch(
             queue: queue_name.to_string(),
             status: AttemptStatus::Abandoned,
             schedule: lost.schedule,
-            tick_ms: None,
+            tick_ms: lost.tick_ms,
             enqueued_at_ms: lost.enqueued_at_ms,
             started_at_ms: if lost.leased_at_ms > 0 {
                 lost.leased_at_ms
@@ -815,6 +825,7 @@ async fn run_completer(
     ledger: Arc<dyn Ledger>,
     leases: Arc<LeaseBook>,
     counters: Arc<BackendCounters>,
+    ledger_down: Arc<AtomicBool>,
 ) {
     let mut ledger_outage = Outage::new("ledger", "record attempts");
     let mut redis_outage = Outage::new("redis", "settle attempts");
@@ -841,9 +852,11 @@ async fn run_completer(
             match ledger.record(attempts.clone()).await {
                 Ok(()) => {
                     ledger_outage.recovered();
+                    ledger_down.store(false, Ordering::Release);
                     break;
                 }
                 Err(error) => {
+                    ledger_down.store(true, Ordering::Release);
                     let delay = ledger_outage.failed(&*error);
                     tokio::time::sleep(delay).await;
                 }

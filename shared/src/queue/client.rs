@@ -129,6 +129,8 @@ pub struct Reclaimed {
     pub dead: bool,
     /// The schedule that produced it.
     pub schedule: Option<String>,
+    /// The tick (unix ms) that produced it.
+    pub tick_ms: Option<i64>,
 }
 
 /// The result of one fetch round trip.
@@ -347,9 +349,21 @@ impl Queue {
                 missing: text(state)? == "missing",
             });
         }
-        for f in array(reclaimed)?.chunks(9) {
-            let [id, attempt, worker, leased_at, kind, args, enq, dead, sched] = f else {
-                return Err(protocol("fetch reclaim entry is not 9 fields"));
+        for f in array(reclaimed)?.chunks(10) {
+            let [
+                id,
+                attempt,
+                worker,
+                leased_at,
+                kind,
+                args,
+                enq,
+                dead,
+                sched,
+                tick,
+            ] = f
+            else {
+                return Err(protocol("fetch reclaim entry is not 10 fields"));
             };
             fetched.reclaimed.push(Reclaimed {
                 id: text(id)?,
@@ -361,6 +375,7 @@ impl Queue {
                 enqueued_at_ms: text(enq)?.parse().unwrap_or(0),
                 dead: int(dead)? == 1,
                 schedule: non_empty(text(sched)?),
+                tick_ms: non_empty(text(tick)?).and_then(|t| t.parse().ok()),
             });
         }
         let next_due = int(&next_due)?;

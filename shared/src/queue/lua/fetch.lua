@@ -8,8 +8,8 @@
 -- Returns { jobs, reclaimed, next_due_in_ms } where
 --   jobs      = flat list of 10 fields per leased job:
 --               id, token, attempt, max, kind, args, enq, sched, tick, state_was
---   reclaimed = flat list of 9 fields per expired lease taken back:
---               id, attempt, worker, leased_at, kind, args, enq, dead(1/0), sched
+--   reclaimed = flat list of 10 fields per expired lease taken back:
+--               id, attempt, worker, leased_at, kind, args, enq, dead(1/0), sched, tick
 --   next_due_in_ms = ms until the earliest delayed/retrying job is due, -1 if none
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -34,7 +34,7 @@ local expired = redis.call('ZRANGE', KEYS[4], '-inf', now, 'BYSCORE', 'LIMIT', 0
 for _, id in ipairs(expired) do
   redis.call('ZREM', KEYS[4], id)
   local job = base .. 'job:' .. id
-  local f = redis.call('HMGET', job, 'attempt', 'max', 'worker', 'leased_at', 'kind', 'args', 'enq', 'sched')
+  local f = redis.call('HMGET', job, 'attempt', 'max', 'worker', 'leased_at', 'kind', 'args', 'enq', 'sched', 'tick')
   if f[1] then
     local attempt, max = tonumber(f[1]), tonumber(f[2])
     local dead = 0
@@ -51,7 +51,7 @@ for _, id in ipairs(expired) do
       redis.call('RPUSH', KEYS[1], id)
     end
     redis.call('HINCRBY', KEYS[6], 'reclaimed', 1)
-    for _, v in ipairs({ id, f[1], f[3] or '', f[4] or '', f[5] or '', f[6] or '', f[7] or '', dead, f[8] or '' }) do
+    for _, v in ipairs({ id, f[1], f[3] or '', f[4] or '', f[5] or '', f[6] or '', f[7] or '', dead, f[8] or '', f[9] or '' }) do
       reclaimed[#reclaimed + 1] = v
     end
   end
