@@ -103,7 +103,11 @@ impl ChildProcess {
     /// Fails when the log file cannot be created or the process cannot be started.
     pub fn spawn(label: &str, command: Command) -> anyhow::Result<Self> {
         let log_dir = tempfile::Builder::new()
-            .prefix(&format!("upkeep-{label}-"))
+            .prefix(&if label.starts_with("upkeep") {
+                format!("{label}-")
+            } else {
+                format!("upkeep-{label}-")
+            })
             .tempdir()
             .context("creating a directory for the child's log")?;
         let log_path = log_dir.path().join(format!("{label}.log"));
