@@ -317,6 +317,9 @@ impl Queue {
             .key(&self.keys.stats)
             .key(&self.keys.fence)
             .key(&self.keys.workers)
+            .key(&self.keys.tokens)
+            .key(&self.keys.holders)
+            .key(&self.keys.attempts)
             .arg(&self.keys.base)
             .arg(worker)
             .arg(count)
@@ -401,6 +404,9 @@ impl Queue {
             .key(&self.keys.dead)
             .key(&self.keys.stats)
             .key(&self.keys.wake)
+            .key(&self.keys.tokens)
+            .key(&self.keys.holders)
+            .key(&self.keys.attempts)
             .arg(&self.keys.base)
             .arg(millis(self.options.retention))
             .arg(millis(self.options.dead_retention));
@@ -448,6 +454,7 @@ impl Queue {
         invocation
             .key(&self.keys.leases)
             .key(&self.keys.workers)
+            .key(&self.keys.tokens)
             .arg(&self.keys.base)
             .arg(worker)
             .arg(millis(self.options.lease));
@@ -475,6 +482,9 @@ impl Queue {
             .key(&self.keys.ready)
             .key(&self.keys.wake)
             .key(&self.keys.workers)
+            .key(&self.keys.tokens)
+            .key(&self.keys.holders)
+            .key(&self.keys.attempts)
             .arg(&self.keys.base)
             .arg(if deregister { worker } else { "" });
         for (id, token, started) in leases {
@@ -497,6 +507,7 @@ impl Queue {
             .key(&self.keys.dead)
             .key(&self.keys.ready)
             .key(&self.keys.wake)
+            .key(&self.keys.attempts)
             .arg(&self.keys.base)
             .arg(id)
             .invoke_async(&mut self.conn.clone())
@@ -526,16 +537,53 @@ impl Queue {
         Ok(out)
     }
 
-    /// One job's hash, or `None` when Redis no longer knows it (finished and expired).
+    /// One job's record, or `None` when Redis no longer knows it (finished and expired).
+    ///
+    /// The job's hash holds its payload and its last settled state; while it is leased, the
+    /// lease fields (`state = running`, `token`, `worker`, `leased_at`) and the live `attempt`
+    /// count come from the queue's lease hashes and are merged in here.
     ///
     /// # Errors
     /// On a Redis error.
     pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, Error> {
-        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+        let (mut fields, lease_deadline, token, holder, attempt): (
+            HashMap<String, String>,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        ) = redis::pipe()
+            .cmd("HGETALL")
             .arg(self.keys.job(id))
+            .cmd("ZSCORE")
+            .arg(&self.keys.leases)
+            .arg(id)
+            .cmd("HGET")
+            .arg(&self.keys.tokens)
+            .arg(id)
+            .cmd("HGET")
+            .arg(&self.keys.holders)
+            .arg(id)
+            .cmd("HGET")
+            .arg(&self.keys.attempts)
+            .arg(id)
             .query_async(&mut self.conn.clone())
             .await?;
-        Ok((!fields.is_empty()).then(|| JobRecord {
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        if let Some(attempt) = attempt {
+            fields.insert("attempt".to_owned(), attempt);
+        }
+        if let (Some(_), Some(token)) = (lease_deadline, token) {
+            fields.insert("state".to_owned(), "running".to_owned());
+            fields.insert("token".to_owned(), token);
+            if let Some((worker, leased_at)) = holder.as_deref().and_then(|h| h.split_once('|')) {
+                fields.insert("worker".to_owned(), worker.to_owned());
+                fields.insert("leased_at".to_owned(), leased_at.to_owned());
+            }
+        }
+        Ok(Some(JobRecord {
             id: id.to_owned(),
             fields,
         }))

@@ -31,6 +31,12 @@ pub struct QueueKeys {
     pub workers: String,
     /// List of wake-up tokens that idle workers block on.
     pub wake: String,
+    /// Hash job id → fencing token of its current lease (only while leased).
+    pub tokens: String,
+    /// Hash job id → `worker|leased_at_ms` of its current lease (only while leased).
+    pub holders: String,
+    /// Hash job id → attempts so far (from first lease until completed or dead).
+    pub attempts: String,
 }
 
 impl QueueKeys {
@@ -50,6 +56,9 @@ impl QueueKeys {
             fence: key("fence"),
             workers: key("workers"),
             wake: key("wake"),
+            tokens: key("tokens"),
+            holders: key("holders"),
+            attempts: key("attempts"),
             base,
         }
     }
@@ -90,6 +99,9 @@ mod tests {
             &keys.fence,
             &keys.workers,
             &keys.wake,
+            &keys.tokens,
+            &keys.holders,
+            &keys.attempts,
         ] {
             assert!(key.starts_with("upkeep:{reports}:"), "{key}");
         }

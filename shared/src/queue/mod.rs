@@ -22,6 +22,9 @@
 //! | `fence` | string | fencing-token counter |
 //! | `workers` | zset | worker ids scored by last sign of life |
 //! | `wake` | list | wake-up tokens idle workers block on (capped at 64) |
+//! | `tokens` | hash | job id → fencing token of its current lease (only while leased) |
+//! | `holders` | hash | job id → `worker|leased_at` of its current lease |
+//! | `attempts` | hash | job id → attempts so far, from first lease until completed or dead |
 //! | `idem:<key>` | string | the job id an idempotency key stands for (expires) |
 //!
 //! # Scripts and their contracts
@@ -32,11 +35,13 @@
 //! - `fetch.lua`: promote at most `maintenance_limit` due ids from `delayed` and `retry`;
 //!   reclaim at most `maintenance_limit` expired leases (back to `ready`, or to `dead` when that
 //!   was the last attempt); RPOP up to `count` ids and lease each: `attempt += 1`, a new fencing
-//!   token from `fence`, ZADD `leases` at now + lease. Returns the leased jobs, the reclaimed
+//!   token from `fence`, ZADD `leases` at now + lease. The lease lives in the per-queue
+//!   `tokens`/`holders`/`attempts` hashes, written once per batch: leasing a job costs one
+//!   HMGET of its hash and nothing else per job, which is what makes the hot path cheap. Returns the leased jobs, the reclaimed
 //!   leases (so the caller can record the abandoned attempts) and when the next delayed job is due.
-//! - `ack.lua`: per settlement, refuse it unless the token equals the job's current token and
-//!   the job is `running`; else complete (expire after retention), schedule a retry, or
-//!   dead-letter.
+//! - `ack.lua`: per settlement, refuse it unless the token equals the job's current token in
+//!   `tokens` (a settled or reclaimed lease has none); else complete (expire after retention),
+//!   schedule a retry, or dead-letter. Lease bookkeeping is removed once per batch.
 //! - `renew.lua`: extend leases whose token still matches; report the ones lost.
 //! - `release.lua`: give leases back to `ready` (on shutdown), uncounting unstarted attempts.
 //! - `requeue.lua`: operator moves a dead job back to `ready` with a fresh attempt budget.

@@ -1,44 +1,61 @@
 -- Settle a batch of attempts. Each settlement carries the lease's fencing token; one whose token
--- is no longer the job's current token (the lease expired and the job was leased again) is
--- refused and reported, never applied.
--- KEYS[1] leases, KEYS[2] retry, KEYS[3] dead, KEYS[4] stats, KEYS[5] wake
+-- is no longer the job's current token (the lease expired and the job was leased again, or it
+-- was already settled) is refused and reported, never applied.
+-- KEYS[1] leases, KEYS[2] retry, KEYS[3] dead, KEYS[4] stats, KEYS[5] wake,
+-- KEYS[6] tokens, KEYS[7] holders, KEYS[8] attempts
 -- ARGV[1] key base, ARGV[2] retention ms (finished jobs), ARGV[3] dead retention ms,
--- then 5 fields per settlement: id, token, verdict (done|retry|dead), retry delay ms, error
+-- then 5 fields per settlement: id, token, verdict (done|retry|dead), retry delay ms, error.
+-- The caller sends at most a few hundred settlements per call. A retry of the last attempt
+-- becomes a dead letter.
 -- Returns a flat list of 2 fields per settlement: id, applied state
 --   (completed|retryable|discarded) or 'refused' when the token is stale.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local base = ARGV[1]
 local retention, dead_retention = tonumber(ARGV[2]), tonumber(ARGV[3])
+local ids = {}
+for i = 4, #ARGV, 5 do ids[#ids + 1] = ARGV[i] end
+if #ids == 0 then return {} end
+local current = redis.call('HMGET', KEYS[6], unpack(ids))
+local attempts = redis.call('HMGET', KEYS[8], unpack(ids))
 local out = {}
+local settled, finished, retries, deaths = {}, {}, {}, {}
 local n_done, n_failed, n_dead, n_retried = 0, 0, 0, 0
-local unleased = {}
-for i = 4, #ARGV, 5 do
-  local id, token, verdict, delay, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4]
-  local job = base .. 'job:' .. id
-  local f = redis.call('HMGET', job, 'token', 'state', 'attempt', 'max')
+for k, id in ipairs(ids) do
+  local i = 4 + (k - 1) * 5
+  local token, verdict, delay, err = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4]
   local state
-  if f[1] ~= token or f[2] ~= 'running' then
+  if current[k] ~= token then
     state = 'refused'
   else
-    unleased[#unleased + 1] = id
-    if verdict == 'retry' and tonumber(f[3]) >= tonumber(f[4]) then verdict = 'dead' end
+    local job = base .. 'job:' .. id
+    local attempt = attempts[k] or '0'
+    settled[#settled + 1] = id
+    if verdict == 'retry' and tonumber(attempt) >= (tonumber(redis.call('HGET', job, 'max')) or 1) then
+      verdict = 'dead'
+    end
     if verdict == 'done' then
-      redis.call('HSET', job, 'state', 'completed', 'finished', now)
-      if tonumber(f[3]) > 1 then redis.call('HDEL', job, 'err') end
+      if tonumber(attempt) > 1 then
+        redis.call('HDEL', job, 'err')
+      end
+      redis.call('HSET', job, 'state', 'completed', 'finished', now, 'attempt', attempt)
       redis.call('PEXPIRE', job, retention)
+      finished[#finished + 1] = id
       n_done = n_done + 1
       state = 'completed'
     elseif verdict == 'retry' then
       redis.call('HSET', job, 'state', 'retryable', 'err', err)
-      redis.call('ZADD', KEYS[2], now + delay, id)
+      retries[#retries + 1] = now + delay
+      retries[#retries + 1] = id
       n_failed = n_failed + 1
       n_retried = n_retried + 1
       state = 'retryable'
     else
-      redis.call('HSET', job, 'state', 'discarded', 'err', err, 'finished', now)
-      redis.call('ZADD', KEYS[3], now, id)
+      redis.call('HSET', job, 'state', 'discarded', 'err', err, 'finished', now, 'attempt', attempt)
       redis.call('PEXPIRE', job, dead_retention)
+      deaths[#deaths + 1] = now
+      deaths[#deaths + 1] = id
+      finished[#finished + 1] = id
       n_failed = n_failed + 1
       n_dead = n_dead + 1
       state = 'discarded'
@@ -47,8 +64,14 @@ for i = 4, #ARGV, 5 do
   out[#out + 1] = id
   out[#out + 1] = state
 end
--- One ZREM for the batch; the batch size is bounded by the caller (at most 1024).
-if #unleased > 0 then redis.call('ZREM', KEYS[1], unpack(unleased)) end
+if #settled > 0 then
+  redis.call('ZREM', KEYS[1], unpack(settled))
+  redis.call('HDEL', KEYS[6], unpack(settled))
+  redis.call('HDEL', KEYS[7], unpack(settled))
+end
+if #finished > 0 then redis.call('HDEL', KEYS[8], unpack(finished)) end
+if #retries > 0 then redis.call('ZADD', KEYS[2], unpack(retries)) end
+if #deaths > 0 then redis.call('ZADD', KEYS[3], unpack(deaths)) end
 if n_done > 0 then redis.call('HINCRBY', KEYS[4], 'succeeded', n_done) end
 if n_failed > 0 then redis.call('HINCRBY', KEYS[4], 'failed', n_failed) end
 if n_retried > 0 then redis.call('HINCRBY', KEYS[4], 'retried', n_retried) end

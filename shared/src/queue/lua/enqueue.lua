@@ -11,6 +11,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local base = ARGV[1]
 local idem_ttl = tonumber(ARGV[2])
 local out = {}
+local ready = {}
 local n_ready = 0
 local n_new = 0
 for i = 3, #ARGV, 8 do
@@ -39,14 +40,15 @@ for i = 3, #ARGV, 8 do
     if state == 'scheduled' then
       redis.call('ZADD', KEYS[2], run_at, id)
     else
-      redis.call('LPUSH', KEYS[1], id)
       n_ready = n_ready + 1
+      ready[n_ready] = id
     end
     n_new = n_new + 1
     out[#out + 1] = id
     out[#out + 1] = 1
   end
 end
+if n_ready > 0 then redis.call('LPUSH', KEYS[1], unpack(ready)) end
 if n_new > 0 then redis.call('HINCRBY', KEYS[3], 'enqueued', n_new) end
 if n_ready > 0 then
   -- One wake token per ready job, capped: idle workers block on this list.

@@ -1,5 +1,5 @@
 -- Operator action: move a dead job back to the ready list with a fresh attempt budget.
--- KEYS[1] dead, KEYS[2] ready, KEYS[3] wake
+-- KEYS[1] dead, KEYS[2] ready, KEYS[3] wake, KEYS[4] attempts
 -- ARGV[1] key base, ARGV[2] id
 -- Returns 1 when requeued, 0 when the id is not a dead letter (or its data has expired).
 local job = ARGV[1] .. 'job:' .. ARGV[2]
@@ -14,7 +14,8 @@ local attempt, max, base = tonumber(f[2]) or 0, tonumber(f[3]) or 1, tonumber(f[
 local budget = math.max(1, max - base)
 redis.call('HSET', job, 'state', 'available', 'base', attempt, 'max', attempt + budget,
   'prev_err', f[1] or '')
-redis.call('HDEL', job, 'err', 'finished', 'token')
+redis.call('HDEL', job, 'err', 'finished')
+redis.call('HSET', KEYS[4], ARGV[2], attempt)
 redis.call('PERSIST', job)
 redis.call('RPUSH', KEYS[2], ARGV[2])
 redis.call('LPUSH', KEYS[3], 1)
