@@ -546,13 +546,7 @@ impl Queue {
     /// # Errors
     /// On a Redis error.
     pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, Error> {
-        let (mut fields, lease_deadline, token, holder, attempt): (
-            HashMap<String, String>,
-            Option<i64>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-        ) = redis::pipe()
+        let (mut fields, lease_deadline, token, holder, attempt): JobReply = redis::pipe()
             .cmd("HGETALL")
             .arg(self.keys.job(id))
             .cmd("ZSCORE")
@@ -661,6 +655,15 @@ impl Queue {
         Ok(popped.is_some())
     }
 }
+
+/// HGETALL of the job, then its lease deadline, token, holder and live attempt count.
+type JobReply = (
+    HashMap<String, String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
