@@ -819,6 +819,10 @@ where
 /// Most attempts recorded and settled per round trip.
 const COMPLETION_BATCH: usize = 256;
 
+/// The completer is a two-stage pipeline: stage one writes a batch to the ledger, stage two
+/// settles it in Redis. Each stage is sequential, so ledger batches stay as large as the
+/// backlog allows (one commit, one fsync, per batch), while one batch's Redis settle overlaps
+/// the next batch's commit. A job still reaches stage two only after its row is committed.
 async fn run_completer(
     mut rx: mpsc::Receiver<Completion>,
     queue: Queue,
@@ -827,8 +831,9 @@ async fn run_completer(
     counters: Arc<BackendCounters>,
     ledger_down: Arc<AtomicBool>,
 ) {
+    let (settle_tx, settle_rx) = mpsc::channel::<Recorded>(2);
+    let settler = tokio::spawn(run_settler(settle_rx, queue, leases, counters));
     let mut ledger_outage = Outage::new("ledger", "record attempts");
-    let mut redis_outage = Outage::new("redis", "settle attempts");
     let mut batch = Vec::with_capacity(COMPLETION_BATCH);
     while rx.recv_many(&mut batch, COMPLETION_BATCH).await > 0 {
         let mut attempts = Vec::with_capacity(batch.len());
@@ -847,7 +852,7 @@ async fn run_completer(
                 Completion::Flush(done) => flushes.push(done),
             }
         }
-        // 1. The ledger first: a job is never acked before its row is committed.
+        // The ledger first: a job is never acked before its row is committed.
         while !attempts.is_empty() {
             match ledger.record(attempts.clone()).await {
                 Ok(()) => {
@@ -862,7 +867,40 @@ async fn run_completer(
                 }
             }
         }
-        // 2. Then settle in Redis, fenced by each lease's token.
+        if settle_tx
+            .send(Recorded {
+                settlements,
+                flushes,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    drop(settle_tx);
+    let _ = settler.await;
+}
+
+/// A batch whose ledger rows are committed, ready to settle.
+struct Recorded {
+    settlements: Vec<Settlement>,
+    /// Flush requests received with this batch: answered once it is settled.
+    flushes: Vec<oneshot::Sender<()>>,
+}
+
+async fn run_settler(
+    mut rx: mpsc::Receiver<Recorded>,
+    queue: Queue,
+    leases: Arc<LeaseBook>,
+    counters: Arc<BackendCounters>,
+) {
+    let mut redis_outage = Outage::new("redis", "settle attempts");
+    while let Some(Recorded {
+        settlements,
+        flushes,
+    }) = rx.recv().await
+    {
         while !settlements.is_empty() {
             match queue.settle(&settlements).await {
                 Ok(results) => {
