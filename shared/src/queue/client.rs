@@ -320,12 +320,14 @@ impl Queue {
             .key(&self.keys.tokens)
             .key(&self.keys.holders)
             .key(&self.keys.attempts)
+            .key(&self.keys.done)
             .arg(&self.keys.base)
             .arg(worker)
             .arg(count)
             .arg(millis(self.options.lease))
             .arg(self.options.maintenance_limit)
             .arg(millis(self.options.dead_retention))
+            .arg(millis(self.options.retention))
             .invoke_async(&mut self.conn.clone())
             .await?;
         let mut parts = array(reply)?.into_iter();
@@ -407,6 +409,7 @@ impl Queue {
             .key(&self.keys.tokens)
             .key(&self.keys.holders)
             .key(&self.keys.attempts)
+            .key(&self.keys.done)
             .arg(&self.keys.base)
             .arg(millis(self.options.retention))
             .arg(millis(self.options.dead_retention));
@@ -546,28 +549,37 @@ impl Queue {
     /// # Errors
     /// On a Redis error.
     pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, Error> {
-        let (mut fields, lease_deadline, token, holder, attempt): JobReply = redis::pipe()
-            .cmd("HGETALL")
-            .arg(self.keys.job(id))
-            .cmd("ZSCORE")
-            .arg(&self.keys.leases)
-            .arg(id)
-            .cmd("HGET")
-            .arg(&self.keys.tokens)
-            .arg(id)
-            .cmd("HGET")
-            .arg(&self.keys.holders)
-            .arg(id)
-            .cmd("HGET")
-            .arg(&self.keys.attempts)
-            .arg(id)
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let (mut fields, lease_deadline, token, holder, attempt, completed_at): JobReply =
+            redis::pipe()
+                .cmd("HGETALL")
+                .arg(self.keys.job(id))
+                .cmd("ZSCORE")
+                .arg(&self.keys.leases)
+                .arg(id)
+                .cmd("HGET")
+                .arg(&self.keys.tokens)
+                .arg(id)
+                .cmd("HGET")
+                .arg(&self.keys.holders)
+                .arg(id)
+                .cmd("HGET")
+                .arg(&self.keys.attempts)
+                .arg(id)
+                .cmd("ZSCORE")
+                .arg(&self.keys.done)
+                .arg(id)
+                .query_async(&mut self.conn.clone())
+                .await?;
         if fields.is_empty() {
             return Ok(None);
         }
         if let Some(attempt) = attempt {
             fields.insert("attempt".to_owned(), attempt);
+        }
+        if let Some(completed_at) = completed_at {
+            fields.insert("state".to_owned(), "completed".to_owned());
+            fields.insert("finished".to_owned(), completed_at.to_string());
+            fields.remove("err");
         }
         if let (Some(_), Some(token)) = (lease_deadline, token) {
             fields.insert("state".to_owned(), "running".to_owned());
@@ -663,6 +675,7 @@ type JobReply = (
     Option<String>,
     Option<String>,
     Option<String>,
+    Option<i64>,
 );
 
 fn millis(duration: Duration) -> u64 {

@@ -35,8 +35,10 @@ pub struct QueueKeys {
     pub tokens: String,
     /// Hash job id → `worker|leased_at_ms` of its current lease (only while leased).
     pub holders: String,
-    /// Hash job id → attempts so far (from first lease until completed or dead).
+    /// Hash job id → attempts so far (from first lease until dead, or deleted after retention).
     pub attempts: String,
+    /// Zset of completed job ids scored by completion time (unix ms), deleted after retention.
+    pub done: String,
 }
 
 impl QueueKeys {
@@ -59,6 +61,7 @@ impl QueueKeys {
             tokens: key("tokens"),
             holders: key("holders"),
             attempts: key("attempts"),
+            done: key("done"),
             base,
         }
     }
@@ -102,6 +105,7 @@ mod tests {
             &keys.tokens,
             &keys.holders,
             &keys.attempts,
+            &keys.done,
         ] {
             assert!(key.starts_with("upkeep:{reports}:"), "{key}");
         }

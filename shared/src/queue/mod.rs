@@ -24,7 +24,8 @@
 //! | `wake` | list | wake-up tokens idle workers block on (capped at 64) |
 //! | `tokens` | hash | job id → fencing token of its current lease (only while leased) |
 //! | `holders` | hash | job id → `worker|leased_at` of its current lease |
-//! | `attempts` | hash | job id → attempts so far, from first lease until completed or dead |
+//! | `attempts` | hash | job id → attempts so far, from first lease until dead or deleted |
+//! | `done` | zset | completed job ids scored by completion time; fetch deletes their hashes in bulk after `retention` |
 //! | `idem:<key>` | string | the job id an idempotency key stands for (expires) |
 //!
 //! # Scripts and their contracts
@@ -41,7 +42,8 @@
 //!   leases (so the caller can record the abandoned attempts) and when the next delayed job is due.
 //! - `ack.lua`: per settlement, refuse it unless the token equals the job's current token in
 //!   `tokens` (a settled or reclaimed lease has none); else complete (expire after retention),
-//!   schedule a retry, or dead-letter. Lease bookkeeping is removed once per batch.
+//!   schedule a retry, or dead-letter. Lease bookkeeping is removed once per batch, and a
+//!   completion is one ZADD to `done` per batch: no per-job command at all.
 //! - `renew.lua`: extend leases whose token still matches; report the ones lost.
 //! - `release.lua`: give leases back to `ready` (on shutdown), uncounting unstarted attempts.
 //! - `requeue.lua`: operator moves a dead job back to `ready` with a fresh attempt budget.

@@ -2,8 +2,11 @@
 -- is no longer the job's current token (the lease expired and the job was leased again, or it
 -- was already settled) is refused and reported, never applied.
 -- KEYS[1] leases, KEYS[2] retry, KEYS[3] dead, KEYS[4] stats, KEYS[5] wake,
--- KEYS[6] tokens, KEYS[7] holders, KEYS[8] attempts
--- ARGV[1] key base, ARGV[2] retention ms (finished jobs), ARGV[3] dead retention ms,
+-- KEYS[6] tokens, KEYS[7] holders, KEYS[8] attempts, KEYS[9] done zset
+-- A completed job costs no per-job command: it joins the `done` zset (one ZADD per batch), and
+-- fetch deletes its hash in bulk once the retention has passed.
+-- ARGV[1] key base, ARGV[2] retention ms (unused here: fetch deletes completed jobs),
+-- ARGV[3] dead retention ms,
 -- then 5 fields per settlement: id, token, verdict (done|retry|dead), retry delay ms, error.
 -- The caller sends at most a few hundred settlements per call. A retry of the last attempt
 -- becomes a dead letter.
@@ -19,7 +22,7 @@ if #ids == 0 then return {} end
 local current = redis.call('HMGET', KEYS[6], unpack(ids))
 local attempts = redis.call('HMGET', KEYS[8], unpack(ids))
 local out = {}
-local settled, finished, retries, deaths = {}, {}, {}, {}
+local settled, buried, retries, deaths, completions = {}, {}, {}, {}, {}
 local n_done, n_failed, n_dead, n_retried = 0, 0, 0, 0
 for k, id in ipairs(ids) do
   local i = 4 + (k - 1) * 5
@@ -35,12 +38,8 @@ for k, id in ipairs(ids) do
       verdict = 'dead'
     end
     if verdict == 'done' then
-      if tonumber(attempt) > 1 then
-        redis.call('HDEL', job, 'err')
-      end
-      redis.call('HSET', job, 'state', 'completed', 'finished', now, 'attempt', attempt)
-      redis.call('PEXPIRE', job, retention)
-      finished[#finished + 1] = id
+      completions[#completions + 1] = now
+      completions[#completions + 1] = id
       n_done = n_done + 1
       state = 'completed'
     elseif verdict == 'retry' then
@@ -55,7 +54,7 @@ for k, id in ipairs(ids) do
       redis.call('PEXPIRE', job, dead_retention)
       deaths[#deaths + 1] = now
       deaths[#deaths + 1] = id
-      finished[#finished + 1] = id
+      buried[#buried + 1] = id
       n_failed = n_failed + 1
       n_dead = n_dead + 1
       state = 'discarded'
@@ -69,7 +68,8 @@ if #settled > 0 then
   redis.call('HDEL', KEYS[6], unpack(settled))
   redis.call('HDEL', KEYS[7], unpack(settled))
 end
-if #finished > 0 then redis.call('HDEL', KEYS[8], unpack(finished)) end
+if #buried > 0 then redis.call('HDEL', KEYS[8], unpack(buried)) end
+if #completions > 0 then redis.call('ZADD', KEYS[9], unpack(completions)) end
 if #retries > 0 then redis.call('ZADD', KEYS[2], unpack(retries)) end
 if #deaths > 0 then redis.call('ZADD', KEYS[3], unpack(deaths)) end
 if n_done > 0 then redis.call('HINCRBY', KEYS[4], 'succeeded', n_done) end

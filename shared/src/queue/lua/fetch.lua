@@ -3,9 +3,9 @@
 -- cost of one call is bounded by its arguments, never by the size of the backlog.
 -- KEYS[1] ready, KEYS[2] delayed, KEYS[3] retry, KEYS[4] leases, KEYS[5] dead,
 -- KEYS[6] stats, KEYS[7] fence counter, KEYS[8] workers zset, KEYS[9] tokens hash,
--- KEYS[10] holders hash, KEYS[11] attempts hash
+-- KEYS[10] holders hash, KEYS[11] attempts hash, KEYS[12] done zset
 -- ARGV[1] key base, ARGV[2] worker id, ARGV[3] count, ARGV[4] lease ms,
--- ARGV[5] promote/reclaim limit, ARGV[6] dead retention ms
+-- ARGV[5] promote/reclaim/clean-up limit, ARGV[6] dead retention ms, ARGV[7] retention ms
 -- Returns { jobs, reclaimed, next_due_in_ms } where
 --   jobs      = flat list of 10 fields per leased job:
 --               id, token, attempt, max, kind, args, enq, sched, tick, state_was
@@ -19,6 +19,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local base, worker = ARGV[1], ARGV[2]
 local count, lease_ms, limit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local dead_retention = tonumber(ARGV[6])
+local retention = tonumber(ARGV[7])
 
 -- 1. Promote due delayed and retrying jobs (oldest due first).
 for _, zkey in ipairs({ KEYS[2], KEYS[3] }) do
@@ -71,8 +72,19 @@ if #expired > 0 then
   end
 end
 
--- 3. Forget dead letters past their retention (their hashes expire by themselves).
+-- 3. Forget dead letters past their retention (their hashes expire by themselves), and delete
+--    completed jobs past theirs, in bulk: completing a job costs no per-job command.
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - dead_retention)
+local more_to_clean = false
+local finished = redis.call('ZRANGE', KEYS[12], '-inf', now - retention, 'BYSCORE', 'LIMIT', 0, limit)
+if #finished > 0 then
+  local job_keys = {}
+  for i, id in ipairs(finished) do job_keys[i] = base .. 'job:' .. id end
+  redis.call('UNLINK', unpack(job_keys))
+  redis.call('HDEL', KEYS[11], unpack(finished))
+  redis.call('ZREM', KEYS[12], unpack(finished))
+  more_to_clean = #finished == limit
+end
 
 -- 4. Lease ready jobs.
 local jobs = {}
@@ -142,13 +154,17 @@ end
 
 redis.call('ZADD', KEYS[8], now, worker)
 
--- 5. When is the next delayed or retrying job due? Idle workers sleep at most that long.
+-- 5. When is the next delayed or retrying job due, or the next completed job to delete?
+--    Idle workers sleep at most that long.
 local next_due = -1
-for _, zkey in ipairs({ KEYS[2], KEYS[3] }) do
+for z, zkey in ipairs({ KEYS[2], KEYS[3], KEYS[12] }) do
   local first = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
   if first[2] then
-    local wait = math.max(0, tonumber(first[2]) - now)
+    local at = tonumber(first[2])
+    if z == 3 then at = at + retention end
+    local wait = math.max(0, at - now)
     if next_due < 0 or wait < next_due then next_due = wait end
   end
 end
+if more_to_clean then next_due = 0 end
 return { jobs, reclaimed, next_due }
