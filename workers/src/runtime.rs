@@ -14,13 +14,13 @@ use apalis_core::monitor::Monitor;
 use apalis_core::worker::builder::WorkerBuilder;
 use sqlx::PgPool;
 use tower::limit::ConcurrencyLimitLayer;
+use upkeep_shared::QueueName;
 use upkeep_shared::config::Settings;
 use upkeep_shared::queue::{
     Attempt, AttemptStatus, ConsumerOptions, KindPolicy, LeaseBook, Ledger, Queue, RedisBackend,
     RedisConn,
 };
 use upkeep_shared::shutdown::Shutdown;
-use upkeep_shared::{JobKind, QueueName};
 
 use crate::ledger::PgLedger;
 use crate::registry::{Registry, dispatch};
@@ -315,15 +315,4 @@ pub async fn run_daemon(service: &str, queues: &[&str]) -> anyhow::Result<()> {
         .on_signals()
         .context("installing signal handlers")?;
     runtime.run_until_stopped(shutdown).await
-}
-
-/// Kinds of the catalog served by `queue` by default (for start-up logs and docs).
-#[must_use]
-pub fn default_kinds_of(queue: &str) -> Vec<&'static str> {
-    upkeep_shared::job::CATALOG
-        .iter()
-        .filter(|spec| spec.default_queue == queue)
-        .map(|spec| spec.name)
-        .filter(|name| JobKind::parse(name).is_ok())
-        .collect()
 }
