@@ -26,6 +26,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use toml::{Table, Value};
 
 use crate::job::{self, JobKind, QueueName};
+use crate::queue::SentinelUrl;
 use crate::schedule::{self, CatchUp, CronExpr, Overlap};
 use crate::telemetry::LogFormat;
 
@@ -77,8 +78,9 @@ pub struct DatabaseSettings {
 /// The `[redis]` section.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://` or `rediss://` URL. Defaults to `redis://127.0.0.1:6379/`; `REDIS_URL`
-    /// overrides it.
+    /// `redis://` or `rediss://` URL of one server, or `redis+sentinel://` URL of a
+    /// Sentinel-managed master (format in [`SentinelUrl`]). Defaults to
+    /// `redis://127.0.0.1:6379/`; `REDIS_URL` overrides it.
     pub url: SecretString,
     /// Initial nodes of a Redis Cluster. When non-empty, cluster mode is used and `url` is
     /// ignored. Defaults to empty.
@@ -517,10 +519,12 @@ impl RedisSettings {
         !self.cluster_urls.is_empty()
     }
 
-    /// A client for the single server at `url`.
+    /// A client for the single server at `url`. Queue code connects through
+    /// [`RedisSettings::target`] instead, which also understands `redis+sentinel://`.
     ///
     /// # Errors
-    /// When the URL is invalid (never the case after [`Settings::load`]).
+    /// When the URL is invalid (never the case after [`Settings::load`]) or a
+    /// `redis+sentinel://` URL.
     pub fn client(&self) -> redis::RedisResult<redis::Client> {
         redis::Client::open(self.url.expose_secret())
     }
@@ -694,12 +698,16 @@ impl fmt::Debug for SecretKey {
 }
 
 /// `url` with its userinfo replaced by `***` and secret query parameters (`password`,
-/// `sslpassword`) masked, for logs and error messages. Text that does not parse as a
-/// hierarchical URL but might hold a secret is replaced by its length.
+/// `sslpassword`, `sentinel_password`) masked, for logs and error messages. A URL with several
+/// hosts (`redis+sentinel://:pw@a:26379,b:26379/m`) is redacted the same way. Text that does
+/// not parse as a URL but might hold a secret is replaced by its length.
 #[must_use]
 pub fn redact_url(url: &str) -> String {
     let opaque = || format!("<{} characters, not shown>", url.chars().count());
     let Ok(mut parsed) = url::Url::parse(url) else {
+        if let Some(redacted) = redact_host_list_url(url) {
+            return redacted;
+        }
         let suspicious = url.contains('@') || url.to_ascii_lowercase().contains("password");
         return if suspicious { opaque() } else { url.to_owned() };
     };
@@ -744,9 +752,48 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Redacts `scheme://[userinfo@]authority[/path][?query]` by hand, for URLs the `url` crate
+/// refuses because their authority is a host list. `None` when the text is not shaped like
+/// that, or when an `@` after the authority leaves unclear where the userinfo ends.
+fn redact_host_list_url(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return None;
+    }
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    if tail.contains('@') {
+        return None;
+    }
+    let hosts = match authority.rfind('@') {
+        Some(at) => format!("***@{}", &authority[at + 1..]),
+        None => authority.to_owned(),
+    };
+    let tail = tail.split('#').next().unwrap_or("");
+    let redacted_tail = match tail.split_once('?') {
+        None => tail.to_owned(),
+        Some((path, query)) => {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) if is_secret_param(name) => format!("{name}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", pairs.join("&"))
+        }
+    };
+    Some(format!("{scheme}://{hosts}{redacted_tail}"))
+}
+
 fn is_secret_param(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    name.contains("password") || name.contains("secret") || name.contains("token")
+    // "pass" also covers `passwd` and misspellings such as `sentinel_pass`.
+    name.contains("pass") || name.contains("secret") || name.contains("token")
 }
 
 const DEFAULT_CONFIG_FILE: &str = "upkeep.toml";
@@ -1330,10 +1377,21 @@ fn check_postgres_url(url: &str) -> Result<(), String> {
     })
 }
 
-fn check_redis_url(url: &str) -> Result<(), String> {
+/// Checks a Redis URL; `redis+sentinel://` is accepted only where `sentinel_allowed` (the
+/// `redis.url` key, not cluster seed nodes).
+fn check_redis_url(url: &str, sentinel_allowed: bool) -> Result<(), String> {
     let shown = redact_url(url);
+    if sentinel_allowed && SentinelUrl::has_scheme(url) {
+        // The parser's messages never contain credentials.
+        return SentinelUrl::parse(url)
+            .map(|_| ())
+            .map_err(|e| format!("not a usable redis+sentinel:// URL: {shown:?}: {e}"));
+    }
     match url::Url::parse(url) {
         Ok(parsed) if matches!(parsed.scheme(), "redis" | "rediss") && parsed.has_host() => Ok(()),
+        _ if sentinel_allowed => Err(format!(
+            "not a redis://, rediss:// or redis+sentinel:// URL: {shown:?}"
+        )),
         _ => Err(format!("not a redis:// or rediss:// URL: {shown:?}")),
     }
 }
@@ -1344,7 +1402,7 @@ fn validate_redis(ctx: &mut Ctx, doc: &Table) -> RedisSettings {
     let defaults = RedisSettings::default();
     let url = match fields.opt_string(ctx, "url", true) {
         None => defaults.url,
-        Some(url) => match check_redis_url(url) {
+        Some(url) => match check_redis_url(url, true) {
             Ok(()) => SecretString::from(url),
             Err(message) => {
                 ctx.problem("redis.url", message);
@@ -1359,7 +1417,7 @@ fn validate_redis(ctx: &mut Ctx, doc: &Table) -> RedisSettings {
             for (idx, item) in items.iter().enumerate() {
                 let path = format!("redis.cluster_urls[{idx}]");
                 match item {
-                    Value::String(url) => match check_redis_url(url) {
+                    Value::String(url) => match check_redis_url(url, false) {
                         Ok(()) => cluster_urls.push(SecretString::from(url.as_str())),
                         Err(message) => ctx.problem(&path, message),
                     },
@@ -2044,7 +2102,7 @@ mod tests {
             ),
             (
                 "[redis]\nurl = \"http://x\"".into(),
-                "redis.url: not a redis:// or rediss:// URL: \"http://x\"",
+                "redis.url: not a redis://, rediss:// or redis+sentinel:// URL: \"http://x\"",
             ),
             (
                 "[redis]\nkey_prefix = \"test:{1}\"".into(),
@@ -2335,7 +2393,7 @@ mod tests {
             ),
             (
                 ("REDIS_URL", "http://x"),
-                "REDIS_URL: not a redis:// or rediss:// URL: \"http://x\"",
+                "REDIS_URL: not a redis://, rediss:// or redis+sentinel:// URL: \"http://x\"",
             ),
             (
                 ("DATABASE_URL", "mysql://root@db/app"),
@@ -2415,6 +2473,13 @@ mod tests {
             ),
             ("REDIS_URL", "http://:hunter2@cache:6379"),
             ("REDIS_URL", "redis//:hunter2@cache"),
+            ("REDIS_URL", "redis+sentinel://:hunter2@s1,s2:x/m"),
+            (
+                "REDIS_URL",
+                "redis+sentinel://:hunter2@s1/m?sentinel_password=hunter2&x=1",
+            ),
+            ("REDIS_URL", "redis+sentinel://:hunter2/x@s1/m"),
+            ("REDIS_URL", "redis+sentinel://u:hunter2@s1"),
         ];
         for (var, value) in cases {
             let error = load("", &[(var, value)]).expect_err(value);
@@ -2455,6 +2520,89 @@ mod tests {
             "postgres://db/app?password=***&sslmode=require"
         );
         assert_eq!(redact_url("user:pw@db/app"), "<14 characters, not shown>");
+    }
+
+    #[test]
+    fn redact_url_hides_the_credentials_of_a_url_with_a_host_list() {
+        assert_eq!(
+            redact_url("redis+sentinel://u:p%40w@s1:26379,s2/m/1?sentinel_password=pw#x"),
+            "redis+sentinel://***@s1:26379,s2/m/1?sentinel_password=***"
+        );
+        assert_eq!(
+            redact_url("redis+sentinel://s1,s2:26380/m"),
+            "redis+sentinel://s1,s2:26380/m"
+        );
+        assert_eq!(
+            redact_url("postgres://app:pw@db:notaport/app"),
+            "postgres://***@db:notaport/app"
+        );
+        // Where the userinfo ends is unclear: nothing of it is shown.
+        assert_eq!(
+            redact_url("redis+sentinel://:p/w@s1,s2/m"),
+            "<29 characters, not shown>"
+        );
+    }
+
+    #[test]
+    fn a_sentinel_url_is_accepted_as_the_redis_url_and_redacted_in_the_summary() {
+        let url = "redis+sentinel://:hunter2@s1:26379,s2/upkeep/2?sentinel_password=hunter3";
+
+        let from_env = load("", &[("REDIS_URL", url)]).expect("a valid sentinel URL");
+        let from_file =
+            load(&format!("[redis]\nurl = \"{url}\"\n"), &[]).expect("a valid sentinel URL");
+
+        for settings in [&from_env, &from_file] {
+            assert_eq!(settings.redis.url.expose_secret(), url);
+            assert!(!settings.redis.is_cluster());
+            let summary = settings.redacted_summary();
+            let debug = format!("{settings:?}");
+            assert!(
+                summary.contains(
+                    "redis=redis+sentinel://***@s1:26379,s2/upkeep/2?sentinel_password=***"
+                ),
+                "{summary}"
+            );
+            for text in [&summary, &debug] {
+                assert!(!text.contains("hunter"), "secret leaked: {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_bad_sentinel_url_stops_start_up_naming_the_key_and_what_is_wrong() {
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: [Case<'_>; 4] = [
+            (
+                "",
+                &[("REDIS_URL", "redis+sentinel://:pw@s1,s2:x/m")],
+                "REDIS_URL: not a usable redis+sentinel:// URL: \"redis+sentinel://***@s1,s2:x/m\": \
+                 bad port \"x\" in sentinel address \"s2:x\" (expected 1-65535)",
+            ),
+            (
+                "[redis]\nurl = \"redis+sentinel://s1:26379\"\n",
+                &[],
+                "redis.url: not a usable redis+sentinel:// URL: \"redis+sentinel://s1:26379\": \
+                 no master name: the path must be /<master-name>[/<db>]",
+            ),
+            (
+                "[redis]\nurl = \"redis+sentinel://s1/m?sentinel_passwd=pw\"\n",
+                &[],
+                "redis.url: not a usable redis+sentinel:// URL: \
+                 \"redis+sentinel://s1/m?sentinel_passwd=***\": unknown parameter \
+                 \"sentinel_passwd\" (expected sentinel_username or sentinel_password)",
+            ),
+            (
+                "[redis]\ncluster_urls = [\"redis+sentinel://s1/m\"]\n",
+                &[],
+                "redis.cluster_urls[0]: not a redis:// or rediss:// URL: \"redis+sentinel://s1/m\"",
+            ),
+        ];
+        for (toml, vars, expected) in cases {
+            let text = error_text(toml, vars);
+
+            assert!(text.contains(expected), "{text}\nlacks\n{expected}");
+            assert!(!text.contains(":pw@"), "password leaked: {text}");
+        }
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The Redis connection every queue operation goes through: one standalone server (optionally
-//! TLS, `rediss://`) or a Redis Cluster, behind one type.
+//! TLS, `rediss://`), a Sentinel-managed master (`redis+sentinel://`, see [`SentinelUrl`]) or a
+//! Redis Cluster, behind one type.
 //!
 //! Connections are lazy and self-healing: building one never fails because Redis is down, and a
-//! broken connection is re-established on the next command. Errors still surface per command,
-//! so callers decide whether to retry (the worker loops do, with backoff).
+//! broken connection is re-established on the next command (through the sentinels, for a
+//! sentinel URL, so a failover is followed). Errors still surface per command, so callers decide
+//! whether to retry (the worker loops do, with backoff).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,10 +16,13 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::OnceCell;
 
+use super::sentinel::{SentinelConn, SentinelUrl};
+
 /// Where Redis is and how patient to be with it.
 #[derive(Clone)]
 pub struct RedisTarget {
-    /// `redis://` or `rediss://` URL of a standalone server (ignored in cluster mode).
+    /// `redis://` or `rediss://` URL of a standalone server, or `redis+sentinel://` URL of a
+    /// Sentinel-managed master (ignored in cluster mode).
     pub url: String,
     /// Seed nodes of a Redis Cluster; non-empty selects cluster mode.
     pub cluster_urls: Vec<String>,
@@ -47,7 +52,8 @@ impl RedisTarget {
     }
 }
 
-/// A clonable, multiplexed connection to a standalone Redis or a Redis Cluster.
+/// A clonable, multiplexed connection to a standalone Redis, a Sentinel-managed master or a
+/// Redis Cluster.
 #[derive(Clone)]
 pub struct RedisConn {
     inner: Inner,
@@ -56,6 +62,8 @@ pub struct RedisConn {
 #[derive(Clone)]
 enum Inner {
     Standalone(ConnectionManager),
+    // Follows the master the sentinels name; looks it up on first use.
+    Sentinel(Arc<SentinelConn>),
     // The cluster client connects on first use, so a worker can start while the cluster is down.
     Cluster(Arc<(ClusterClient, OnceCell<ClusterConnection>)>),
 }
@@ -64,6 +72,7 @@ impl std::fmt::Debug for RedisConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mode = match self.inner {
             Inner::Standalone(_) => "standalone",
+            Inner::Sentinel(_) => "sentinel",
             Inner::Cluster(_) => "cluster",
         };
         f.debug_struct("RedisConn").field("mode", &mode).finish()
@@ -89,7 +98,19 @@ impl RedisConn {
     }
 
     fn build(target: &RedisTarget, timeout: Option<Duration>) -> redis::RedisResult<Self> {
-        if target.cluster_urls.is_empty() {
+        if target.cluster_urls.is_empty() && SentinelUrl::has_scheme(&target.url) {
+            let url = SentinelUrl::parse(&target.url).map_err(|error| {
+                // The parser's messages never contain credentials.
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "invalid redis+sentinel:// URL",
+                    error.to_string(),
+                ))
+            })?;
+            Ok(Self {
+                inner: Inner::Sentinel(Arc::new(SentinelConn::new(&url, timeout)?)),
+            })
+        } else if target.cluster_urls.is_empty() {
             let client = redis::Client::open(target.url.as_str())?;
             let config = ConnectionManagerConfig::new()
                 .set_response_timeout(timeout)
@@ -129,6 +150,7 @@ impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.inner {
             Inner::Standalone(manager) => manager.req_packed_command(cmd),
+            Inner::Sentinel(sentinel) => sentinel.req_packed_command(cmd),
             Inner::Cluster(cluster) => Box::pin(async move {
                 let mut conn = cluster_conn(&cluster.0, &cluster.1).await?.clone();
                 conn.req_packed_command(cmd).await
@@ -144,6 +166,7 @@ impl ConnectionLike for RedisConn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match &mut self.inner {
             Inner::Standalone(manager) => manager.req_packed_commands(pipeline, offset, count),
+            Inner::Sentinel(sentinel) => sentinel.req_packed_commands(pipeline, offset, count),
             Inner::Cluster(cluster) => Box::pin(async move {
                 let mut conn = cluster_conn(&cluster.0, &cluster.1).await?.clone();
                 conn.req_packed_commands(pipeline, offset, count).await
@@ -154,6 +177,7 @@ impl ConnectionLike for RedisConn {
     fn get_db(&self) -> i64 {
         match &self.inner {
             Inner::Standalone(manager) => manager.get_db(),
+            Inner::Sentinel(sentinel) => sentinel.db(),
             Inner::Cluster(_) => 0,
         }
     }

@@ -74,6 +74,7 @@ mod client;
 mod conn;
 pub mod keys;
 mod ledger;
+mod sentinel;
 mod settings;
 
 use std::time::Duration;
@@ -87,6 +88,7 @@ pub use client::{
 };
 pub use conn::{RedisConn, RedisTarget};
 pub use ledger::{Attempt, AttemptStatus, Ledger, NoLedger};
+pub use sentinel::{DEFAULT_SENTINEL_PORT, SENTINEL_SCHEME, SentinelUrl};
 
 /// Errors of the queue layer.
 #[derive(Debug, thiserror::Error)]
