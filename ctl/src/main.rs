@@ -10,6 +10,8 @@ use upkeep_shared::queue::NewJob;
 use upkeep_shared::shutdown::Shutdown;
 use upkeep_shared::{JobKind, QueueName};
 
+mod schedules;
+
 /// Operate upkeep: migrate the ledger, enqueue jobs, read queue stats, run everything at once.
 #[derive(Debug, Parser)]
 #[command(name = "upkeepctl", version)]
@@ -60,6 +62,8 @@ enum Command {
     },
     /// Measure throughput and latency end to end against the configured Redis and Postgres.
     Bench(upkeep_workers::bench::BenchArgs),
+    /// Schedules: health, next fire times, pause, resume, trigger, backfill.
+    Schedules(schedules::SchedulesArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             DeadAction::Retry { id } => dead_retry(&settings, &id).await,
         },
         Command::Bench(args) => upkeep_workers::bench::run(settings, args).await,
+        Command::Schedules(args) => schedules::run(settings, args).await,
     }
 }
 

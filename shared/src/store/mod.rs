@@ -3,6 +3,8 @@
 //! - [`runs`]: `job_runs`, one row per attempt, and the `findings` each attempt reported.
 //! - [`ticks`]: `schedule_ticks`, one row per expected tick of a schedule.
 //! - [`schedules`]: `schedules` as reconciled from the config, and the `schedule_events` audit.
+//! - [`health`]: each schedule's last tick, last success, next fire, lag and skip counts, and
+//!   their Prometheus rendering.
 //!
 //! Every write is idempotent, because delivery is at-least-once and scheduler replicas race:
 //! runs on `(job_id, attempt)`, ticks on `(schedule, fire_at)`. Queries are checked at run time
@@ -10,6 +12,7 @@
 //! tests in `shared/tests/store/` run every query against a real Postgres. Connection details
 //! come from [`crate::config::DatabaseSettings`]; this module never reads the environment.
 
+pub mod health;
 pub mod runs;
 pub mod schedules;
 pub mod ticks;

@@ -6,7 +6,7 @@
 //! deleting), using a stable hash of each definition to tell what changed. Pausing is the
 //! operator's and survives reconciliation. Every change is one `schedule_events` row.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -115,6 +115,10 @@ pub async fn reconcile(
     .map(|(name, config_hash, in_config)| (name, (config_hash, in_config)))
     .collect();
     let mut plan = ReconcilePlan::default();
+    // One statement for all upserts and one for all events, so a config with thousands of
+    // schedules reconciles in a few round trips.
+    let mut upserts = Vec::new();
+    let mut events: Vec<(String, EventAction, serde_json::Value)> = Vec::new();
     for schedule in configured {
         let definition = definition(schedule);
         let config_hash = hash_definition(&definition);
@@ -125,11 +129,29 @@ pub async fn reconcile(
             }
             Some(_) => continue,
         };
+        upserts.push((schedule, config_hash));
+        events.push((schedule.name.clone(), action, definition));
+        match action {
+            EventAction::Added => plan.added.push(schedule.name.clone()),
+            _ => plan.changed.push(schedule.name.clone()),
+        }
+    }
+    if !upserts.is_empty() {
+        let column = |f: &dyn Fn(&ScheduleSettings) -> String| -> Vec<String> {
+            upserts.iter().map(|(s, _)| f(s)).collect()
+        };
         sqlx::query(
             "INSERT INTO schedules (name, cron, timezone, kind, args, queue, catch_up, \
              catch_up_window_ms, catch_up_max, overlap, jitter_ms, enabled, in_config, \
              config_hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, true, $13) \
+             SELECT u.name, u.cron, u.timezone, u.kind, u.args, u.queue, u.catch_up, \
+                    u.catch_up_window_ms, u.catch_up_max, u.overlap, u.jitter_ms, u.enabled, \
+                    true, u.config_hash \
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], \
+                           $6::text[], $7::text[], $8::bigint[], $9::int[], $10::text[], \
+                           $11::bigint[], $12::bool[], $13::text[]) \
+                    AS u(name, cron, timezone, kind, args, queue, catch_up, catch_up_window_ms, \
+                         catch_up_max, overlap, jitter_ms, enabled, config_hash) \
              ON CONFLICT (name) DO UPDATE SET cron = EXCLUDED.cron, \
              timezone = EXCLUDED.timezone, kind = EXCLUDED.kind, args = EXCLUDED.args, \
              queue = EXCLUDED.queue, catch_up = EXCLUDED.catch_up, \
@@ -138,41 +160,62 @@ pub async fn reconcile(
              jitter_ms = EXCLUDED.jitter_ms, enabled = EXCLUDED.enabled, in_config = true, \
              config_hash = EXCLUDED.config_hash, updated_at = now()",
         )
-        .bind(&schedule.name)
-        .bind(schedule.cron.as_str())
-        .bind(schedule.timezone.name())
-        .bind(schedule.kind.as_str())
-        .bind(&schedule.args)
-        .bind(schedule.queue.as_str())
-        .bind(schedule.catch_up.as_str())
-        .bind(millis(schedule.catch_up_window))
-        .bind(i32::try_from(schedule.catch_up_max).unwrap_or(i32::MAX))
-        .bind(schedule.overlap.as_str())
-        .bind(millis(schedule.jitter))
-        .bind(schedule.enabled)
-        .bind(&config_hash)
+        .bind(column(&|s| s.name.clone()))
+        .bind(column(&|s| s.cron.as_str().to_owned()))
+        .bind(column(&|s| s.timezone.name().to_owned()))
+        .bind(column(&|s| s.kind.as_str().to_owned()))
+        .bind(
+            upserts
+                .iter()
+                .map(|(s, _)| s.args.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(&|s| s.queue.as_str().to_owned()))
+        .bind(column(&|s| s.catch_up.as_str().to_owned()))
+        .bind(
+            upserts
+                .iter()
+                .map(|(s, _)| millis(s.catch_up_window))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            upserts
+                .iter()
+                .map(|(s, _)| i32::try_from(s.catch_up_max).unwrap_or(i32::MAX))
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(&|s| s.overlap.as_str().to_owned()))
+        .bind(
+            upserts
+                .iter()
+                .map(|(s, _)| millis(s.jitter))
+                .collect::<Vec<_>>(),
+        )
+        .bind(upserts.iter().map(|(s, _)| s.enabled).collect::<Vec<_>>())
+        .bind(upserts.iter().map(|(_, h)| h.clone()).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
-        record_event(&mut *tx, &schedule.name, action, "config", definition).await?;
-        match action {
-            EventAction::Added => plan.added.push(schedule.name.clone()),
-            _ => plan.changed.push(schedule.name.clone()),
-        }
     }
-    for (name, (_, in_config)) in &existing {
-        if *in_config && !configured.iter().any(|s| &s.name == name) {
-            sqlx::query(
-                "UPDATE schedules SET in_config = false, enabled = false, updated_at = now() \
-                 WHERE name = $1",
-            )
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-            let detail = serde_json::json!({});
-            record_event(&mut *tx, name, EventAction::Removed, "config", detail).await?;
-            plan.removed.push(name.clone());
+    let configured_names: HashSet<&str> = configured.iter().map(|s| s.name.as_str()).collect();
+    let removed: Vec<String> = existing
+        .iter()
+        .filter(|(name, (_, in_config))| *in_config && !configured_names.contains(name.as_str()))
+        .map(|(name, _)| name.clone())
+        .collect();
+    if !removed.is_empty() {
+        sqlx::query(
+            "UPDATE schedules SET in_config = false, enabled = false, updated_at = now() \
+             WHERE name = ANY($1)",
+        )
+        .bind(&removed)
+        .execute(&mut *tx)
+        .await?;
+        for name in &removed {
+            events.push((name.clone(), EventAction::Removed, serde_json::json!({})));
         }
+        plan.removed = removed;
     }
+    record_events(&mut *tx, &events, "config").await?;
     tx.commit().await?;
     plan.added.sort();
     plan.changed.sort();
@@ -235,6 +278,65 @@ pub async fn set_paused(
     record_event(&mut *tx, name, action, actor, serde_json::json!({})).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// The names of the schedules an operator paused.
+///
+/// # Errors
+/// [`Error::Database`] on a database error.
+pub async fn paused_names(pool: &PgPool) -> Result<HashSet<String>, Error> {
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM schedules WHERE paused")
+        .fetch_all(pool)
+        .await?;
+    Ok(names.into_iter().collect())
+}
+
+/// One schedule by name.
+///
+/// # Errors
+/// [`Error::ScheduleNotFound`] when the table has no such schedule; [`Error::Database`] on a
+/// database error.
+pub async fn get(pool: &PgPool, name: &str) -> Result<ScheduleRow, Error> {
+    sqlx::query_as::<_, ScheduleRow>(
+        "SELECT name, cron, timezone, kind, args, queue, catch_up, catch_up_window_ms, \
+         catch_up_max, overlap, jitter_ms, enabled, in_config, paused, paused_by, paused_at, \
+         config_hash, created_at, updated_at \
+         FROM schedules WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| Error::ScheduleNotFound(name.to_owned()))
+}
+
+/// Appends many `schedule_events` rows by one `actor` in one statement.
+async fn record_events<'e>(
+    db: impl PgExecutor<'e>,
+    events: &[(String, EventAction, serde_json::Value)],
+    actor: &str,
+) -> Result<(), Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = events.iter().map(|(name, _, _)| name.as_str()).collect();
+    let actions: Vec<&str> = events
+        .iter()
+        .map(|(_, action, _)| action.as_str())
+        .collect();
+    let details: Vec<serde_json::Value> =
+        events.iter().map(|(_, _, detail)| detail.clone()).collect();
+    sqlx::query(
+        "INSERT INTO schedule_events (schedule, action, actor, detail) \
+         SELECT e.schedule, e.action, $4, e.detail \
+           FROM unnest($1::text[], $2::text[], $3::jsonb[]) AS e(schedule, action, detail)",
+    )
+    .bind(names)
+    .bind(actions)
+    .bind(details)
+    .bind(actor)
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// Appends one `schedule_events` row. Takes any executor, so it can join the caller's

@@ -7,6 +7,7 @@
 //! claims whose claimer died in between, so another replica can enqueue them (the tick's
 //! idempotency key makes a second enqueue harmless).
 
+use std::collections::HashMap;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -90,6 +91,130 @@ pub async fn claim_tick(
     .bind(note)
     .fetch_optional(pool)
     .await?)
+}
+
+/// One tick to claim with [`claim_ticks`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TickClaim {
+    /// The schedule's name.
+    pub schedule: String,
+    /// The nominal fire time.
+    pub fire_at: DateTime<Utc>,
+    /// The decision to record.
+    pub decision: Decision,
+    /// Why, when the decision needs explaining.
+    pub note: Option<String>,
+}
+
+/// Claims many ticks in one statement, each like [`claim_tick`]; returns the rows this caller
+/// won (in no particular order). A tick another caller already holds, or listed twice, is
+/// won at most once.
+///
+/// # Errors
+/// [`Error::Database`] on a database error; nothing is claimed then (one statement).
+pub async fn claim_ticks(
+    pool: &PgPool,
+    claims: &[TickClaim],
+    claimed_by: &str,
+) -> Result<Vec<TickRow>, Error> {
+    if claims.is_empty() {
+        return Ok(Vec::new());
+    }
+    let schedules: Vec<&str> = claims.iter().map(|c| c.schedule.as_str()).collect();
+    let fire_ats: Vec<DateTime<Utc>> = claims.iter().map(|c| c.fire_at).collect();
+    let decisions: Vec<&str> = claims.iter().map(|c| c.decision.as_str()).collect();
+    let notes: Vec<Option<&str>> = claims.iter().map(|c| c.note.as_deref()).collect();
+    Ok(sqlx::query_as::<_, TickRow>(
+        "INSERT INTO schedule_ticks (schedule, fire_at, decision, claimed_by, note) \
+         SELECT c.schedule, c.fire_at, c.decision, $5, c.note \
+           FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[]) \
+                AS c(schedule, fire_at, decision, note) \
+         ON CONFLICT (schedule, fire_at) DO NOTHING \
+         RETURNING id, schedule, fire_at, decision, job_id, claimed_by, claimed_at, enqueued_at, \
+         note",
+    )
+    .bind(schedules)
+    .bind(fire_ats)
+    .bind(decisions)
+    .bind(notes)
+    .bind(claimed_by)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Confirms many ticks in one statement, each like [`confirm_tick`]; returns how many rows
+/// changed.
+///
+/// # Errors
+/// [`Error::Database`] on a database error.
+pub async fn confirm_ticks(pool: &PgPool, confirmed: &[(i64, JobId)]) -> Result<u64, Error> {
+    if confirmed.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<i64> = confirmed.iter().map(|(id, _)| *id).collect();
+    let job_ids: Vec<uuid::Uuid> = confirmed.iter().map(|(_, job_id)| job_id.0).collect();
+    let result = sqlx::query(
+        "UPDATE schedule_ticks AS t SET job_id = c.job_id, \
+                enqueued_at = COALESCE(t.enqueued_at, now()) \
+           FROM unnest($1::bigint[], $2::uuid[]) AS c(id, job_id) \
+          WHERE t.id = c.id",
+    )
+    .bind(ids)
+    .bind(job_ids)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Turns `missed` ticks of `schedule` at `fire_ats` into `backfill` claims of `claimed_by`
+/// (an operator re-running what a downtime skipped); returns the rows changed. Each row
+/// changes at most once, so concurrent backfills of one range do not both win a tick.
+///
+/// # Errors
+/// [`Error::Database`] on a database error.
+pub async fn reclaim_missed_for_backfill(
+    pool: &PgPool,
+    schedule: &str,
+    fire_ats: &[DateTime<Utc>],
+    claimed_by: &str,
+) -> Result<Vec<TickRow>, Error> {
+    if fire_ats.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_as::<_, TickRow>(
+        "UPDATE schedule_ticks SET decision = 'backfill', claimed_by = $3, claimed_at = now(), \
+                note = 'missed, then backfilled' \
+          WHERE schedule = $1 AND fire_at = ANY($2) AND decision = 'missed' \
+         RETURNING id, schedule, fire_at, decision, job_id, claimed_by, claimed_at, enqueued_at, \
+         note",
+    )
+    .bind(schedule)
+    .bind(fire_ats)
+    .bind(claimed_by)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The newest tick's fire time of each of `schedules` that has any, in one statement.
+///
+/// # Errors
+/// [`Error::Database`] on a database error.
+pub async fn last_fire_times(
+    pool: &PgPool,
+    schedules: &[String],
+) -> Result<HashMap<String, DateTime<Utc>>, Error> {
+    if schedules.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT n.name, t.fire_at FROM unnest($1::text[]) AS n(name) \
+           JOIN LATERAL (SELECT fire_at FROM schedule_ticks WHERE schedule = n.name \
+                          ORDER BY fire_at DESC LIMIT 1) AS t ON true",
+    )
+    .bind(schedules)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Records that the tick's job is in the queue: sets its `job_id`, and `enqueued_at` unless
