@@ -8,6 +8,13 @@
 mod enqueue;
 mod harness;
 mod outages;
+mod schedule_catch_up;
+mod schedule_config;
+mod schedule_ctl;
+mod schedule_ledger;
+mod schedule_overlap;
+mod schedule_replicas;
+mod schedule_watchdog;
 mod scheduling;
 mod startup;
 mod stopping;
