@@ -18,4 +18,5 @@ mod malformed;
 mod memory;
 mod outage;
 mod retries;
+mod sentinel;
 mod stats;
