@@ -5,6 +5,20 @@
 //! and the apalis-core [`Backend`](apalis_core::backend::Backend) that workers run on
 //! ([`RedisBackend`]).
 //!
+//! # Connection
+//! Every call goes through a [`RedisConn`], built from a [`RedisTarget`] (the `[redis]`
+//! settings): one server (`redis://`, `rediss://`), a Sentinel-managed master
+//! (`redis+sentinel://`, format in [`SentinelUrl`]) or a Redis Cluster (`cluster_urls`). A worker
+//! holds two: a multiplexed one for commands and scripts, and one of its own for the blocking
+//! wait on `wake` (BLPOP), which must not share a socket. Under Sentinel each finds the master
+//! through the sentinels and looks again after a connection error, a timeout or a `READONLY`,
+//! `UNBLOCKED`, `MASTERDOWN` or `NOREPLICAS` reply, and, while in use, checks every 500 ms that
+//! the sentinels still name the same master (after `SENTINEL FAILOVER` the old master accepts
+//! writes for about ten seconds before it is demoted). To the worker loops a failover is an
+//! outage like any other: logged once, retried with backoff. Replication is asynchronous, so
+//! writes the old master acknowledged after its replica was promoted are lost;
+//! `min-replicas-to-write 1` on the master makes it refuse them instead.
+//!
 //! # Key layout
 //! Every key of a queue is `<prefix>:{<queue>}:<suffix>`; the braces are the Redis Cluster hash
 //! tag, so a queue lives in one slot and no script touches a key outside it. There are no global
