@@ -13,6 +13,7 @@
 //! - [`private_postgres`]: a Postgres cluster of a test's own, for stopping and starting.
 //! - [`process`]: workspace binaries as child processes with their output in a log file.
 //! - [`ports`]: free TCP ports on 127.0.0.1.
+//! - [`proxy`]: a TCP proxy the test can partition (blackhole, refuse, cut).
 //!
 //! # Requirements
 //! - Run the suite with `scripts/test.sh`: it provides `REDIS_URL` and `DATABASE_URL`, and
@@ -29,12 +30,14 @@ pub mod ports;
 pub mod private_postgres;
 pub mod private_redis;
 pub mod process;
+pub mod proxy;
 pub mod services;
 
 pub use ports::free_port;
 pub use private_postgres::PrivatePostgres;
 pub use private_redis::{AppendFsync, PrivateRedis, RedisOptions};
 pub use process::{ChildProcess, cargo_bin};
+pub use proxy::{ProxyMode, TcpProxy};
 pub use services::{
     fresh_database, fresh_migrated_database, shared_database_url, shared_redis_url, unique_prefix,
 };

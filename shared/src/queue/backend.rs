@@ -121,6 +121,12 @@ pub struct LeaseEntry {
     pub started_at_ms: Option<i64>,
     /// The job, for recording an abandoned attempt.
     pub job: Arc<Job>,
+    /// Until when this worker knows the lease is still its own: the local monotonic instant
+    /// at which the fetch or the last successful renewal was *sent*, plus the lease length.
+    /// Redis measured the real deadline from a later instant, so this is conservative
+    /// whatever the wall clocks say. A result is recorded in the ledger only while this is
+    /// comfortably in the future (see [`LeaseBook::is_confirmed`]): that is the ledger's fence.
+    pub confirmed_until: Instant,
 }
 
 impl LeaseBook {
@@ -136,6 +142,28 @@ impl LeaseBook {
 
     fn remove(&self, id: &str) -> Option<LeaseEntry> {
         self.lock().remove(id)
+    }
+
+    /// Extends the confirmed lifetime of the leases in `ids` (a renewal that Redis accepted).
+    fn confirm(&self, ids: &[String], until: Instant) {
+        let mut entries = self.lock();
+        for id in ids {
+            if let Some(entry) = entries.get_mut(id) {
+                entry.confirmed_until = entry.confirmed_until.max(until);
+            }
+        }
+    }
+
+    /// Whether `id` is still held and its lease is confirmed for at least `margin` more: only
+    /// then may an attempt start, or its result be written to the ledger. Past that point
+    /// another worker may already own the job (a partition, a Redis outage, a long pause), and
+    /// this worker behaves as if it had crashed: its result is dropped, and whoever reclaims
+    /// the lease records the attempt as abandoned.
+    #[must_use]
+    pub fn is_confirmed(&self, id: &str, margin: Duration) -> bool {
+        self.lock()
+            .get(id)
+            .is_some_and(|entry| entry.confirmed_until > Instant::now() + margin)
     }
 
     fn tokens(&self) -> Vec<(String, String)> {
@@ -180,6 +208,9 @@ pub struct BackendCounters {
     pub lost_leases: AtomicU64,
     /// Attempts settled.
     pub settled: AtomicU64,
+    /// Attempts not started, or whose result was dropped before the ledger, because the
+    /// lease could no longer be confirmed.
+    pub fenced_results: AtomicU64,
 }
 
 enum Completion {
@@ -479,11 +510,13 @@ async fn fetch_batch(
     ledger: Arc<dyn Ledger>,
     count: usize,
 ) -> Result<(VecDeque<Task<Job>>, Option<Duration>), super::Error> {
+    let sent_at = Instant::now();
     let Fetched {
         jobs,
         reclaimed,
         next_due,
     } = shared.queue.fetch(&shared.options.worker_id, count).await?;
+    let confirmed_until = sent_at + shared.queue.options().lease;
     let queue_name = shared.queue.name().clone();
     for lost in reclaimed {
         let Ok(job_id) = JobId::parse(&lost.id) else {
@@ -580,6 +613,7 @@ async fn fetch_batch(
                 token: leased.token.clone(),
                 started_at_ms: None,
                 job: job.clone(),
+                confirmed_until,
             },
         );
         if already_done.contains(&job_id) {
@@ -714,6 +748,28 @@ where
             shared.leases.mark_started(&tag.id, started_at_ms);
         }
         let policy = shared.options.policy(&job.kind).clone();
+        if let Some(tag) = &tag
+            && !shared
+                .leases
+                .is_confirmed(&tag.id, fence_margin(&shared.queue))
+        {
+            // The lease may belong to another worker by now (it waited in the buffer through
+            // an outage): do not start an attempt whose result could not be recorded.
+            shared.leases.remove(&tag.id);
+            shared
+                .counters
+                .fenced_results
+                .fetch_add(1, Ordering::Relaxed);
+            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(job_id = %job.id, queue = %job.queue, attempt = job.attempt,
+                "lease no longer confirmed; attempt not started");
+            return Box::pin(async {
+                Err(
+                    Box::new(JobError::retryable("lease lost before the attempt started"))
+                        as BoxDynError,
+                )
+            });
+        }
         let inner = if let Some(reason) = &job.payload_error {
             // Never hand an undecodable payload to a handler.
             let reason = reason.clone();
@@ -832,29 +888,56 @@ async fn run_completer(
     ledger_down: Arc<AtomicBool>,
 ) {
     let (settle_tx, settle_rx) = mpsc::channel::<Recorded>(2);
-    let settler = tokio::spawn(run_settler(settle_rx, queue, leases, counters));
+    let margin = fence_margin(&queue);
+    let queue_name = queue.name().to_string();
+    let settler = tokio::spawn(run_settler(
+        settle_rx,
+        queue,
+        leases.clone(),
+        counters.clone(),
+    ));
     let mut ledger_outage = Outage::new("ledger", "record attempts");
     let mut batch = Vec::with_capacity(COMPLETION_BATCH);
     while rx.recv_many(&mut batch, COMPLETION_BATCH).await > 0 {
-        let mut attempts = Vec::with_capacity(batch.len());
-        let mut settlements = Vec::with_capacity(batch.len());
+        let mut finished = Vec::with_capacity(batch.len());
+        let mut records = Vec::new();
         let mut flushes = Vec::new();
         for completion in batch.drain(..) {
             match completion {
                 Completion::Finished {
                     attempt,
                     settlement,
-                } => {
-                    attempts.push(*attempt);
-                    settlements.push(settlement);
-                }
-                Completion::Record(attempt) => attempts.push(*attempt),
+                } => finished.push((*attempt, settlement)),
+                Completion::Record(attempt) => records.push(*attempt),
                 Completion::Flush(done) => flushes.push(done),
             }
         }
         // The ledger first: a job is never acked before its row is committed.
-        while !attempts.is_empty() {
-            match ledger.record(attempts.clone()).await {
+        loop {
+            // The ledger's fence: a result is written only while its lease is confirmed, so a
+            // worker cut off from Redis (whose job may be running elsewhere by now) never
+            // records a second success. Checked again before every retry of the write.
+            finished.retain(|(attempt, settlement)| {
+                if leases.is_confirmed(&settlement.id, margin) {
+                    return true;
+                }
+                leases.remove(&settlement.id);
+                counters.fenced_results.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    queue = %queue_name, job_id = %attempt.job_id, attempt = attempt.attempt,
+                    "lease no longer confirmed; result dropped before the ledger"
+                );
+                false
+            });
+            let attempts: Vec<Attempt> = records
+                .iter()
+                .cloned()
+                .chain(finished.iter().map(|(attempt, _)| attempt.clone()))
+                .collect();
+            if attempts.is_empty() {
+                break;
+            }
+            match ledger.record(attempts).await {
                 Ok(()) => {
                     ledger_outage.recovered();
                     ledger_down.store(false, Ordering::Release);
@@ -867,6 +950,10 @@ async fn run_completer(
                 }
             }
         }
+        let settlements = finished
+            .into_iter()
+            .map(|(_, settlement)| settlement)
+            .collect();
         if settle_tx
             .send(Recorded {
                 settlements,
@@ -945,9 +1032,16 @@ async fn run_renewer(
     loop {
         ticker.tick().await;
         let held = leases.tokens();
+        let sent_at = Instant::now();
         match queue.renew(&worker_id, &held).await {
             Ok(lost) => {
                 outage.recovered();
+                let kept: Vec<String> = held
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .filter(|id| !lost.contains(id))
+                    .collect();
+                leases.confirm(&kept, sent_at + queue.options().lease);
                 for id in lost {
                     // Still in the book means we did not settle it ourselves in the meantime.
                     if leases.remove(&id).is_some() {
@@ -1034,6 +1128,13 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+/// How much confirmed lease an attempt must have left to start, or to have its result written:
+/// a quarter of the lease. The ledger write must finish within it (see ARCHITECTURE.md,
+/// "Failure model").
+fn fence_margin(queue: &Queue) -> Duration {
+    queue.options().lease / 4
 }
 
 fn humanize(duration: Duration) -> String {
