@@ -11,6 +11,7 @@
 //! At start the scheduler reconciles the `schedules` table with the config and plans catch-up
 //! for each schedule from the last tick the ledger knows (see `schedule::plan_catch_up`).
 
+pub mod bench;
 pub mod operator;
 
 use std::cmp::Reverse;

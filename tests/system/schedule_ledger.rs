@@ -29,9 +29,12 @@ pub(crate) struct ScheduledRun {
     pub(crate) finished_at: Option<f64>,
 }
 
+type TickColumns = (f64, String, Option<Uuid>, String, Option<String>);
+type RunColumns = (Uuid, Option<f64>, String, f64, Option<f64>);
+
 /// Every tick of `schedule`, oldest first.
 pub(crate) async fn ticks_of(ledger: &mut PgConnection, schedule: &str) -> Vec<TickRow> {
-    let rows: Vec<(f64, String, Option<Uuid>, String, Option<String>)> = sqlx::query_as(
+    let rows: Vec<TickColumns> = sqlx::query_as(
         "SELECT extract(epoch FROM fire_at)::float8, decision, job_id, claimed_by, note
            FROM schedule_ticks WHERE schedule = $1 ORDER BY fire_at",
     )
@@ -55,7 +58,7 @@ pub(crate) async fn runs_of_schedule(
     ledger: &mut PgConnection,
     schedule: &str,
 ) -> Vec<ScheduledRun> {
-    let rows: Vec<(Uuid, Option<f64>, String, f64, Option<f64>)> = sqlx::query_as(
+    let rows: Vec<RunColumns> = sqlx::query_as(
         "SELECT job_id, extract(epoch FROM tick_at)::float8, status,
                 extract(epoch FROM started_at)::float8, extract(epoch FROM finished_at)::float8
            FROM job_runs WHERE schedule = $1 ORDER BY started_at, job_id",
