@@ -10,6 +10,8 @@ use upkeep_shared::queue::NewJob;
 use upkeep_shared::shutdown::Shutdown;
 use upkeep_shared::{JobKind, QueueName};
 
+mod reconcile;
+
 mod schedules;
 
 /// Operate upkeep: migrate the ledger, enqueue jobs, read queue stats, run everything at once.
@@ -62,6 +64,8 @@ enum Command {
     },
     /// Measure throughput and latency end to end against the configured Redis and Postgres.
     Bench(upkeep_workers::bench::BenchArgs),
+    /// Find jobs Redis lost although the ledger says they never finished; requeue or record them.
+    Reconcile(reconcile::ReconcileArgs),
     /// Schedules: health, next fire times, pause, resume, trigger, backfill.
     Schedules(schedules::SchedulesArgs),
 }
@@ -145,6 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             DeadAction::Retry { id } => dead_retry(&settings, &id).await,
         },
         Command::Bench(args) => upkeep_workers::bench::run(settings, args).await,
+        Command::Reconcile(args) => reconcile::run(&settings, args).await,
         Command::Schedules(args) => schedules::run(settings, args).await,
     }
 }
@@ -233,6 +238,9 @@ async fn enqueue(
     let policy = settings.job_policy(&queue, kind.as_str());
     let run_at_ms = delay.map(|d| chrono::Utc::now().timestamp_millis() + d.as_millis() as i64);
     let handle = settings.open_queue(&queue)?;
+    upkeep_shared::queue::check_eviction_policy(&handle.conn())
+        .await
+        .log();
     let mut n_left = count;
     while n_left > 0 {
         let n_batch = n_left.min(upkeep_shared::queue::ENQUEUE_CHUNK);

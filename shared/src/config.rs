@@ -51,6 +51,8 @@ pub struct Settings {
     pub worker: WorkerSettings,
     /// The scheduler daemon.
     pub scheduler: SchedulerSettings,
+    /// `[maintenance]`: the periodic reconciliation of the ledger with Redis.
+    pub maintenance: MaintenanceSettings,
     /// The HTTP API.
     pub api: ApiSettings,
     /// Logging.
@@ -198,6 +200,69 @@ pub struct SchedulerSettings {
     /// A claimed tick whose enqueue is unconfirmed after this long is re-enqueued by any
     /// replica. Defaults to 10s.
     pub confirm_timeout: Duration,
+}
+
+/// The `[maintenance]` section: reconciliation of the ledger with Redis (see
+/// `upkeep_shared::reconcile`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaintenanceSettings {
+    /// What to do with a job the ledger says never finished but Redis no longer knows.
+    /// Defaults to [`ReconcileAction::Requeue`].
+    pub reconcile_action: ReconcileAction,
+    /// How often each worker process reconciles the queues it serves (with up to 10% jitter).
+    /// Defaults to 5m.
+    pub reconcile_interval: Duration,
+    /// Only jobs whose last ledger entry is older than this are judged. Defaults to 10m; at
+    /// least 1s.
+    pub reconcile_grace: Duration,
+}
+
+/// `maintenance.reconcile_action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReconcileAction {
+    /// Put the job back in its queue (same id, arguments from the ledger) with a warn finding.
+    Requeue,
+    /// Record it as lost: an `abandoned` run with `next_state = 'dead'` and a critical finding.
+    Record,
+    /// Do not reconcile periodically (`upkeepctl reconcile` still works).
+    Off,
+}
+
+impl ReconcileAction {
+    /// The config spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requeue => "requeue",
+            Self::Record => "record",
+            Self::Off => "off",
+        }
+    }
+
+    /// Parses the config spelling.
+    ///
+    /// # Errors
+    /// A message naming the expected values.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "requeue" => Ok(Self::Requeue),
+            "record" => Ok(Self::Record),
+            "off" => Ok(Self::Off),
+            other => Err(format!(
+                "expected \"requeue\", \"record\" or \"off\", got {other:?}"
+            )),
+        }
+    }
+}
+
+impl Default for MaintenanceSettings {
+    fn default() -> Self {
+        Self {
+            reconcile_action: ReconcileAction::Requeue,
+            reconcile_interval: Duration::from_secs(300),
+            reconcile_grace: Duration::from_secs(600),
+        }
+    }
 }
 
 /// The `[api]` section.
@@ -455,6 +520,7 @@ impl Default for Settings {
             schedules: Vec::new(),
             worker: WorkerSettings::default(),
             scheduler: SchedulerSettings::default(),
+            maintenance: MaintenanceSettings::default(),
             api: ApiSettings::default(),
             telemetry: TelemetrySettings::default(),
             secret_key: None,
@@ -810,6 +876,7 @@ const TOP_KEYS: &[&str] = &[
     "schedules",
     "worker",
     "scheduler",
+    "maintenance",
     "api",
     "telemetry",
     "secret_key",
@@ -849,6 +916,7 @@ const SCHEDULE_KEYS: &[&str] = &[
 ];
 const WORKER_KEYS: &[&str] = &["grace_period", "identity"];
 const SCHEDULER_KEYS: &[&str] = &["tick_interval", "confirm_timeout"];
+const MAINTENANCE_KEYS: &[&str] = &["reconcile_action", "reconcile_interval", "reconcile_grace"];
 const API_KEYS: &[&str] = &["addr", "token"];
 const TELEMETRY_KEYS: &[&str] = &["format", "filter"];
 
@@ -859,6 +927,7 @@ const SIMPLE_SECTIONS: &[(&str, &[&str])] = &[
     ("redis", REDIS_KEYS),
     ("worker", WORKER_KEYS),
     ("scheduler", SCHEDULER_KEYS),
+    ("maintenance", MAINTENANCE_KEYS),
     ("api", API_KEYS),
     ("telemetry", TELEMETRY_KEYS),
 ];
@@ -1305,6 +1374,7 @@ fn validate(doc: &Table, ctx: &mut Ctx, loaded_from: Option<PathBuf>) -> Setting
     let schedules = validate_schedules(ctx, doc, &queues);
     let worker = validate_worker(ctx, doc);
     let scheduler = validate_scheduler(ctx, doc);
+    let maintenance = validate_maintenance(ctx, doc);
     let api = validate_api(ctx, doc);
     let telemetry = validate_telemetry(ctx, doc);
     let secret_key =
@@ -1324,6 +1394,7 @@ fn validate(doc: &Table, ctx: &mut Ctx, loaded_from: Option<PathBuf>) -> Setting
         schedules,
         worker,
         scheduler,
+        maintenance,
         api,
         telemetry,
         secret_key,
@@ -1805,6 +1876,34 @@ fn validate_worker(ctx: &mut Ctx, doc: &Table) -> WorkerSettings {
     }
 }
 
+fn validate_maintenance(ctx: &mut Ctx, doc: &Table) -> MaintenanceSettings {
+    let fields = Fields::section(ctx, doc, "maintenance", "maintenance".to_owned());
+    fields.check_keys(ctx, MAINTENANCE_KEYS);
+    let defaults = MaintenanceSettings::default();
+    let reconcile_action = match fields.opt_string(ctx, "reconcile_action", false) {
+        None => defaults.reconcile_action,
+        Some(text) => ReconcileAction::parse(text).unwrap_or_else(|message| {
+            ctx.problem("maintenance.reconcile_action", message);
+            defaults.reconcile_action
+        }),
+    };
+    MaintenanceSettings {
+        reconcile_action,
+        reconcile_interval: fields.duration(
+            ctx,
+            "reconcile_interval",
+            defaults.reconcile_interval,
+            Duration::from_millis(100),
+        ),
+        reconcile_grace: fields.duration(
+            ctx,
+            "reconcile_grace",
+            defaults.reconcile_grace,
+            Duration::from_secs(1),
+        ),
+    }
+}
+
 fn validate_scheduler(ctx: &mut Ctx, doc: &Table) -> SchedulerSettings {
     let fields = Fields::section(ctx, doc, "scheduler", "scheduler".to_owned());
     fields.check_keys(ctx, SCHEDULER_KEYS);
@@ -1941,6 +2040,45 @@ mod tests {
         assert_eq!(settings.telemetry.filter, "info");
         assert!(settings.secret_key.is_none());
         assert!(settings.schedules.is_empty());
+    }
+
+    #[test]
+    fn maintenance_defaults_to_requeueing_lost_jobs_every_5m_after_a_10m_grace() {
+        let settings = load("", &[]).expect("defaults are valid");
+
+        assert_eq!(
+            settings.maintenance,
+            MaintenanceSettings {
+                reconcile_action: ReconcileAction::Requeue,
+                reconcile_interval: Duration::from_secs(300),
+                reconcile_grace: Duration::from_secs(600),
+            }
+        );
+    }
+
+    #[test]
+    fn maintenance_settings_come_from_the_file_and_the_environment() {
+        let settings = load(
+            "[maintenance]\nreconcile_action = \"record\"\nreconcile_grace = \"30s\"\n",
+            &[("UPKEEP__MAINTENANCE__RECONCILE_INTERVAL", "1m")],
+        )
+        .expect("valid");
+
+        assert_eq!(settings.maintenance.reconcile_action, ReconcileAction::Record);
+        assert_eq!(settings.maintenance.reconcile_grace, Duration::from_secs(30));
+        assert_eq!(settings.maintenance.reconcile_interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_bad_reconcile_action_or_a_grace_under_a_second_is_named() {
+        let text = error_text(
+            "[maintenance]\nreconcile_action = \"delete\"\nreconcile_grace = \"10ms\"\n",
+            &[],
+        );
+
+        assert!(text.contains("maintenance.reconcile_action"), "{text}");
+        assert!(text.contains("\"delete\""), "{text}");
+        assert!(text.contains("maintenance.reconcile_grace: must be at least 1s"), "{text}");
     }
 
     #[test]

@@ -7,12 +7,15 @@
 //! - [`schedule`]: cron expressions in a time zone, next fire times (pure, no IO).
 //! - [`queue`]: our Redis queue backend for apalis-core (enqueue, lease, ack, retry, dead letters).
 //! - [`store`]: the Postgres ledger (`job_runs`, `schedules`, `schedule_ticks`, `findings`).
+//! - [`reconcile`]: the maintenance pass that finds jobs Redis lost but the ledger never saw
+//!   finish, and requeues or records them.
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`shutdown`]: the signal every long-running loop watches.
 
 pub mod config;
 pub mod job;
 pub mod queue;
+pub mod reconcile;
 pub mod schedule;
 pub mod shutdown;
 pub mod store;

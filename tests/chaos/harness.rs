@@ -41,6 +41,8 @@ pub(crate) struct ClusterOptions {
     /// Put a [`TcpProxy`] between the workers and Redis (the test itself talks to Redis
     /// directly).
     pub(crate) proxy: bool,
+    /// The `upkeep.toml` every process reads; defaults to [`CONFIG`].
+    pub(crate) config: String,
 }
 
 impl Default for ClusterOptions {
@@ -48,6 +50,7 @@ impl Default for ClusterOptions {
         Self {
             n_workers: 2,
             proxy: false,
+            config: CONFIG.to_owned(),
         }
     }
 }
@@ -56,7 +59,7 @@ impl Default for ClusterOptions {
 /// back quickly and is shorter than the 5 s partition; ten attempts keep faults from sending
 /// a job to the dead letters; a 2 s grace period is shorter than the longest jobs, so a
 /// SIGTERM leaves some attempts to release.
-const CONFIG: &str = r#"
+pub(crate) const CONFIG: &str = r#"
 [queues.reports]
 concurrency = 4
 lease = "4s"
@@ -106,7 +109,8 @@ impl Cluster {
             .prefix("upkeep-chaos-")
             .tempdir()
             .expect("creating a temporary directory");
-        std::fs::write(dir.path().join("upkeep.toml"), CONFIG).expect("writing upkeep.toml");
+        std::fs::write(dir.path().join("upkeep.toml"), &options.config)
+            .expect("writing upkeep.toml");
         let mut cluster = Self {
             workers: Vec::new(),
             retired: Vec::new(),
@@ -253,7 +257,7 @@ impl Cluster {
         enqueued
     }
 
-    fn enqueue(&self, args: &str, count: usize) -> Vec<Uuid> {
+    pub(crate) fn enqueue(&self, args: &str, count: usize) -> Vec<Uuid> {
         let count = count.to_string();
         self.ctl(&["enqueue", "system.ping", "--args", args, "--count", &count])
             .lines()
@@ -262,6 +266,58 @@ impl Cluster {
                     .unwrap_or_else(|e| panic!("enqueue printed {line:?}, not a job id: {e}"))
             })
             .collect()
+    }
+
+    /// The key names of the queue (the cluster's prefix).
+    pub(crate) fn keys(&self) -> QueueKeys {
+        QueueKeys::new(PREFIX, &QueueName::parse(QUEUE).expect("valid queue name"))
+    }
+
+    /// A connection to the private Redis, for raw commands.
+    pub(crate) fn redis_connection(&self) -> redis::Connection {
+        self.redis
+            .client()
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .expect("connecting to the private redis")
+    }
+
+    /// `upkeepctl enqueue system.ping --args ARGS`: the job id.
+    pub(crate) fn enqueue_one(&self, args: &str) -> Uuid {
+        self.enqueue(args, 1)[0]
+    }
+
+    /// Every run of `job_id` as (attempt, status, next_state, error), oldest first.
+    pub(crate) async fn runs_of(&self, job_id: Uuid) -> Vec<RunSummary> {
+        sqlx::query_as(
+            "SELECT attempt, status, next_state, error FROM job_runs WHERE job_id = $1 \
+             ORDER BY attempt",
+        )
+        .bind(job_id)
+        .fetch_all(&mut self.ledger().await)
+        .await
+        .expect("reading job_runs")
+    }
+
+    /// Waits until `job_id` has a run that `matches`; returns all its runs. Fails after
+    /// `timeout`.
+    pub(crate) async fn wait_for_run(
+        &self,
+        job_id: Uuid,
+        timeout: Duration,
+        matches: impl Fn(&RunSummary) -> bool,
+    ) -> Vec<RunSummary> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let runs = self.runs_of(job_id).await;
+            if runs.iter().any(&matches) {
+                return runs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {job_id}: no matching run within {timeout:?}; runs: {runs:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// How many distinct jobs have a succeeded run, or `None` while Postgres is unreachable.
@@ -370,6 +426,9 @@ impl Cluster {
             .sum()
     }
 }
+
+/// (attempt, status, next_state, error) of one run.
+pub(crate) type RunSummary = (i32, String, Option<String>, Option<String>);
 
 /// The job mix: what share of the jobs gets which `system.ping` args.
 pub(crate) struct Mix;

@@ -17,4 +17,7 @@
 //! the ledger with Redis (`reconcile`), and Redis at its memory limit (`memory`).
 
 mod harness;
+mod memory;
+mod poison;
+mod reconcile;
 mod scenarios;

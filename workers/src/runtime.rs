@@ -15,7 +15,8 @@ use apalis_core::worker::builder::WorkerBuilder;
 use sqlx::PgPool;
 use tower::limit::ConcurrencyLimitLayer;
 use upkeep_shared::QueueName;
-use upkeep_shared::config::Settings;
+use upkeep_shared::config::{ReconcileAction, Settings};
+use upkeep_shared::reconcile;
 use upkeep_shared::queue::{
     Attempt, AttemptStatus, ConsumerOptions, KindPolicy, LeaseBook, Ledger, Queue, RedisBackend,
     RedisConn,
@@ -31,6 +32,9 @@ pub struct WorkerRuntime {
     queues: Vec<QueueName>,
     registry: Arc<Registry>,
     ledger: Arc<dyn Ledger>,
+    /// The ledger's pool, for the reconciliation pass; `None` with a ledger of the caller's
+    /// choice (the benchmark), which has nothing to reconcile.
+    pool: Option<PgPool>,
     conn: RedisConn,
     identity: String,
 }
@@ -61,8 +65,10 @@ impl WorkerRuntime {
         if settings.database.migrate_on_start {
             migrate_with_retry(&pool).await;
         }
-        let ledger: Arc<dyn Ledger> = Arc::new(PgLedger::new(pool));
-        Self::build_with_ledger(settings, queues, registry, ledger)
+        let ledger: Arc<dyn Ledger> = Arc::new(PgLedger::new(pool.clone()));
+        let mut runtime = Self::build_with_ledger(settings, queues, registry, ledger)?;
+        runtime.pool = Some(pool);
+        Ok(runtime)
     }
 
     /// Like [`WorkerRuntime::build`], with a ledger of the caller's choice (the queue benchmark
@@ -88,6 +94,7 @@ impl WorkerRuntime {
             queues,
             registry: Arc::new(registry),
             ledger,
+            pool: None,
             conn,
             identity,
         })
@@ -104,6 +111,19 @@ impl WorkerRuntime {
     /// # Errors
     /// When the monitor fails to run.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        upkeep_shared::queue::check_eviction_policy(&self.conn)
+            .await
+            .log();
+        let reconciler = self.pool.clone().and_then(|pool| {
+            (self.settings.maintenance.reconcile_action != ReconcileAction::Off).then(|| {
+                tokio::spawn(run_reconciler(
+                    pool,
+                    self.conn.clone(),
+                    self.settings.clone(),
+                    self.queues.clone(),
+                ))
+            })
+        });
         let grace = self.settings.worker.grace_period;
         let mut monitor = Monitor::new().shutdown_timeout(grace);
         let mut books = Vec::new();
@@ -143,6 +163,9 @@ impl WorkerRuntime {
             }
         };
         let result = monitor.run_with_signal(signal).await;
+        if let Some(reconciler) = reconciler {
+            reconciler.abort();
+        }
         for (queue, leases, worker_id) in books {
             release_leftovers(&queue, &leases, &worker_id, self.ledger.as_ref()).await;
         }
@@ -245,6 +268,52 @@ async fn release_leftovers(
             tracing::warn!(queue = %queue.name(), "releasing leases timed out; they will expire")
         }
     }
+}
+
+/// The periodic reconciliation of the queues this process serves (see
+/// `upkeep_shared::reconcile`). It runs in the workers rather than the scheduler because a
+/// queue worth reconciling is one that has consumers: every deployment runs workers for its
+/// queues, not every one runs the scheduler, and a restored job is only useful where a worker
+/// will take it. Replicas may run it concurrently: `restore.lua` restores a job once, and the
+/// ledger writes are idempotent. The interval is jittered (±10%) so replicas spread out.
+async fn run_reconciler(pool: PgPool, conn: RedisConn, settings: Settings, queues: Vec<QueueName>) {
+    let mut options = reconcile::Options::from_settings(&settings);
+    options.queues = Some(queues);
+    let interval = settings.maintenance.reconcile_interval;
+    let mut failing = false;
+    loop {
+        let jitter = rand_jitter(interval / 10);
+        tokio::time::sleep(interval.mul_f64(0.9) + jitter).await;
+        match reconcile::reconcile_once(&pool, &conn, &settings, &options).await {
+            Ok(report) => {
+                if failing {
+                    tracing::info!("reconciliation works again");
+                    failing = false;
+                }
+                if !report.lost.is_empty() {
+                    tracing::info!(
+                        n_examined = report.n_examined,
+                        n_lost = report.lost.len(),
+                        action = settings.maintenance.reconcile_action.as_str(),
+                        "reconciliation found jobs lost from redis"
+                    );
+                }
+            }
+            Err(error) => {
+                if !failing {
+                    let error = anyhow::Error::from(error);
+                    tracing::warn!(error = %error, error.chain = ?error, "reconciliation failed; retrying at the next interval");
+                    failing = true;
+                }
+            }
+        }
+    }
+}
+
+/// A duration in `[0, 2 × max]`: added to 0.9 × the interval, it spreads passes over ±10%.
+fn rand_jitter(max: Duration) -> Duration {
+    let nanos = u64::from(rand_nonce()) * 2;
+    max.mul_f64(nanos as f64 / f64::from(u16::MAX))
 }
 
 async fn migrate_with_retry(pool: &PgPool) {

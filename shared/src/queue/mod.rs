@@ -61,6 +61,8 @@
 //! - `renew.lua`: extend leases whose token still matches; report the ones lost.
 //! - `release.lua`: give leases back to `ready` (on shutdown), uncounting unstarted attempts.
 //! - `requeue.lua`: operator moves a dead job back to `ready` with a fresh attempt budget.
+//! - `restore.lua`: reconciliation puts back a job whose hash Redis lost (same id, attempts
+//!   counted on from the ledger); a job whose hash exists is never touched.
 //! - `stats.lua`: LLEN/ZCARD/HGETALL, all O(1) in the backlog.
 //!
 //! # Job state machine
@@ -88,6 +90,8 @@ mod client;
 mod conn;
 pub mod keys;
 mod ledger;
+mod memory;
+mod restore;
 mod sentinel;
 mod settings;
 
@@ -102,6 +106,8 @@ pub use client::{
 };
 pub use conn::{RedisConn, RedisTarget};
 pub use ledger::{Attempt, AttemptStatus, Ledger, NoLedger};
+pub use memory::{EvictionPolicy, check_eviction_policy};
+pub use restore::LostJob;
 pub use sentinel::{DEFAULT_SENTINEL_PORT, SENTINEL_SCHEME, SentinelUrl};
 
 /// Errors of the queue layer.
@@ -109,13 +115,30 @@ pub use sentinel::{DEFAULT_SENTINEL_PORT, SENTINEL_SCHEME, SentinelUrl};
 pub enum Error {
     /// Redis failed or timed out; retrying later is the right answer.
     #[error("redis command failed")]
-    Redis(#[from] redis::RedisError),
+    Redis(#[source] redis::RedisError),
+    /// Redis is at its `maxmemory` and, under `noeviction`, refused the write: nothing was
+    /// written (an enqueue enqueued nothing). Free memory or raise the limit.
+    #[error(
+        "redis is out of memory (maxmemory reached; with maxmemory-policy noeviction it refuses \
+         writes instead of evicting jobs): the refused command wrote nothing"
+    )]
+    OutOfMemory(#[source] redis::RedisError),
     /// Redis answered something the scripts never return.
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),
     /// The caller passed something invalid.
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<redis::RedisError> for Error {
+    fn from(error: redis::RedisError) -> Self {
+        if error.code() == Some("OOM") {
+            Self::OutOfMemory(error)
+        } else {
+            Self::Redis(error)
+        }
+    }
 }
 
 /// Timing options of one queue, shared by producers and consumers.

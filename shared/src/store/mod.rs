@@ -13,6 +13,7 @@
 //! come from [`crate::config::DatabaseSettings`]; this module never reads the environment.
 
 pub mod health;
+pub mod reconcile;
 pub mod runs;
 pub mod schedules;
 pub mod ticks;

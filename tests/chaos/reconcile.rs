@@ -1,0 +1,230 @@
+//! Reconciliation: a job whose keys are deleted behind upkeep's back while the ledger expects
+//! it to run again is found, then requeued (same id, attempts counted on) or recorded as lost.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::harness::{Cluster, ClusterOptions};
+
+/// Retries wait up to an hour, so a failed job sits in the retry set while the test deletes it.
+fn config(maintenance: &str) -> String {
+    format!(
+        r#"
+[queues.reports]
+concurrency = 2
+lease = "4s"
+max_attempts = 3
+backoff_base = "1h"
+backoff_max = "1h"
+
+[maintenance]
+{maintenance}
+"#
+    )
+}
+
+/// Enqueues a job that fails its first attempt, waits until the ledger says it will be retried,
+/// then deletes everything Redis has of it.
+async fn a_failed_job_redis_then_loses(cluster: &Cluster) -> Uuid {
+    let id = cluster.enqueue_one(r#"{"fail_attempts":1}"#);
+    cluster
+        .wait_for_run(id, Duration::from_secs(20), |(_, status, next, _)| {
+            status == "failed" && next.as_deref() == Some("retrying")
+        })
+        .await;
+    // The ack follows the ledger row; wait until the job waits in the retry set.
+    let keys = cluster.keys();
+    let mut redis = cluster.redis_connection();
+    for _ in 0..100 {
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(&keys.retry)
+            .arg(id.to_string())
+            .query(&mut redis)
+            .expect("ZSCORE");
+        if score.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let () = redis::pipe()
+        .cmd("DEL")
+        .arg(keys.job(&id.to_string()))
+        .ignore()
+        .cmd("ZREM")
+        .arg(&keys.retry)
+        .arg(id.to_string())
+        .ignore()
+        .cmd("HDEL")
+        .arg(&keys.attempts)
+        .arg(id.to_string())
+        .ignore()
+        .query(&mut redis)
+        .expect("deleting the job's keys");
+    id
+}
+
+fn reconcile_json(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
+    let mut argv = vec!["reconcile", "--json", "--grace", "1s"];
+    argv.extend_from_slice(args);
+    let stdout = cluster.ctl(&argv);
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("reconcile --json printed {stdout:?}: {e}"))
+}
+
+fn lost_ids(report: &serde_json::Value) -> Vec<(String, String)> {
+    report["lost"]
+        .as_array()
+        .expect("a lost array")
+        .iter()
+        .map(|lost| {
+            (
+                lost["job_id"].as_str().expect("job_id").to_owned(),
+                lost["action"].as_str().expect("action").to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn findings_of(cluster: &Cluster, id: Uuid) -> Vec<(i32, String, String)> {
+    sqlx::query_as("SELECT attempt, code, severity FROM findings WHERE job_id = $1 ORDER BY id")
+        .bind(id)
+        .fetch_all(&mut cluster.ledger().await)
+        .await
+        .expect("reading findings")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upkeepctl_reconcile_finds_a_job_redis_lost_and_requeues_it_under_the_same_id() {
+    // Arrange: one lost job, and one failed job Redis still has (not lost).
+    let cluster = Cluster::start(&ClusterOptions {
+        n_workers: 1,
+        config: config(r#"reconcile_action = "off""#),
+        ..ClusterOptions::default()
+    });
+    let lost = a_failed_job_redis_then_loses(&cluster).await;
+    let kept = cluster.enqueue_one(r#"{"fail_attempts":1}"#);
+    cluster
+        .wait_for_run(kept, Duration::from_secs(20), |(_, status, _, _)| {
+            status == "failed"
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Act + Assert: a dry run names it and changes nothing.
+    let dry = reconcile_json(&cluster, &["--dry-run"]);
+    assert_eq!(
+        lost_ids(&dry),
+        vec![(lost.to_string(), "reported".to_owned())],
+        "{dry}"
+    );
+    assert!(
+        cluster.runs_of(lost).await.len() == 1,
+        "a dry run writes nothing"
+    );
+
+    // The real pass puts it back; the worker runs attempt 2, which succeeds.
+    let requeued = reconcile_json(&cluster, &[]);
+    assert_eq!(
+        lost_ids(&requeued),
+        vec![(lost.to_string(), "requeued".to_owned())],
+        "{requeued}"
+    );
+    let runs = cluster
+        .wait_for_run(lost, Duration::from_secs(20), |(_, status, _, _)| {
+            status == "succeeded"
+        })
+        .await;
+    let attempts: Vec<(i32, &str)> = runs.iter().map(|(a, s, _, _)| (*a, s.as_str())).collect();
+    assert_eq!(attempts, vec![(1, "failed"), (2, "succeeded")]);
+    assert!(
+        findings_of(&cluster, lost).await.contains(&(
+            1,
+            "job.requeued_after_loss".to_owned(),
+            "warn".to_owned()
+        )),
+        "a warn finding records the requeue"
+    );
+
+    // A second pass finds nothing: the job finished, and the kept one is still in Redis.
+    let again = reconcile_json(&cluster, &[]);
+    assert_eq!(lost_ids(&again), vec![], "{again}");
+    assert!(
+        cluster.runs_of(kept).await.len() == 1,
+        "the job Redis kept was not touched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_with_action_record_records_the_lost_job_as_abandoned_and_dead_with_a_critical_finding()
+ {
+    let cluster = Cluster::start(&ClusterOptions {
+        n_workers: 1,
+        config: config(r#"reconcile_action = "off""#),
+        ..ClusterOptions::default()
+    });
+    let lost = a_failed_job_redis_then_loses(&cluster).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let recorded = reconcile_json(&cluster, &["--action", "record"]);
+
+    assert_eq!(
+        lost_ids(&recorded),
+        vec![(lost.to_string(), "recorded".to_owned())],
+        "{recorded}"
+    );
+    let runs = cluster.runs_of(lost).await;
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(
+        (runs[1].0, runs[1].1.as_str(), runs[1].2.as_deref()),
+        (2, "abandoned", Some("dead"))
+    );
+    assert!(
+        runs[1]
+            .3
+            .as_deref()
+            .is_some_and(|e| e.contains("lost from redis")),
+        "{runs:?}"
+    );
+    assert!(findings_of(&cluster, lost).await.contains(&(
+        2,
+        "job.lost".to_owned(),
+        "critical".to_owned()
+    )));
+    let again = reconcile_json(&cluster, &["--action", "record"]);
+    assert_eq!(
+        lost_ids(&again),
+        vec![],
+        "a recorded loss is final: {again}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_periodic_pass_requeues_a_lost_job_without_an_operator() {
+    let cluster = Cluster::start(&ClusterOptions {
+        n_workers: 2,
+        config: config(
+            "reconcile_action = \"requeue\"\nreconcile_interval = \"500ms\"\nreconcile_grace = \"1s\"",
+        ),
+        ..ClusterOptions::default()
+    });
+    let lost = a_failed_job_redis_then_loses(&cluster).await;
+
+    let runs = cluster
+        .wait_for_run(lost, Duration::from_secs(20), |(_, status, _, _)| {
+            status == "succeeded"
+        })
+        .await;
+
+    let attempts: Vec<(i32, &str)> = runs.iter().map(|(a, s, _, _)| (*a, s.as_str())).collect();
+    assert_eq!(
+        attempts,
+        vec![(1, "failed"), (2, "succeeded")],
+        "restored once, run once"
+    );
+    assert_eq!(
+        cluster.count_worker_logs("job lost from redis"),
+        1,
+        "two workers reconcile, but the job is restored once"
+    );
+}
