@@ -2064,9 +2064,18 @@ mod tests {
         )
         .expect("valid");
 
-        assert_eq!(settings.maintenance.reconcile_action, ReconcileAction::Record);
-        assert_eq!(settings.maintenance.reconcile_grace, Duration::from_secs(30));
-        assert_eq!(settings.maintenance.reconcile_interval, Duration::from_secs(60));
+        assert_eq!(
+            settings.maintenance.reconcile_action,
+            ReconcileAction::Record
+        );
+        assert_eq!(
+            settings.maintenance.reconcile_grace,
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            settings.maintenance.reconcile_interval,
+            Duration::from_secs(60)
+        );
     }
 
     #[test]
@@ -2078,7 +2087,10 @@ mod tests {
 
         assert!(text.contains("maintenance.reconcile_action"), "{text}");
         assert!(text.contains("\"delete\""), "{text}");
-        assert!(text.contains("maintenance.reconcile_grace: must be at least 1s"), "{text}");
+        assert!(
+            text.contains("maintenance.reconcile_grace: must be at least 1s"),
+            "{text}"
+        );
     }
 
     #[test]

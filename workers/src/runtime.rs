@@ -16,11 +16,11 @@ use sqlx::PgPool;
 use tower::limit::ConcurrencyLimitLayer;
 use upkeep_shared::QueueName;
 use upkeep_shared::config::{ReconcileAction, Settings};
-use upkeep_shared::reconcile;
 use upkeep_shared::queue::{
     Attempt, AttemptStatus, ConsumerOptions, KindPolicy, LeaseBook, Ledger, Queue, RedisBackend,
     RedisConn,
 };
+use upkeep_shared::reconcile;
 use upkeep_shared::shutdown::Shutdown;
 
 use crate::ledger::PgLedger;
