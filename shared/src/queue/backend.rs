@@ -239,7 +239,38 @@ struct Shared {
     /// Set by the completer while the ledger refuses writes: the backend stops leasing new
     /// jobs, so results do not pile up in memory and jobs stay in Redis for healthier workers.
     ledger_down: Arc<AtomicBool>,
+    /// Moving average of how long a handler runs, in µs (`u64::MAX` until the first one
+    /// finishes): decides whether fetching ahead pays (see [`FETCH_AHEAD_MAX_RUN`]).
+    run_time_us: AtomicU64,
 }
+
+impl Shared {
+    /// Whether this queue's jobs are short enough that a fetch round trip is a real part of
+    /// their cost, so the backend leases up to one extra batch ahead of the free slots.
+    fn jobs_are_short(&self) -> bool {
+        self.run_time_us.load(Ordering::Relaxed) < FETCH_AHEAD_MAX_RUN_US
+    }
+
+    fn record_run_time(&self, elapsed: Duration) {
+        let sample = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let _ = self
+            .run_time_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |average| {
+                Some(if average == u64::MAX {
+                    sample
+                } else {
+                    // An exponential moving average with weight 1/8 for the new sample.
+                    average - average / 8 + sample / 8
+                })
+            });
+    }
+}
+
+/// Jobs that run shorter than this on average (10 ms) are fetched ahead: while they run, the
+/// next batch is already on its way, so a worker of no-op jobs is not bound by round trips.
+/// Longer jobs are leased only for free slots, so a slow job never holds another job hostage
+/// in a local buffer while another worker sits idle (Celery's prefetch complaint).
+const FETCH_AHEAD_MAX_RUN_US: u64 = 10_000;
 
 type FetchFuture =
     BoxFuture<'static, Result<(VecDeque<Task<Job>>, Option<Duration>), super::Error>>;
@@ -292,6 +323,7 @@ impl RedisBackend {
             in_flight: AtomicUsize::new(0),
             counters,
             ledger_down: Arc::new(AtomicBool::new(false)),
+            run_time_us: AtomicU64::new(u64::MAX),
         });
         Self {
             shared,
@@ -338,16 +370,67 @@ impl RedisBackend {
         self.renewer = Some(renewer.abort_handle());
     }
 
+    /// Leases up to the free slots (plus one concurrency's worth ahead for short jobs), in a
+    /// task of its own so the round trip proceeds while buffered jobs are handed out.
     fn start_fetch(&mut self) {
-        let free = self
-            .shared
-            .options
-            .concurrency
-            .saturating_sub(self.shared.in_flight.load(Ordering::Acquire));
-        let count = free.clamp(1, self.shared.options.batch_size.max(1));
-        let shared = self.shared.clone();
-        let ledger = self.ledger.clone();
-        self.fetch = Some(Box::pin(fetch_batch(shared, ledger, count)));
+        let concurrency = self.shared.options.concurrency;
+        let ahead = if self.shared.jobs_are_short() {
+            concurrency
+        } else {
+            0
+        };
+        let held = self.shared.in_flight.load(Ordering::Acquire) + self.buffer.len();
+        let count = (concurrency + ahead)
+            .saturating_sub(held)
+            .clamp(1, self.shared.options.batch_size.max(1));
+        let fetch = tokio::spawn(fetch_batch(self.shared.clone(), self.ledger.clone(), count));
+        self.fetch = Some(Box::pin(async move {
+            fetch.await.unwrap_or_else(|error| {
+                Err(super::Error::Protocol(format!(
+                    "fetch task failed: {error}"
+                )))
+            })
+        }));
+    }
+
+    /// Starts the next fetch while buffered jobs remain, when jobs are short and the buffer is
+    /// down to half a concurrency.
+    fn fetch_ahead(&mut self) {
+        if self.fetch.is_none()
+            && self.wait.is_none()
+            && self.shared.jobs_are_short()
+            && self.buffer.len() <= self.shared.options.concurrency / 2
+            && !self.shared.ledger_down.load(Ordering::Acquire)
+        {
+            self.start_fetch();
+        }
+    }
+
+    /// Takes a fetch's result: buffers its tasks, or arranges the wait before the next fetch.
+    fn fetched(&mut self, result: Result<(VecDeque<Task<Job>>, Option<Duration>), super::Error>) {
+        match result {
+            Ok((tasks, _)) if !tasks.is_empty() => {
+                self.redis_outage.recovered();
+                self.buffer.extend(tasks);
+            }
+            Ok((_, next_due)) => {
+                self.redis_outage.recovered();
+                let idle_max = self.shared.options.idle_wait_max;
+                let wait = next_due.map_or(idle_max, |due| due.min(idle_max));
+                let queue = self.shared.queue.clone();
+                let blocking = self.blocking.clone();
+                self.wait = Some(Box::pin(async move {
+                    if queue.wait_for_work(&blocking, wait).await.is_err() {
+                        // The next fetch reports the outage; don't spin meanwhile.
+                        tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
+                    }
+                }));
+            }
+            Err(error) => {
+                let delay = self.redis_outage.failed(&error);
+                self.wait = Some(Box::pin(tokio::time::sleep(delay)));
+            }
+        }
     }
 }
 
@@ -378,37 +461,22 @@ impl Backend for RedisBackend {
     ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
         self.start_background();
         loop {
+            if let Some(fetch) = self.fetch.as_mut() {
+                match fetch.poll_unpin(cx) {
+                    Poll::Ready(result) => {
+                        self.fetch = None;
+                        self.fetched(result);
+                    }
+                    // Nothing to hand out until the fetch returns.
+                    Poll::Pending if self.buffer.is_empty() => return Poll::Pending,
+                    // A fetch ahead is on its way; hand out what is buffered meanwhile.
+                    Poll::Pending => {}
+                }
+            }
             if let Some(task) = self.buffer.pop_front() {
                 self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+                self.fetch_ahead();
                 return Poll::Ready(Some(Ok(task)));
-            }
-            if let Some(fetch) = self.fetch.as_mut() {
-                let result = futures::ready!(fetch.poll_unpin(cx));
-                self.fetch = None;
-                match result {
-                    Ok((tasks, _)) if !tasks.is_empty() => {
-                        self.redis_outage.recovered();
-                        self.buffer = tasks;
-                        continue;
-                    }
-                    Ok((_, next_due)) => {
-                        self.redis_outage.recovered();
-                        let idle_max = self.shared.options.idle_wait_max;
-                        let wait = next_due.map_or(idle_max, |due| due.min(idle_max));
-                        let queue = self.shared.queue.clone();
-                        let blocking = self.blocking.clone();
-                        self.wait = Some(Box::pin(async move {
-                            if queue.wait_for_work(&blocking, wait).await.is_err() {
-                                // The next fetch reports the outage; don't spin meanwhile.
-                                tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
-                            }
-                        }));
-                    }
-                    Err(error) => {
-                        let delay = self.redis_outage.failed(&error);
-                        self.wait = Some(Box::pin(tokio::time::sleep(delay)));
-                    }
-                }
             }
             if let Some(wait) = self.wait.as_mut() {
                 futures::ready!(wait.poll_unpin(cx));
@@ -780,6 +848,7 @@ where
             async move { fut.await.map_err(Into::into) }.boxed()
         };
         Box::pin(async move {
+            let run_started = std::time::Instant::now();
             let result =
                 match tokio::time::timeout(policy.timeout, AssertUnwindSafe(inner).catch_unwind())
                     .await
@@ -799,6 +868,7 @@ where
                     }),
                 };
             let finished_at_ms = now_ms();
+            shared.record_run_time(run_started.elapsed());
             let (attempt, verdict, response) = match result {
                 Ok(outcome) => (
                     attempt_row(

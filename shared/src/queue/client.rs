@@ -140,7 +140,8 @@ pub struct Fetched {
     pub jobs: Vec<Leased>,
     /// Expired leases taken back in the same call.
     pub reclaimed: Vec<Reclaimed>,
-    /// Time until the earliest delayed or retrying job is due, if any.
+    /// Time until the earliest delayed or retrying job is due, if any; only computed when the
+    /// fetch leased nothing (a worker that got jobs fetches again without waiting).
     pub next_due: Option<Duration>,
 }
 
@@ -411,7 +412,6 @@ impl Queue {
             .key(&self.keys.attempts)
             .key(&self.keys.done)
             .arg(&self.keys.base)
-            .arg(millis(self.options.retention))
             .arg(millis(self.options.dead_retention));
         for s in settlements {
             let (verdict, delay) = match s.verdict {
@@ -531,13 +531,9 @@ impl Queue {
             .arg("REV")
             .query_async(&mut conn)
             .await?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(record) = self.job(&id).await? {
-                out.push(record);
-            }
-        }
-        Ok(out)
+        self.jobs(&ids)
+            .await
+            .map(|records| records.into_iter().flatten().collect())
     }
 
     /// One job's record, or `None` when Redis no longer knows it (finished and expired).
@@ -549,9 +545,24 @@ impl Queue {
     /// # Errors
     /// On a Redis error.
     pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, Error> {
-        let (mut fields, lease_deadline, token, holder, attempt, completed_at): JobReply =
-            redis::pipe()
-                .cmd("HGETALL")
+        let mut records = self.jobs(std::slice::from_ref(&id)).await?;
+        Ok(records.pop().flatten())
+    }
+
+    /// The records of `ids`, in order, in one round trip (see [`Queue::job`]); `None` for an id
+    /// Redis no longer knows.
+    ///
+    /// # Errors
+    /// On a Redis error.
+    pub async fn jobs<S: AsRef<str>>(&self, ids: &[S]) -> Result<Vec<Option<JobRecord>>, Error> {
+        const PER_JOB: usize = 6;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            let id = id.as_ref();
+            pipe.cmd("HGETALL")
                 .arg(self.keys.job(id))
                 .cmd("ZSCORE")
                 .arg(&self.keys.leases)
@@ -567,32 +578,21 @@ impl Queue {
                 .arg(id)
                 .cmd("ZSCORE")
                 .arg(&self.keys.done)
-                .arg(id)
-                .query_async(&mut self.conn.clone())
-                .await?;
-        if fields.is_empty() {
-            return Ok(None);
+                .arg(id);
         }
-        if let Some(attempt) = attempt {
-            fields.insert("attempt".to_owned(), attempt);
+        let replies: Vec<Value> = pipe.query_async(&mut self.conn.clone()).await?;
+        if replies.len() != ids.len() * PER_JOB {
+            return Err(protocol("job lookup reply has the wrong length"));
         }
-        if let Some(completed_at) = completed_at {
-            fields.insert("state".to_owned(), "completed".to_owned());
-            fields.insert("finished".to_owned(), completed_at.to_string());
-            fields.remove("err");
+        let mut out = Vec::with_capacity(ids.len());
+        let mut replies = replies.into_iter();
+        for id in ids {
+            let reply: JobReply =
+                redis::from_redis_value(Value::Array(replies.by_ref().take(PER_JOB).collect()))
+                    .map_err(|e| Error::Protocol(format!("job lookup reply: {e}")))?;
+            out.push(job_record(id.as_ref(), reply));
         }
-        if let (Some(_), Some(token)) = (lease_deadline, token) {
-            fields.insert("state".to_owned(), "running".to_owned());
-            fields.insert("token".to_owned(), token);
-            if let Some((worker, leased_at)) = holder.as_deref().and_then(|h| h.split_once('|')) {
-                fields.insert("worker".to_owned(), worker.to_owned());
-                fields.insert("leased_at".to_owned(), leased_at.to_owned());
-            }
-        }
-        Ok(Some(JobRecord {
-            id: id.to_owned(),
-            fields,
-        }))
+        Ok(out)
     }
 
     /// Depths and counters of the queue, in one round trip.
@@ -669,6 +669,34 @@ impl Queue {
 }
 
 /// HGETALL of the job, then its lease deadline, token, holder and live attempt count.
+/// Merges a job's hash with its live lease and completion (see [`Queue::job`]).
+fn job_record(id: &str, reply: JobReply) -> Option<JobRecord> {
+    let (mut fields, lease_deadline, token, holder, attempt, completed_at) = reply;
+    if fields.is_empty() {
+        return None;
+    }
+    if let Some(attempt) = attempt {
+        fields.insert("attempt".to_owned(), attempt);
+    }
+    if let Some(completed_at) = completed_at {
+        fields.insert("state".to_owned(), "completed".to_owned());
+        fields.insert("finished".to_owned(), completed_at.to_string());
+        fields.remove("err");
+    }
+    if let (Some(_), Some(token)) = (lease_deadline, token) {
+        fields.insert("state".to_owned(), "running".to_owned());
+        fields.insert("token".to_owned(), token);
+        if let Some((worker, leased_at)) = holder.as_deref().and_then(|h| h.split_once('|')) {
+            fields.insert("worker".to_owned(), worker.to_owned());
+            fields.insert("leased_at".to_owned(), leased_at.to_owned());
+        }
+    }
+    Some(JobRecord {
+        id: id.to_owned(),
+        fields,
+    })
+}
+
 type JobReply = (
     HashMap<String, String>,
     Option<i64>,

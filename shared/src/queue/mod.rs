@@ -53,7 +53,8 @@
 //!   token from `fence`, ZADD `leases` at now + lease. The lease lives in the per-queue
 //!   `tokens`/`holders`/`attempts` hashes, written once per batch: leasing a job costs one
 //!   HMGET of its hash and nothing else per job, which is what makes the hot path cheap. Returns the leased jobs, the reclaimed
-//!   leases (so the caller can record the abandoned attempts) and when the next delayed job is due.
+//!   leases (so the caller can record the abandoned attempts) and, when it leased nothing, when
+//!   the next delayed job is due.
 //! - `ack.lua`: per settlement, refuse it unless the token equals the job's current token in
 //!   `tokens` (a settled or reclaimed lease has none); else complete (expire after retention),
 //!   schedule a retry, or dead-letter. Lease bookkeeping is removed once per batch, and a

@@ -5,8 +5,7 @@
 -- KEYS[6] tokens, KEYS[7] holders, KEYS[8] attempts, KEYS[9] done zset
 -- A completed job costs no per-job command: it joins the `done` zset (one ZADD per batch), and
 -- fetch deletes its hash in bulk once the retention has passed.
--- ARGV[1] key base, ARGV[2] retention ms (unused here: fetch deletes completed jobs),
--- ARGV[3] dead retention ms,
+-- ARGV[1] key base, ARGV[2] dead retention ms,
 -- then 5 fields per settlement: id, token, verdict (done|retry|dead), retry delay ms, error.
 -- The caller sends at most a few hundred settlements per call. A retry of the last attempt
 -- becomes a dead letter.
@@ -15,9 +14,9 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local base = ARGV[1]
-local retention, dead_retention = tonumber(ARGV[2]), tonumber(ARGV[3])
+local dead_retention = tonumber(ARGV[2])
 local ids = {}
-for i = 4, #ARGV, 5 do ids[#ids + 1] = ARGV[i] end
+for i = 3, #ARGV, 5 do ids[#ids + 1] = ARGV[i] end
 if #ids == 0 then return {} end
 local current = redis.call('HMGET', KEYS[6], unpack(ids))
 local attempts = redis.call('HMGET', KEYS[8], unpack(ids))
@@ -25,7 +24,7 @@ local out = {}
 local settled, buried, retries, deaths, completions = {}, {}, {}, {}, {}
 local n_done, n_failed, n_dead, n_retried = 0, 0, 0, 0
 for k, id in ipairs(ids) do
-  local i = 4 + (k - 1) * 5
+  local i = 3 + (k - 1) * 5
   local token, verdict, delay, err = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4]
   local state
   if current[k] ~= token then

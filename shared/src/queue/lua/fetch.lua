@@ -11,7 +11,8 @@
 --               id, token, attempt, max, kind, args, enq, sched, tick, state_was
 --   reclaimed = flat list of 10 fields per expired lease taken back:
 --               id, attempt, worker, leased_at, kind, args, enq, dead(1/0), sched, tick
---   next_due_in_ms = ms until the earliest delayed/retrying job is due, -1 if none
+--   next_due_in_ms = ms until the earliest delayed/retrying job is due, -1 if none or when
+--                    jobs were leased (the caller fetches again at once then)
 -- The lease itself (token, holder, attempt count) lives in three per-queue hashes written
 -- once per batch, so leasing a job costs one HMGET of its hash and nothing else per job.
 local t = redis.call('TIME')
@@ -155,15 +156,18 @@ end
 redis.call('ZADD', KEYS[8], now, worker)
 
 -- 5. When is the next delayed or retrying job due, or the next completed job to delete?
---    Idle workers sleep at most that long.
+--    Idle workers sleep at most that long. A worker that got jobs fetches again without
+--    waiting, so this is only computed for an empty fetch.
 local next_due = -1
-for z, zkey in ipairs({ KEYS[2], KEYS[3], KEYS[12] }) do
-  local first = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
-  if first[2] then
-    local at = tonumber(first[2])
-    if z == 3 then at = at + retention end
-    local wait = math.max(0, at - now)
-    if next_due < 0 or wait < next_due then next_due = wait end
+if #jobs == 0 then
+  for z, zkey in ipairs({ KEYS[2], KEYS[3], KEYS[12] }) do
+    local first = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
+    if first[2] then
+      local at = tonumber(first[2])
+      if z == 3 then at = at + retention end
+      local wait = math.max(0, at - now)
+      if next_due < 0 or wait < next_due then next_due = wait end
+    end
   end
 end
 if more_to_clean then next_due = 0 end
