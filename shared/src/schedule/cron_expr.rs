@@ -75,6 +75,9 @@ impl CronExpr {
                 )));
             }
         }
+        if !source.starts_with('@') {
+            check_ranges(source).map_err(invalid)?;
+        }
         let schedule = Schedule::from_str(source).map_err(|error| invalid(reason_of(&error)))?;
         Ok(Self {
             source: source.to_owned(),
@@ -157,6 +160,48 @@ impl From<CronExpr> for String {
     fn from(expr: CronExpr) -> Self {
         expr.source
     }
+}
+
+/// The fields in order, with their ranges as the `cron` crate accepts them.
+const FIELDS: [(&str, u32, u32); 7] = [
+    ("second", 0, 59),
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day-of-month", 1, 31),
+    ("month", 1, 12),
+    ("day-of-week", 1, 7),
+    ("year", 1970, 2100),
+];
+
+/// Checks every number of every field against its range, so an out-of-range value is reported
+/// by field name and range (the `cron` crate's own message for `60` in the seconds field says
+/// "Seconds must be less than 59", which is wrong). Names (`MON`, `JAN`), `*`, `?` and `L`
+/// are left to the crate.
+fn check_ranges(source: &str) -> Result<(), String> {
+    for (text, (name, min, max)) in source.split_whitespace().zip(FIELDS) {
+        for part in text.split(',') {
+            let (range, step) = match part.split_once('/') {
+                Some((range, step)) => (range, Some(step)),
+                None => (part, None),
+            };
+            if let Some(step) = step
+                && let Ok(step) = step.parse::<u32>()
+                && step == 0
+            {
+                return Err(format!("{name} field {text:?}: a step of 0 never advances"));
+            }
+            for value in range.split('-') {
+                if let Ok(value) = value.parse::<u32>()
+                    && !(min..=max).contains(&value)
+                {
+                    return Err(format!(
+                        "{name} field {text:?}: {value} is out of range {min}-{max}"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The `cron` crate's error text is the expression, a caret line and (sometimes) a sentence.
@@ -247,8 +292,52 @@ mod tests {
             message.starts_with("invalid cron expression \"61 * * * * *\": "),
             "{message}"
         );
-        assert!(message.contains("'61'"), "{message}");
+        assert!(
+            message.contains("second field \"61\": 61 is out of range 0-59"),
+            "{message}"
+        );
         assert!(!message.contains('\n'), "one line: {message}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_field_and_range() {
+        for (expr, expected) in [
+            (
+                "60 * * * * *",
+                "second field \"60\": 60 is out of range 0-59",
+            ),
+            (
+                "0 0-60 * * * *",
+                "minute field \"0-60\": 60 is out of range 0-59",
+            ),
+            (
+                "0 0 1,24 * * *",
+                "hour field \"1,24\": 24 is out of range 0-23",
+            ),
+            (
+                "0 0 0 0 * *",
+                "day-of-month field \"0\": 0 is out of range 1-31",
+            ),
+            (
+                "0 0 0 1 13 *",
+                "month field \"13\": 13 is out of range 1-12",
+            ),
+            (
+                "0 0 0 * * 8",
+                "day-of-week field \"8\": 8 is out of range 1-7",
+            ),
+            (
+                "*/0 * * * * *",
+                "second field \"*/0\": a step of 0 never advances",
+            ),
+        ] {
+            let message = reason(expr);
+            assert!(message.contains(expected), "{expr}: {message}");
+        }
+        // In range, with steps, lists and names: accepted.
+        for expr in ["59 59 23 31 12 7", "*/15 0-59/5 1,2,3 * JAN-DEC MON-FRI"] {
+            CronExpr::parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        }
     }
 
     #[test]
