@@ -551,9 +551,30 @@ impl DatabaseSettings {
     /// # Errors
     /// When the URL is invalid or the server cannot be reached within `connect_timeout`.
     pub async fn connect(&self) -> Result<PgPool, sqlx::Error> {
-        self.pool_options()
-            .connect_with(self.connect_options()?)
-            .await
+        let options = self.connect_options()?;
+        match self.pool_options().connect_with(options.clone()).await {
+            // The pool retries until its timeout and then says only that; one direct attempt
+            // tells why (connection refused, unknown host, authentication, missing database).
+            Err(sqlx::Error::PoolTimedOut) => {
+                use sqlx::Connection as _;
+                match tokio::time::timeout(
+                    self.connect_timeout,
+                    sqlx::PgConnection::connect_with(&options),
+                )
+                .await
+                {
+                    Ok(Err(cause)) => Err(cause),
+                    _ => Err(sqlx::Error::PoolTimedOut),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The URL with its password and secret parameters hidden, for messages.
+    #[must_use]
+    pub fn redacted_url(&self) -> String {
+        redact_url(self.url.expose_secret())
     }
 
     /// A pool that connects on first use.

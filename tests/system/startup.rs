@@ -142,3 +142,24 @@ kind = "system.ping"
     finished.assert_failure_naming(&["DATABASE_URL"]);
     assert_no_secret("a refused database URL", &format!("{finished:?}"));
 }
+
+#[tokio::test]
+async fn migrate_against_an_unreachable_database_says_where_and_why_without_the_password() {
+    let port = free_port();
+    let deployment = Deployment::with_database_url(format!(
+        "postgres://postgres:{SECRET}@127.0.0.1:{port}/upkeep"
+    ));
+
+    let finished = deployment.run_command(
+        "upkeepctl",
+        deployment.command("upkeepctl", ["migrate"]),
+        Duration::from_secs(30),
+    );
+
+    // Not just "pool timed out": the address it tried, and the operating system's reason.
+    finished.assert_failure_naming(&[
+        &format!("connecting to Postgres at postgres://***@127.0.0.1:{port}/upkeep"),
+        "Connection refused",
+    ]);
+    assert_no_secret("upkeepctl migrate", &format!("{finished:?}"));
+}

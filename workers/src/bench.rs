@@ -71,11 +71,12 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
     let inner: Arc<dyn Ledger> = if args.no_ledger {
         Arc::new(NoLedger)
     } else {
-        let pool = settings
-            .database
-            .connect()
-            .await
-            .context("connecting to Postgres")?;
+        let pool = settings.database.connect().await.with_context(|| {
+            format!(
+                "connecting to Postgres at {}",
+                settings.database.redacted_url()
+            )
+        })?;
         upkeep_shared::MIGRATOR
             .run(&pool)
             .await
