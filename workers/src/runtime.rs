@@ -220,7 +220,7 @@ async fn release_leftovers(
             )
         })
         .collect();
-    let now = now_ms();
+    let now = upkeep_shared::queue::now_ms();
     let abandoned: Vec<Attempt> = leftovers
         .iter()
         .filter_map(|(_, entry)| entry.started_at_ms.map(|started| (entry, started)))
@@ -355,10 +355,6 @@ fn rand_nonce() -> u16 {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     (nanos ^ std::process::id()) as u16
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// The whole life of a worker daemon serving `queues`: telemetry, config, build, run until

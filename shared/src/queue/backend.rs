@@ -1211,9 +1211,97 @@ fn humanize(duration: Duration) -> String {
     format!("{:.3}s", duration.as_secs_f64())
 }
 
-pub(crate) fn now_ms() -> i64 {
+/// This host's clock as Unix milliseconds: the unit of every [`Attempt`] timestamp.
+#[must_use]
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Captures what the `tracing` macros write while `run` runs.
+    fn logs_of(run: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("buffer").extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, run);
+        let bytes = buffer.0.lock().expect("buffer").clone();
+        String::from_utf8(bytes).expect("utf-8 logs")
+    }
+
+    fn refused() -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused")
+    }
+
+    #[test]
+    fn an_outage_is_logged_once_when_it_starts_and_once_when_it_ends() {
+        let mut outage = Outage::new("redis", "fetch");
+        let logs = logs_of(|| {
+            for _ in 0..50 {
+                outage.failed(&refused());
+            }
+            outage.recovered();
+            outage.recovered();
+        });
+        assert_eq!(
+            logs.matches("dependency unavailable").count(),
+            1,
+            "one warning for 50 failures:\n{logs}"
+        );
+        assert_eq!(
+            logs.matches("dependency available again").count(),
+            1,
+            "{logs}"
+        );
+        assert!(logs.contains("failures=50"), "{logs}");
+        assert!(
+            logs.contains("connection refused"),
+            "the cause is logged:\n{logs}"
+        );
+    }
+
+    #[test]
+    fn outage_retries_back_off_exponentially_up_to_5_s_and_start_over_after_recovery() {
+        let mut outage = Outage::new("postgres", "record attempts");
+        let delays: Vec<Duration> = (0..12).map(|_| outage.failed(&refused())).collect();
+        for (i, delay) in delays.iter().enumerate() {
+            // The ceiling doubles from 100 ms and stops at 5 s; the delay is in its upper half.
+            let ceiling = Duration::from_millis(50 << (i + 1).min(7)).min(Duration::from_secs(5));
+            assert!(
+                *delay >= ceiling / 2 && *delay <= ceiling,
+                "failure {}: {delay:?} not within {:?}..={ceiling:?}",
+                i + 1,
+                ceiling / 2
+            );
+        }
+        assert!(delays[11] >= Duration::from_millis(2500), "{delays:?}");
+
+        outage.recovered();
+        let first_again = outage.failed(&refused());
+        assert!(
+            first_again <= Duration::from_millis(100),
+            "a new outage starts from the bottom: {first_again:?}"
+        );
+    }
 }

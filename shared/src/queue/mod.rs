@@ -99,7 +99,7 @@ mod settings;
 use std::time::Duration;
 
 pub use backend::{
-    ConsumerOptions, KindPolicy, LeaseBook, RedisBackend, SettleLayer, SettleService,
+    ConsumerOptions, KindPolicy, LeaseBook, RedisBackend, SettleLayer, SettleService, now_ms,
 };
 pub use client::{
     ENQUEUE_CHUNK, Enqueued, Fetched, JobRecord, Leased, NewJob, Queue, QueueStats, Reclaimed,
