@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use upkeep_shared::queue::{AttemptStatus, NewJob, Queue, QueueOptions, RedisTarget};
 use upkeep_shared::{JobId, Outcome};
+use upkeep_tests::proxy::TcpProxy;
 use upkeep_tests::{AppendFsync, PrivateRedis, RedisOptions, unique_prefix};
 
 use crate::support::{
-    Calls, KIND, TestLedger, TestWorker, consumer, eventually, exclusive, handler, queue_on, stats,
-    total,
+    Calls, KIND, TestLedger, TestWorker, consumer, counting, eventually, exclusive, handler, jobs,
+    queue_on, stats, total,
 };
 
 /// Enqueues one job every few milliseconds until `stop`, retrying each (with its idempotency
@@ -173,4 +174,73 @@ async fn a_worker_recovers_by_itself_from_a_client_pause_and_a_redis_restart_and
         "jobs run twice without an expired lease: {repeated:?}"
     );
     assert_eq!(calls.distinct() as u64, n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_whose_sockets_go_silent_without_closing_reconnects_and_takes_new_jobs() {
+    // Arrange: a worker reaches the shared Redis through a proxy; a producer goes direct.
+    let upstream = url::Url::parse(&upkeep_tests::shared_redis_url()).expect("REDIS_URL");
+    let upstream = std::net::SocketAddr::from((
+        std::net::Ipv4Addr::LOCALHOST,
+        upstream.port().unwrap_or(6379),
+    ));
+    let proxy = TcpProxy::start(upstream).expect("a proxy");
+    let mut through_proxy = RedisTarget::standalone(proxy.redis_url());
+    through_proxy.response_timeout = Duration::from_secs(1);
+    let prefix = unique_prefix();
+    let worker_queue = queue_on(&through_proxy, &prefix, "q", QueueOptions::default());
+    let direct = queue_on(
+        &RedisTarget::standalone(upkeep_tests::shared_redis_url()),
+        &prefix,
+        "q",
+        QueueOptions::default(),
+    );
+    let calls = Arc::new(Calls::default());
+    let mut options = consumer("half-open", 4);
+    options.idle_wait_max = Duration::from_millis(500);
+    let worker = TestWorker::start(
+        worker_queue,
+        &through_proxy,
+        options,
+        Arc::new(TestLedger::default()),
+        counting(calls.clone()),
+    );
+    direct
+        .enqueue(&jobs(1, 1))
+        .await
+        .expect("enqueue the first job");
+    eventually("the first job to run", Duration::from_secs(10), || {
+        let n = calls.total();
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+
+    // Act: every socket the worker has goes silent without closing, as when a NAT or firewall
+    // forgets the connections. Then a job arrives.
+    proxy.strand_all();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let enqueued_at = Instant::now();
+    direct
+        .enqueue(&jobs(1, 1))
+        .await
+        .expect("enqueue the second job");
+
+    // Assert: the worker notices (its blocking wait and its commands time out), reconnects
+    // and runs the job. Without a reconnect it would wait for the kernel to give up on the
+    // sockets, about 15 minutes.
+    eventually(
+        "the job enqueued after the sockets went silent to run",
+        Duration::from_secs(20),
+        || {
+            let n = calls.total();
+            async move { (n == 2).then_some(()) }
+        },
+    )
+    .await;
+    println!(
+        "half-open: the job ran {:.2?} after it was enqueued",
+        enqueued_at.elapsed()
+    );
+    assert!(!worker.has_ended(), "the worker survived");
+    worker.stop().await;
 }

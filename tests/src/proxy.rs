@@ -12,6 +12,9 @@
 //!   (the client sees a reset right away instead of a hang).
 //!
 //! [`TcpProxy::cut_all`] closes every open connection without changing the mode.
+//! [`TcpProxy::strand_all`] makes every open connection go silent for good, without closing
+//! it, while new connections are forwarded: what a NAT or firewall that forgets a connection
+//! does (half-open sockets that only a timeout can detect).
 //!
 //! The proxy runs on a thread of its own with its own single-threaded Tokio runtime, so it keeps
 //! forwarding while a test blocks its own thread, and its control methods are plain blocking
@@ -49,6 +52,8 @@ pub struct TcpProxy {
 struct State {
     mode: ProxyMode,
     generation: u64,
+    /// Bumped by `strand_all`: connections opened before go silent until the proxy stops.
+    stranded: u64,
     stopping: bool,
 }
 
@@ -71,6 +76,7 @@ impl TcpProxy {
         let (control, state) = watch::channel(State {
             mode: ProxyMode::Forward,
             generation: 0,
+            stranded: 0,
             stopping: false,
         });
         let thread = std::thread::Builder::new()
@@ -116,6 +122,13 @@ impl TcpProxy {
         self.control
             .send_modify(|state| state.generation = state.generation.wrapping_add(1));
     }
+
+    /// Every open connection stops forwarding for good but stays open (half-open, as after a
+    /// NAT forgot it); new connections are handled according to the mode.
+    pub fn strand_all(&self) {
+        self.control
+            .send_modify(|state| state.stranded = state.stranded.wrapping_add(1));
+    }
 }
 
 impl Drop for TcpProxy {
@@ -155,7 +168,10 @@ async fn accept_loop(
 /// One client connection: forwards until either side closes or the control says otherwise.
 async fn serve(mut client: TcpStream, upstream: SocketAddr, mut state: watch::Receiver<State>) {
     let State {
-        mode, generation, ..
+        mode,
+        generation,
+        stranded,
+        ..
     } = *state.borrow_and_update();
     match mode {
         ProxyMode::Refuse => return,
@@ -196,11 +212,24 @@ async fn serve(mut client: TcpStream, upstream: SocketAddr, mut state: watch::Re
                 if now.stopping || now.generation != generation || now.mode == ProxyMode::Refuse {
                     return;
                 }
+                if now.stranded != stranded {
+                    hold_until_stopped(&mut state).await;
+                    return;
+                }
                 if now.mode == ProxyMode::Blackhole {
                     hold_through_partition(&mut state, generation).await;
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Holds a stranded connection open, forwarding nothing, until the proxy stops.
+async fn hold_until_stopped(state: &mut watch::Receiver<State>) {
+    while !state.borrow_and_update().stopping {
+        if state.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -270,6 +299,37 @@ mod tests {
 
         proxy.set_mode(ProxyMode::Forward);
         assert_eq!(roundtrip(proxy.port()).expect("healed"), b"ping");
+    }
+
+    #[test]
+    fn a_stranded_connection_goes_silent_but_stays_open_while_new_ones_are_forwarded() {
+        let proxy = TcpProxy::start(echo_server()).expect("proxy starts");
+        let mut old = StdTcpStream::connect((Ipv4Addr::LOCALHOST, proxy.port())).expect("connect");
+        old.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        let mut buf = [0u8; 4];
+        old.write_all(b"ping").expect("write");
+        old.read_exact(&mut buf).expect("echo before stranding");
+
+        proxy.strand_all();
+        std::thread::sleep(Duration::from_millis(50));
+
+        old.write_all(b"ping")
+            .expect("the stranded socket still takes writes");
+        let error = old
+            .read_exact(&mut buf)
+            .expect_err("no reply on a stranded socket");
+        assert!(
+            matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "silence, not a close: {error:?}"
+        );
+        assert_eq!(
+            roundtrip(proxy.port()).expect("new connections forward"),
+            b"ping"
+        );
     }
 
     #[test]

@@ -272,6 +272,10 @@ impl Shared {
 /// in a local buffer while another worker sits idle (Celery's prefetch complaint).
 const FETCH_AHEAD_MAX_RUN_US: u64 = 10_000;
 
+/// How long past its own timeout a blocking wait may go unanswered before its connection is
+/// taken for dead.
+const BLOCKING_REPLY_GRACE: Duration = Duration::from_secs(2);
+
 type FetchFuture =
     BoxFuture<'static, Result<(VecDeque<Task<Job>>, Option<Duration>), super::Error>>;
 
@@ -420,9 +424,26 @@ impl RedisBackend {
                 let queue = self.shared.queue.clone();
                 let blocking = self.blocking.clone();
                 self.wait = Some(Box::pin(async move {
-                    if queue.wait_for_work(&blocking, wait).await.is_err() {
-                        // The next fetch reports the outage; don't spin meanwhile.
-                        tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
+                    let waited = tokio::time::timeout(
+                        wait + BLOCKING_REPLY_GRACE,
+                        queue.wait_for_work(&blocking, wait),
+                    )
+                    .await;
+                    match waited {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(_)) => {
+                            // The next fetch reports the outage; don't spin meanwhile.
+                            tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
+                        }
+                        Err(_) => {
+                            // Redis answers an expired BLPOP itself, so no reply means a socket
+                            // that went silent without closing: replace it.
+                            tracing::warn!(
+                                queue = %queue.name(),
+                                "no reply to a blocking wait; reconnecting its redis connection"
+                            );
+                            blocking.reset();
+                        }
                     }
                 }));
             }

@@ -61,7 +61,7 @@ pub struct RedisConn {
 
 #[derive(Clone)]
 enum Inner {
-    Standalone(ConnectionManager),
+    Standalone(Arc<Standalone>),
     // Follows the master the sentinels name; looks it up on first use.
     Sentinel(Arc<SentinelConn>),
     // The cluster client connects on first use, so a worker can start while the cluster is down.
@@ -116,9 +116,13 @@ impl RedisConn {
                 .set_response_timeout(timeout)
                 .set_connection_timeout(Some(Duration::from_secs(2)))
                 .set_max_delay(Duration::from_secs(2));
-            let manager = ConnectionManager::new_lazy_with_config(client, config)?;
+            let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
             Ok(Self {
-                inner: Inner::Standalone(manager),
+                inner: Inner::Standalone(Arc::new(Standalone {
+                    client,
+                    config,
+                    manager: std::sync::Mutex::new(manager),
+                })),
             })
         } else {
             let mut builder = ClusterClient::builder(target.cluster_urls.clone())
@@ -132,10 +136,63 @@ impl RedisConn {
         }
     }
 
+    /// Drops the socket under this connection (and every clone of it) and opens a fresh one on
+    /// the next command. For a socket that stopped answering without being closed (a NAT or
+    /// firewall that forgot the connection): nothing else would ever notice it is dead.
+    /// Cluster connections manage their own sockets; this does nothing for them.
+    pub fn reset(&self) {
+        match &self.inner {
+            Inner::Standalone(standalone) => standalone.reset(),
+            Inner::Sentinel(sentinel) => sentinel.reset(),
+            Inner::Cluster(_) => {}
+        }
+    }
+
     /// Whether this connection talks to a Redis Cluster.
     #[must_use]
     pub fn is_cluster(&self) -> bool {
         matches!(self.inner, Inner::Cluster(_))
+    }
+}
+
+/// A standalone server's connection manager, replaced when a command times out: the manager
+/// reconnects by itself after a connection error, but a timeout leaves it on the same socket,
+/// and a socket that went silent without being closed would then time out every command
+/// until the kernel gives up on it (about 15 minutes).
+struct Standalone {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    manager: std::sync::Mutex<ConnectionManager>,
+}
+
+impl Standalone {
+    fn current(&self) -> ConnectionManager {
+        self.manager
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn reset(&self) {
+        // Building a lazy manager does no IO; it fails only on a bad URL, which `build` has
+        // already ruled out.
+        if let Ok(fresh) =
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+        {
+            *self
+                .manager
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        }
+    }
+
+    fn observe<T>(&self, result: &redis::RedisResult<T>) {
+        if let Err(error) = result
+            && error.is_timeout()
+        {
+            tracing::debug!(error = %error, "redis command timed out; reconnecting");
+            self.reset();
+        }
     }
 }
 
@@ -149,7 +206,11 @@ async fn cluster_conn<'a>(
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.inner {
-            Inner::Standalone(manager) => manager.req_packed_command(cmd),
+            Inner::Standalone(standalone) => Box::pin(async move {
+                let result = standalone.current().req_packed_command(cmd).await;
+                standalone.observe(&result);
+                result
+            }),
             Inner::Sentinel(sentinel) => sentinel.req_packed_command(cmd),
             Inner::Cluster(cluster) => Box::pin(async move {
                 let mut conn = cluster_conn(&cluster.0, &cluster.1).await?.clone();
@@ -165,7 +226,14 @@ impl ConnectionLike for RedisConn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match &mut self.inner {
-            Inner::Standalone(manager) => manager.req_packed_commands(pipeline, offset, count),
+            Inner::Standalone(standalone) => Box::pin(async move {
+                let result = standalone
+                    .current()
+                    .req_packed_commands(pipeline, offset, count)
+                    .await;
+                standalone.observe(&result);
+                result
+            }),
             Inner::Sentinel(sentinel) => sentinel.req_packed_commands(pipeline, offset, count),
             Inner::Cluster(cluster) => Box::pin(async move {
                 let mut conn = cluster_conn(&cluster.0, &cluster.1).await?.clone();
@@ -176,7 +244,7 @@ impl ConnectionLike for RedisConn {
 
     fn get_db(&self) -> i64 {
         match &self.inner {
-            Inner::Standalone(manager) => manager.get_db(),
+            Inner::Standalone(standalone) => standalone.current().get_db(),
             Inner::Sentinel(sentinel) => sentinel.db(),
             Inner::Cluster(_) => 0,
         }

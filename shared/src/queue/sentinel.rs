@@ -517,6 +517,12 @@ impl SentinelConn {
         }
     }
 
+    /// Forgets the current master connection, whatever it is: the next command looks the
+    /// master up again and connects afresh.
+    pub(crate) fn reset(&self) {
+        *self.current.lock().expect("current-master lock") = None;
+    }
+
     fn forget(&self, generation: u64) {
         let mut current = self.current.lock().expect("current-master lock");
         if current
