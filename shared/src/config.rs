@@ -195,7 +195,8 @@ pub struct WorkerSettings {
 /// The `[scheduler]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchedulerSettings {
-    /// How often schedules are evaluated. Defaults to 250ms.
+    /// The longest the scheduler sleeps between passes: it wakes at the next due tick, and at
+    /// least this often to read pause flags and re-enqueue unconfirmed ticks. Defaults to 250ms.
     pub tick_interval: Duration,
     /// A claimed tick whose enqueue is unconfirmed after this long is re-enqueued by any
     /// replica. Defaults to 10s.
@@ -215,6 +216,13 @@ pub struct MaintenanceSettings {
     /// Only jobs whose last ledger entry is older than this are judged. Defaults to 10m; at
     /// least 1s.
     pub reconcile_grace: Duration,
+    /// How long finished `job_runs` rows (with their findings) and `schedule_ticks` rows are
+    /// kept; workers delete older ones in bounded batches every `ledger_prune_interval`. The
+    /// newest tick of each schedule is always kept (catch-up starts from it). Defaults to 90d;
+    /// at least 1h and longer than `reconcile_grace`.
+    pub ledger_retention: Duration,
+    /// How often each worker process prunes the ledger (with up to 10% jitter). Defaults to 1h.
+    pub ledger_prune_interval: Duration,
 }
 
 /// `maintenance.reconcile_action`.
@@ -261,6 +269,8 @@ impl Default for MaintenanceSettings {
             reconcile_action: ReconcileAction::Requeue,
             reconcile_interval: Duration::from_secs(300),
             reconcile_grace: Duration::from_secs(600),
+            ledger_retention: Duration::from_secs(90 * 24 * 3600),
+            ledger_prune_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -937,7 +947,13 @@ const SCHEDULE_KEYS: &[&str] = &[
 ];
 const WORKER_KEYS: &[&str] = &["grace_period", "identity"];
 const SCHEDULER_KEYS: &[&str] = &["tick_interval", "confirm_timeout"];
-const MAINTENANCE_KEYS: &[&str] = &["reconcile_action", "reconcile_interval", "reconcile_grace"];
+const MAINTENANCE_KEYS: &[&str] = &[
+    "reconcile_action",
+    "reconcile_interval",
+    "reconcile_grace",
+    "ledger_retention",
+    "ledger_prune_interval",
+];
 const API_KEYS: &[&str] = &["addr", "token"];
 const TELEMETRY_KEYS: &[&str] = &["format", "filter"];
 
@@ -1908,6 +1924,30 @@ fn validate_maintenance(ctx: &mut Ctx, doc: &Table) -> MaintenanceSettings {
             defaults.reconcile_action
         }),
     };
+    let reconcile_grace = fields.duration(
+        ctx,
+        "reconcile_grace",
+        defaults.reconcile_grace,
+        Duration::from_secs(1),
+    );
+    let ledger_retention = fields.duration(
+        ctx,
+        "ledger_retention",
+        defaults.ledger_retention,
+        Duration::from_secs(3600),
+    );
+    if ledger_retention <= reconcile_grace {
+        // Reconciliation reads the ledger rows of jobs that never finished; pruning them
+        // first would make a lost job untraceable.
+        ctx.problem(
+            "maintenance.ledger_retention",
+            format!(
+                "must be longer than maintenance.reconcile_grace ({}), got {}",
+                humantime::format_duration(reconcile_grace),
+                humantime::format_duration(ledger_retention)
+            ),
+        );
+    }
     MaintenanceSettings {
         reconcile_action,
         reconcile_interval: fields.duration(
@@ -1916,10 +1956,12 @@ fn validate_maintenance(ctx: &mut Ctx, doc: &Table) -> MaintenanceSettings {
             defaults.reconcile_interval,
             Duration::from_millis(100),
         ),
-        reconcile_grace: fields.duration(
+        reconcile_grace,
+        ledger_retention,
+        ledger_prune_interval: fields.duration(
             ctx,
-            "reconcile_grace",
-            defaults.reconcile_grace,
+            "ledger_prune_interval",
+            defaults.ledger_prune_interval,
             Duration::from_secs(1),
         ),
     }
@@ -2073,7 +2115,34 @@ mod tests {
                 reconcile_action: ReconcileAction::Requeue,
                 reconcile_interval: Duration::from_secs(300),
                 reconcile_grace: Duration::from_secs(600),
+                ledger_retention: Duration::from_secs(90 * 24 * 3600),
+                ledger_prune_interval: Duration::from_secs(3600),
             }
+        );
+    }
+
+    #[test]
+    fn a_ledger_retention_under_an_hour_or_within_the_reconcile_grace_is_named() {
+        let text = error_text("[maintenance]\nledger_retention = \"10m\"\n", &[]);
+        assert!(
+            text.contains("maintenance.ledger_retention: must be at least 1h"),
+            "{text}"
+        );
+
+        let text = error_text(
+            "[maintenance]\nledger_retention = \"2h\"\nreconcile_grace = \"3h\"\n",
+            &[],
+        );
+        assert!(
+            text.contains("maintenance.ledger_retention: must be longer than maintenance.reconcile_grace (3h), got 2h"),
+            "{text}"
+        );
+
+        let settings =
+            load("", &[("UPKEEP__MAINTENANCE__LEDGER_RETENTION", "30d")]).expect("valid");
+        assert_eq!(
+            settings.maintenance.ledger_retention,
+            Duration::from_secs(30 * 24 * 3600)
         );
     }
 
@@ -2319,7 +2388,7 @@ mod tests {
             ("database = 5".into(), "database: expected a table, got 5"),
             (
                 schedule("cron = \"61 * * * * *\"").replace("cron = \"0 0 2 * * *\"\n", ""),
-                "schedules[2] (\"nightly\").cron: invalid cron expression \"61 * * * * *\": Seconds must be",
+                "schedules[2] (\"nightly\").cron: invalid cron expression \"61 * * * * *\": second field \"61\": 61 is out of range 0-59",
             ),
             (
                 schedule("").replace("cron = \"0 0 2 * * *\"", "cron = \"0 2 * * *\""),

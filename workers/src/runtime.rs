@@ -22,6 +22,7 @@ use upkeep_shared::queue::{
 };
 use upkeep_shared::reconcile;
 use upkeep_shared::shutdown::Shutdown;
+use upkeep_shared::store::{runs, ticks};
 
 use crate::ledger::PgLedger;
 use crate::registry::{Registry, dispatch};
@@ -124,6 +125,13 @@ impl WorkerRuntime {
                 ))
             })
         });
+        let pruner = self.pool.clone().map(|pool| {
+            tokio::spawn(run_pruner(
+                pool,
+                self.settings.maintenance.ledger_retention,
+                self.settings.maintenance.ledger_prune_interval,
+            ))
+        });
         let grace = self.settings.worker.grace_period;
         let mut monitor = Monitor::new().shutdown_timeout(grace);
         let mut books = Vec::new();
@@ -163,8 +171,8 @@ impl WorkerRuntime {
             }
         };
         let result = monitor.run_with_signal(signal).await;
-        if let Some(reconciler) = reconciler {
-            reconciler.abort();
+        for task in [reconciler, pruner].into_iter().flatten() {
+            task.abort();
         }
         for (queue, leases, worker_id) in books {
             release_leftovers(&queue, &leases, &worker_id, self.ledger.as_ref()).await;
@@ -303,6 +311,43 @@ async fn run_reconciler(pool: PgPool, conn: RedisConn, settings: Settings, queue
                 if !failing {
                     let error = anyhow::Error::from(error);
                     tracing::warn!(error = %error, error.chain = ?error, "reconciliation failed; retrying at the next interval");
+                    failing = true;
+                }
+            }
+        }
+    }
+}
+
+/// The ledger's retention: every `interval` (jittered ±10%), deletes finished runs (with their
+/// findings) and schedule ticks older than `retention`, in bounded batches. Several worker
+/// processes may prune at once; a row is deleted once and the others find nothing.
+async fn run_pruner(pool: PgPool, retention: Duration, interval: Duration) {
+    const BATCH: i64 = 5_000;
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(interval.mul_f64(0.9) + rand_jitter(interval / 10)).await;
+        let cutoff = chrono::Utc::now()
+            - chrono::TimeDelta::from_std(retention).unwrap_or(chrono::TimeDelta::MAX);
+        let pruned = async {
+            let n_runs = runs::delete_runs_older_than(&pool, cutoff, BATCH).await?;
+            let n_ticks = ticks::delete_ticks_older_than(&pool, cutoff, BATCH).await?;
+            Ok::<_, upkeep_shared::store::Error>((n_runs, n_ticks))
+        }
+        .await;
+        match pruned {
+            Ok((n_runs, n_ticks)) => {
+                if failing {
+                    tracing::info!("ledger pruning works again");
+                    failing = false;
+                }
+                if n_runs + n_ticks > 0 {
+                    tracing::info!(n_runs, n_ticks, %cutoff, "pruned the ledger");
+                }
+            }
+            Err(error) => {
+                if !failing {
+                    let error = anyhow::Error::from(error);
+                    tracing::warn!(error = %error, error.chain = ?error, "pruning the ledger failed; retrying at the next interval");
                     failing = true;
                 }
             }

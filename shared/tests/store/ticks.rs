@@ -192,3 +192,92 @@ async fn last_tick_and_ticks_between_read_a_schedules_history(pool: PgPool) {
         .collect();
     assert_eq!(minutes, [3, 4, 5], "from is exclusive, to inclusive");
 }
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn retention_deletes_old_ticks_in_batches_but_keeps_each_schedules_newest(pool: PgPool) {
+    for name in ["hourly", "yearly", "fresh"] {
+        sqlx::query(
+            "INSERT INTO schedules (name, cron, timezone, kind, queue, catch_up, \
+             catch_up_window_ms, catch_up_max, overlap, config_hash) \
+             VALUES ($1, '0 0 * * * *', 'UTC', 'system.ping', 'reports', 'latest', 0, 1, \
+             'allow', 'h')",
+        )
+        .bind(name)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    // hourly: 48 ticks over two days; yearly: one tick long ago; fresh: ticks after the cutoff.
+    let cutoff = t0() + Duration::hours(24);
+    for hour in 0..48 {
+        ticks::claim_tick(
+            &pool,
+            "hourly",
+            t0() + Duration::hours(hour),
+            "enqueued",
+            "s",
+            None,
+        )
+        .await
+        .unwrap()
+        .expect("claimed");
+    }
+    ticks::claim_tick(
+        &pool,
+        "yearly",
+        t0() - Duration::days(300),
+        "enqueued",
+        "s",
+        None,
+    )
+    .await
+    .unwrap()
+    .expect("claimed");
+    for hour in 30..33 {
+        ticks::claim_tick(
+            &pool,
+            "fresh",
+            t0() + Duration::hours(hour),
+            "missed",
+            "s",
+            None,
+        )
+        .await
+        .unwrap()
+        .expect("claimed");
+    }
+
+    // Batches of 5, so the loop has to go round several times.
+    let n_deleted = ticks::delete_ticks_older_than(&pool, cutoff, 5)
+        .await
+        .unwrap();
+
+    assert_eq!(n_deleted, 24, "the hourly ticks before the cutoff");
+    let left: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT schedule, count(*) FROM schedule_ticks GROUP BY schedule ORDER BY schedule",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        left,
+        vec![
+            ("fresh".to_owned(), 3),
+            ("hourly".to_owned(), 24),
+            ("yearly".to_owned(), 1)
+        ],
+        "the yearly schedule keeps its only (newest) tick, old as it is"
+    );
+    let oldest_hourly = ticks::ticks_between(&pool, "hourly", t0() - Duration::days(1), cutoff)
+        .await
+        .unwrap();
+    assert_eq!(oldest_hourly.len(), 1, "only the tick at the cutoff itself");
+    assert_eq!(oldest_hourly[0].fire_at, cutoff);
+    assert_eq!(
+        ticks::delete_ticks_older_than(&pool, cutoff, 5)
+            .await
+            .unwrap(),
+        0,
+        "a second pass finds nothing"
+    );
+}
