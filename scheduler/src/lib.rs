@@ -182,6 +182,10 @@ impl Scheduler {
     /// # Errors
     /// Only for broken configuration found at start.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        // Warns when Redis could evict queue data (the scheduler enqueues too).
+        upkeep_shared::queue::check_eviction_policy(&self.conn)
+            .await
+            .log();
         if self.settings.database.migrate_on_start {
             self.retry_until_ok(&shutdown, "apply migrations", || async {
                 upkeep_shared::MIGRATOR
@@ -508,13 +512,17 @@ impl Scheduler {
             }
         }
         ticks::confirm_ticks(&self.pool, &confirmed).await?;
+        let job_of: HashMap<i64, JobId> = confirmed.iter().copied().collect();
         for row in &won {
-            match row.decision {
-                Decision::SkippedPaused => {
+            match (row.decision, job_of.get(&row.id)) {
+                (Decision::SkippedPaused, _) => {
                     tracing::info!(schedule = %row.schedule, fire_at = %row.fire_at, "tick skipped: schedule paused");
                 }
-                _ => {
-                    tracing::info!(schedule = %row.schedule, fire_at = %row.fire_at, decision = %row.decision, "tick enqueued");
+                (_, Some(job_id)) => {
+                    tracing::info!(schedule = %row.schedule, fire_at = %row.fire_at, job_id = %job_id, decision = %row.decision, "tick enqueued");
+                }
+                (_, None) => {
+                    tracing::info!(schedule = %row.schedule, fire_at = %row.fire_at, decision = %row.decision, "tick claimed");
                 }
             }
         }
