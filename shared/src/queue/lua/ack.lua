@@ -15,6 +15,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local base = ARGV[1]
 local dead_retention = tonumber(ARGV[2])
+-- Formatted once: Lua turns a number argument into text with printf on every use.
+local now_text = tostring(now)
 local ids = {}
 for i = 3, #ARGV, 5 do ids[#ids + 1] = ARGV[i] end
 if #ids == 0 then return {} end
@@ -37,7 +39,7 @@ for k, id in ipairs(ids) do
       verdict = 'dead'
     end
     if verdict == 'done' then
-      completions[#completions + 1] = now
+      completions[#completions + 1] = now_text
       completions[#completions + 1] = id
       n_done = n_done + 1
       state = 'completed'
