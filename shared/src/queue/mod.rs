@@ -38,6 +38,10 @@
 //! | `wake` | list | wake-up tokens idle workers block on (capped at 64) |
 //! | `tokens` | hash | job id → fencing token of its current lease (only while leased) |
 //! | `holders` | hash | job id → `worker|leased_at` of its current lease |
+//!
+//! `tokens` and `holders` also hold one pin field (a name longer than
+//! `hash-max-listpack-value`, never read) that keeps them in hashtable encoding, so field
+//! lookups stay O(1) instead of scanning a listpack of live leases; they are never deleted.
 //! | `attempts` | hash | job id → attempts so far, from first lease until dead or deleted |
 //! | `done` | zset | completed job ids scored by completion time; fetch deletes their hashes in bulk after `retention` |
 //! | `idem:<key>` | string | the job id an idempotency key stands for (expires) |
