@@ -382,12 +382,14 @@ async fn while_the_ledger_is_down_the_worker_stops_leasing_and_acks_nothing_then
         ran_later, ran_during_outage,
         "the worker kept running jobs during the outage"
     );
+    // Before the first write fails, the worker holds up to its slots plus two concurrencies
+    // fetched ahead (short jobs), and one more fetch may be on its way.
     assert!(
-        ran_during_outage <= 3 * concurrency as u64,
+        ran_during_outage <= 4 * concurrency as u64,
         "{ran_during_outage} jobs ran during the outage: leasing should stop after the first failed write"
     );
     assert!(
-        during.pending >= 3_000 - 3 * concurrency as u64,
+        during.pending >= 3_000 - 4 * concurrency as u64,
         "{during:?}"
     );
     assert_eq!(ledger.inner.attempts().len(), 3_000);
