@@ -253,10 +253,16 @@ async fn enqueue(
                 job
             })
             .collect();
-        let enqueued = handle
-            .enqueue(&batch)
-            .await
-            .context("enqueueing into Redis")?;
+        let enqueued = handle.enqueue(&batch).await.with_context(|| {
+            let n_done = count - n_left;
+            if n_done == 0 {
+                "enqueueing into Redis".to_owned()
+            } else {
+                format!(
+                    "enqueueing into Redis; {n_done} of {count} jobs were enqueued before this                      failure (their ids are printed above), the other {n_left} were not"
+                )
+            }
+        })?;
         for result in enqueued {
             println!("{}", result.id());
         }
