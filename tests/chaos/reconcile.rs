@@ -228,3 +228,71 @@ async fn the_workers_periodic_pass_requeues_a_lost_job_without_an_operator() {
         "two workers reconcile, but the job is restored once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmed_ticks_job_that_redis_lost_before_it_ever_ran_is_requeued_and_runs_linked_to_its_tick()
+ {
+    // Arrange: the ledger says a tick of "nightly" was enqueued as job `lost` a minute ago, but
+    // Redis never heard of it (lost in a failover right after the scheduler's enqueue) and no
+    // attempt ever started.
+    let cluster = Cluster::start(&ClusterOptions {
+        n_workers: 1,
+        config: config(r#"reconcile_action = "off""#),
+        ..ClusterOptions::default()
+    });
+    let lost = Uuid::now_v7();
+    let mut ledger = cluster.ledger().await;
+    sqlx::query(
+        "INSERT INTO schedules (name, cron, timezone, kind, args, queue, catch_up, \
+         catch_up_window_ms, catch_up_max, overlap, config_hash) \
+         VALUES ('nightly', '0 0 2 * * *', 'UTC', 'system.ping', '{\"sleep_ms\": 1}', 'reports', \
+         'latest', 0, 1, 'allow', 'test')",
+    )
+    .execute(&mut ledger)
+    .await
+    .expect("a schedule");
+    let fire_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT date_trunc('second', now() - interval '1 minute')")
+            .fetch_one(&mut ledger)
+            .await
+            .expect("a fire time");
+    sqlx::query(
+        "INSERT INTO schedule_ticks (schedule, fire_at, decision, job_id, claimed_by, claimed_at, \
+         enqueued_at) VALUES ('nightly', $1, 'enqueued', $2, 'scheduler-test', $1, \
+         $1 + interval '1 second')",
+    )
+    .bind(fire_at)
+    .bind(lost)
+    .execute(&mut ledger)
+    .await
+    .expect("a confirmed tick");
+
+    // Act
+    let report = reconcile_json(&cluster, &[]);
+
+    // Assert: requeued under the tick's job id, then run once by the worker, linked to the tick.
+    assert_eq!(
+        lost_ids(&report),
+        vec![(lost.to_string(), "requeued".to_owned())],
+        "{report}"
+    );
+    let runs = cluster
+        .wait_for_run(lost, Duration::from_secs(20), |(_, status, _, _)| {
+            status == "succeeded"
+        })
+        .await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].0, 1, "the first attempt: the job never ran before");
+    let (schedule, tick_at): (Option<String>, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT schedule, tick_at FROM job_runs WHERE job_id = $1")
+            .bind(lost)
+            .fetch_one(&mut ledger)
+            .await
+            .expect("the run");
+    assert_eq!(
+        (schedule.as_deref(), tick_at),
+        (Some("nightly"), Some(fire_at))
+    );
+    let again = reconcile_json(&cluster, &[]);
+    assert_eq!(lost_ids(&again), vec![], "it ran: nothing to do: {again}");
+}
