@@ -111,16 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     upkeep_shared::telemetry::init("upkeepctl", &default_filter, settings.telemetry.format);
     match cli.command {
         Command::Migrate => {
-            let pool = settings.database.connect().await.with_context(|| {
-                format!(
-                    "connecting to Postgres at {}",
-                    settings.database.redacted_url()
-                )
-            })?;
-            upkeep_shared::MIGRATOR
-                .run(&pool)
-                .await
-                .context("applying migrations")?;
+            upkeep_shared::store::connect_and_migrate(&settings.database).await?;
             println!("migrations applied");
             Ok(())
         }

@@ -33,12 +33,7 @@ pub(crate) struct ReconcileArgs {
 
 /// Runs one pass and prints what it found.
 pub(crate) async fn run(settings: &Settings, args: ReconcileArgs) -> anyhow::Result<()> {
-    let pool = settings.database.connect().await.with_context(|| {
-        format!(
-            "connecting to Postgres at {}",
-            settings.database.redacted_url()
-        )
-    })?;
+    let pool = upkeep_shared::store::connect(&settings.database).await?;
     let conn = RedisConn::open(&settings.redis.target()).context("opening the Redis connection")?;
     upkeep_shared::queue::check_eviction_policy(&conn)
         .await

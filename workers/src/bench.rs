@@ -71,16 +71,7 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
     let inner: Arc<dyn Ledger> = if args.no_ledger {
         Arc::new(NoLedger)
     } else {
-        let pool = settings.database.connect().await.with_context(|| {
-            format!(
-                "connecting to Postgres at {}",
-                settings.database.redacted_url()
-            )
-        })?;
-        upkeep_shared::MIGRATOR
-            .run(&pool)
-            .await
-            .context("applying migrations")?;
+        let pool = upkeep_shared::store::connect_and_migrate(&settings.database).await?;
         Arc::new(PgLedger::new(pool))
     };
     let shutdown = Shutdown::new();

@@ -28,9 +28,15 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Connecting to Postgres failed.
-    #[error("cannot connect to postgres")]
-    Connect(#[source] sqlx::Error),
+    /// Connecting to Postgres failed; `url` has its password hidden.
+    #[error("connecting to Postgres at {url}")]
+    Connect {
+        /// The URL tried, redacted.
+        url: String,
+        /// Why it failed (refused, authentication, unknown database, ...).
+        #[source]
+        source: sqlx::Error,
+    },
     /// Applying migrations failed.
     #[error("cannot apply migrations")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -61,7 +67,7 @@ pub enum Error {
 /// # Errors
 /// [`Error::Connect`] when Postgres cannot be reached, [`Error::Migrate`] when a migration fails.
 pub async fn connect(database: &DatabaseSettings) -> Result<PgPool, Error> {
-    let pool = database.connect().await.map_err(Error::Connect)?;
+    let pool = open(database).await?;
     if database.migrate_on_start {
         MIGRATOR.run(&pool).await?;
     }
@@ -74,7 +80,14 @@ pub async fn connect(database: &DatabaseSettings) -> Result<PgPool, Error> {
 /// # Errors
 /// [`Error::Connect`] when Postgres cannot be reached, [`Error::Migrate`] when a migration fails.
 pub async fn connect_and_migrate(database: &DatabaseSettings) -> Result<PgPool, Error> {
-    let pool = database.connect().await.map_err(Error::Connect)?;
+    let pool = open(database).await?;
     MIGRATOR.run(&pool).await?;
     Ok(pool)
+}
+
+async fn open(database: &DatabaseSettings) -> Result<PgPool, Error> {
+    database.connect().await.map_err(|source| Error::Connect {
+        url: database.redacted_url(),
+        source,
+    })
 }
