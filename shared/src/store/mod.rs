@@ -85,6 +85,30 @@ pub async fn connect_and_migrate(database: &DatabaseSettings) -> Result<PgPool, 
     Ok(pool)
 }
 
+/// Runs `sql` (binding `$1` = `cutoff`, `$2` = the batch size; it deletes at most that many rows
+/// and returns how many) until a batch comes back short; returns the total. Each batch is its own
+/// statement, so none holds locks or grows WAL for long. `batch_limit` is clamped to 1..=100000.
+async fn delete_in_batches(
+    pool: &PgPool,
+    sql: &'static str,
+    cutoff: chrono::DateTime<chrono::Utc>,
+    batch_limit: i64,
+) -> Result<u64, Error> {
+    let batch_limit = batch_limit.clamp(1, 100_000);
+    let mut n_deleted: u64 = 0;
+    loop {
+        let n_batch: i64 = sqlx::query_scalar(sql)
+            .bind(cutoff)
+            .bind(batch_limit)
+            .fetch_one(pool)
+            .await?;
+        n_deleted += u64::try_from(n_batch).unwrap_or(0);
+        if n_batch < batch_limit {
+            return Ok(n_deleted);
+        }
+    }
+}
+
 async fn open(database: &DatabaseSettings) -> Result<PgPool, Error> {
     database.connect().await.map_err(|source| Error::Connect {
         url: database.redacted_url(),

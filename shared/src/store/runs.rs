@@ -239,30 +239,22 @@ pub async fn delete_runs_older_than(
     cutoff: DateTime<Utc>,
     batch_limit: i64,
 ) -> Result<u64, Error> {
-    let batch_limit = batch_limit.clamp(1, 100_000);
-    let mut n_deleted: u64 = 0;
-    loop {
-        let n_batch: i64 = sqlx::query_scalar(
-            "WITH doomed AS ( \
-                 DELETE FROM job_runs WHERE id IN ( \
-                     SELECT id FROM job_runs WHERE finished_at < $1 \
-                     ORDER BY finished_at LIMIT $2) \
-                 RETURNING job_id, attempt \
-             ), gone AS ( \
-                 DELETE FROM findings f USING doomed d \
-                 WHERE f.job_id = d.job_id AND f.attempt = d.attempt \
-             ) \
-             SELECT count(*) FROM doomed",
-        )
-        .bind(cutoff)
-        .bind(batch_limit)
-        .fetch_one(pool)
-        .await?;
-        n_deleted += u64::try_from(n_batch).unwrap_or(0);
-        if n_batch < batch_limit {
-            return Ok(n_deleted);
-        }
-    }
+    super::delete_in_batches(
+        pool,
+        "WITH doomed AS ( \
+             DELETE FROM job_runs WHERE id IN ( \
+                 SELECT id FROM job_runs WHERE finished_at < $1 \
+                 ORDER BY finished_at LIMIT $2) \
+             RETURNING job_id, attempt \
+         ), gone AS ( \
+             DELETE FROM findings f USING doomed d \
+             WHERE f.job_id = d.job_id AND f.attempt = d.attempt \
+         ) \
+         SELECT count(*) FROM doomed",
+        cutoff,
+        batch_limit,
+    )
+    .await
 }
 
 impl RunStatus {

@@ -270,33 +270,26 @@ pub async fn delete_ticks_older_than(
     cutoff: DateTime<Utc>,
     batch_limit: i64,
 ) -> Result<u64, Error> {
-    let batch_limit = batch_limit.clamp(1, 100_000);
-    let mut n_deleted: u64 = 0;
-    loop {
-        // Per schedule through UNIQUE (schedule, fire_at), so no scan of the whole table.
-        let n_batch = sqlx::query(
-            "WITH doomed AS ( \
-                 SELECT old.id FROM schedules s \
-                 CROSS JOIN LATERAL ( \
-                     SELECT t.id FROM schedule_ticks t \
-                     WHERE t.schedule = s.name AND t.fire_at < $1 \
-                       AND t.fire_at < (SELECT max(m.fire_at) FROM schedule_ticks m \
-                                        WHERE m.schedule = s.name) \
-                     ORDER BY t.fire_at LIMIT $2) old \
-                 LIMIT $2 \
-             ) \
-             DELETE FROM schedule_ticks WHERE id IN (SELECT id FROM doomed)",
-        )
-        .bind(cutoff)
-        .bind(batch_limit)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        n_deleted += n_batch;
-        if n_batch < u64::try_from(batch_limit).unwrap_or(u64::MAX) {
-            return Ok(n_deleted);
-        }
-    }
+    // Per schedule through UNIQUE (schedule, fire_at), so no scan of the whole table.
+    super::delete_in_batches(
+        pool,
+        "WITH doomed AS ( \
+             SELECT old.id FROM schedules s \
+             CROSS JOIN LATERAL ( \
+                 SELECT t.id FROM schedule_ticks t \
+                 WHERE t.schedule = s.name AND t.fire_at < $1 \
+                   AND t.fire_at < (SELECT max(m.fire_at) FROM schedule_ticks m \
+                                    WHERE m.schedule = s.name) \
+                 ORDER BY t.fire_at LIMIT $2) old \
+             LIMIT $2 \
+         ), gone AS ( \
+             DELETE FROM schedule_ticks WHERE id IN (SELECT id FROM doomed) RETURNING 1 \
+         ) \
+         SELECT count(*) FROM gone",
+        cutoff,
+        batch_limit,
+    )
+    .await
 }
 
 /// The newest tick of a schedule, whatever its decision.
