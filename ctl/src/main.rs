@@ -156,12 +156,12 @@ async fn up(settings: Settings) -> anyhow::Result<()> {
         .iter()
         .map(|q| QueueName::parse(q))
         .collect::<Result<_, _>>()?;
-    let workers = upkeep_workers::WorkerRuntime::build(
-        settings.clone(),
-        queues,
-        upkeep_workers::Registry::standard(),
-    )
-    .await?;
+    let ctx = upkeep_workers::HandlerContext::connect_lazy(settings.clone())
+        .context("building the Postgres pool")?;
+    let registry = upkeep_workers::Registry::standard(&ctx);
+    let workers =
+        upkeep_workers::WorkerRuntime::build_with_pool(settings.clone(), queues, registry, ctx.db)
+            .await?;
     let scheduler = upkeep_scheduler::Scheduler::build(settings).await?;
     let mut workers_task = tokio::spawn(workers.run_until_stopped(shutdown.clone()));
     let mut scheduler_task = tokio::spawn(scheduler.run_until_stopped(shutdown.clone()));

@@ -3,6 +3,7 @@
 //! # Layout
 //! In the order a job meets them:
 //! - [`config`]: the typed `Settings` tree, loaded from `upkeep.toml` and the environment.
+//! - [`settings`]: what every subsystem's settings section shares (`Section`, `Problems`).
 //! - [`job`]: ids, kinds, queue names, outcomes and handler errors.
 //! - [`schedule`]: cron expressions in a time zone, next fire times (pure, no IO).
 //! - [`queue`]: our Redis queue backend for apalis-core (enqueue, lease, ack, retry, dead letters).
@@ -17,6 +18,7 @@ pub mod job;
 pub mod queue;
 pub mod reconcile;
 pub mod schedule;
+pub mod settings;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
