@@ -1,6 +1,7 @@
 //! The Postgres ledger: the only module that issues SQL.
 //!
 //! - [`runs`]: `job_runs`, one row per attempt, and the `findings` each attempt reported.
+//! - [`findings`]: which `(code, subject)` conditions are open, so checks can resolve them.
 //! - [`ticks`]: `schedule_ticks`, one row per expected tick of a schedule.
 //! - [`schedules`]: `schedules` as reconciled from the config, and the `schedule_events` audit.
 //! - [`health`]: each schedule's last tick, last success, next fire, lag and skip counts, and
@@ -12,6 +13,7 @@
 //! tests in `shared/tests/store/` run every query against a real Postgres. Connection details
 //! come from [`crate::config::DatabaseSettings`]; this module never reads the environment.
 
+pub mod findings;
 pub mod health;
 pub mod reconcile;
 pub mod runs;
