@@ -155,6 +155,12 @@ impl CronExpr {
         }
     }
 
+    /// Whether the expression matches the local wall-clock time `local` (a whole second).
+    #[must_use]
+    pub fn matches_local(&self, local: NaiveDateTime) -> bool {
+        self.next_local_at_or_after(local) == Some(truncate_to_second(local))
+    }
+
     /// The first local wall-clock time strictly after `local` that the expression matches, or
     /// `None` when there is none before the end of 2100.
     pub(crate) fn next_local_after(&self, local: NaiveDateTime) -> Option<NaiveDateTime> {

@@ -84,7 +84,8 @@ impl FieldSpec {
     ///
     /// `*` is the whole range and `?` its synonym in the day fields; `a-b` runs from `a` to `b`
     /// inclusive and must not run backwards; `/n` keeps every n-th value of what it follows,
-    /// starting with the first (`a/n` runs from `a` to the end of the range). In the
+    /// starting with the first (`a/n` runs from `a` to the end of the range, Saturday for the
+    /// day of week, as `*` does). In the
     /// day-of-week field 7 is Sunday like 0, and `Sun` at the end of a range means 7, so
     /// `Fri-Sun` is Friday to Sunday.
     ///
@@ -141,8 +142,15 @@ impl FieldSpec {
                 }
                 None => {
                     let value = self.parse_value(text, range, Bound::Start)?;
-                    // `a/n` runs to the end of the range; a lone `a` is just `a`.
-                    (value, if step.is_some() { self.max } else { value })
+                    // `a/n` runs to where `*` ends; a lone `a` is just `a`.
+                    (
+                        value,
+                        if step.is_some() {
+                            self.star_max()
+                        } else {
+                            value
+                        },
+                    )
                 }
             },
         };
@@ -350,6 +358,8 @@ mod tests {
         assert_eq!(values(&DAY_OF_WEEK, "5-7"), [0, 5, 6]);
         assert_eq!(values(&DAY_OF_WEEK, "1-7/2"), [0, 1, 3, 5]);
         assert_eq!(values(&DAY_OF_WEEK, "*"), [0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(values(&DAY_OF_WEEK, "1/2"), [1, 3, 5]);
+        assert_eq!(values(&DAY_OF_WEEK, "*/2"), [0, 2, 4, 6]);
         assert_eq!(values(&DAY_OF_WEEK, "sun,sat"), [0, 6]);
         assert_eq!(values(&MONTH, "Jan-Mar,dec"), [1, 2, 3, 12]);
     }
