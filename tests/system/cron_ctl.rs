@@ -228,3 +228,22 @@ kind = "system.ping"
         ]
     );
 }
+
+#[test]
+fn a_configured_line_that_can_never_fire_stops_the_command_naming_the_schedule() {
+    let deployment = offline();
+    deployment.write_config(
+        r#"
+[[schedules]]
+name = "leap-day-typo"
+cron = "0 0 30 2 *"
+kind = "system.ping"
+"#,
+    );
+    deployment
+        .run("upkeepctl", ["schedules", "next", "leap-day-typo"])
+        .assert_failure_naming(&[
+            "schedules[0] (\"leap-day-typo\").cron",
+            "invalid cron expression \"0 0 30 2 *\": can never fire",
+        ]);
+}
