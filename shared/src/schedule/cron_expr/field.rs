@@ -158,7 +158,11 @@ impl FieldSpec {
         let mut value = first;
         while value <= last {
             set.insert(self.fold(value));
-            value += step;
+            // A step larger than the range ends the walk instead of overflowing.
+            let Some(next) = value.checked_add(step) else {
+                break;
+            };
+            value = next;
         }
         Ok(())
     }
@@ -346,6 +350,8 @@ mod tests {
         assert_eq!(values(&MINUTE, "1,5-7,59"), [1, 5, 6, 7, 59]);
         assert_eq!(values(&MINUTE, "7-7"), [7]);
         assert_eq!(values(&HOUR, "3/100"), [3]);
+        assert_eq!(values(&MINUTE, "*/4294967295"), [0]);
+        assert_eq!(values(&MINUTE, "5/99999999999999"), [5]);
     }
 
     #[test]
