@@ -13,6 +13,7 @@ use upkeep_shared::{JobKind, QueueName};
 mod reconcile;
 
 mod schedules;
+mod tasks;
 
 /// Operate upkeep: migrate the ledger, enqueue jobs, read queue stats, run everything at once.
 #[derive(Debug, Parser)]
@@ -68,6 +69,8 @@ enum Command {
     Reconcile(reconcile::ReconcileArgs),
     /// Schedules: health, next fire times, pause, resume, trigger, backfill.
     Schedules(schedules::SchedulesArgs),
+    /// The daily, weekly and monthly checklists with each item's status and evidence; ack.
+    Tasks(tasks::TasksArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => upkeep_workers::bench::run(settings, args).await,
         Command::Reconcile(args) => reconcile::run(&settings, args).await,
         Command::Schedules(args) => schedules::run(settings, args).await,
+        Command::Tasks(args) => tasks::run(settings, args).await,
     }
 }
 
