@@ -14,6 +14,7 @@ mod cron;
 mod reconcile;
 
 mod schedules;
+mod tasks;
 
 /// Operate upkeep: migrate the ledger, enqueue jobs, read queue stats, run everything at once.
 #[derive(Debug, Parser)]
@@ -71,6 +72,8 @@ enum Command {
     Schedules(schedules::SchedulesArgs),
     /// Check a cron expression before deploying it: `cron next "30 2 * * 1-5" --tz Europe/Berlin`.
     Cron(cron::CronArgs),
+    /// The daily, weekly and monthly checklists with each item's status and evidence; ack.
+    Tasks(tasks::TasksArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reconcile(args) => reconcile::run(&settings, args).await,
         Command::Schedules(args) => schedules::run(settings, args).await,
         Command::Cron(args) => cron::run(&args),
+        Command::Tasks(args) => tasks::run(settings, args).await,
     }
 }
 

@@ -235,7 +235,7 @@ fn short(at: DateTime<Utc>) -> String {
 }
 
 /// `$USER@hostname`, or what of it is known.
-fn default_actor() -> String {
+pub(crate) fn default_actor() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())

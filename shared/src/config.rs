@@ -29,6 +29,7 @@ use crate::job::{self, JobKind, QueueName};
 use crate::queue::SentinelUrl;
 use crate::schedule::{self, CatchUp, CronExpr, Overlap};
 use crate::settings::{Problems, Section};
+use crate::tasks::TasksSettings;
 use crate::telemetry::LogFormat;
 
 /// Every setting of every binary. Each binary reads only the sections it needs.
@@ -58,6 +59,8 @@ pub struct Settings {
     pub api: ApiSettings,
     /// Logging.
     pub telemetry: TelemetrySettings,
+    /// `[tasks]`: the checklist's time zone and item overrides.
+    pub tasks: TasksSettings,
     /// AES-256-GCM key for stored credentials. Defaults to none; only the token worker needs it.
     pub secret_key: Option<SecretKey>,
     /// The config file these settings came from; `None` for built-in defaults or a string.
@@ -520,6 +523,7 @@ impl Default for Settings {
             maintenance: MaintenanceSettings::default(),
             api: ApiSettings::default(),
             telemetry: TelemetrySettings::default(),
+            tasks: TasksSettings::default(),
             secret_key: None,
             loaded_from: None,
         }
@@ -897,6 +901,7 @@ const TOP_KEYS: &[&str] = &[
     "maintenance",
     "api",
     "telemetry",
+    "tasks",
     "secret_key",
 ];
 const DATABASE_KEYS: &[&str] = &[
@@ -1396,8 +1401,6 @@ fn validate(
         table: Some(doc),
     };
     root.check_keys(ctx, TOP_KEYS);
-    // The feature sections (`serde_section`) resolve their indirect secrets from `env`.
-    let _ = env;
     let database = validate_database(ctx, doc);
     let redis = validate_redis(ctx, doc);
     let queues = validate_queues(ctx, doc);
@@ -1408,6 +1411,7 @@ fn validate(
     let maintenance = validate_maintenance(ctx, doc);
     let api = validate_api(ctx, doc);
     let telemetry = validate_telemetry(ctx, doc);
+    let tasks = serde_section(ctx, doc, "tasks", env);
     let secret_key =
         root.opt_string(ctx, "secret_key", true)
             .and_then(|text| match SecretKey::parse(text) {
@@ -1428,6 +1432,7 @@ fn validate(
         maintenance,
         api,
         telemetry,
+        tasks,
         secret_key,
         loaded_from,
     }
@@ -1437,8 +1442,6 @@ fn validate(
 /// when absent), after resolving the indirect forms of its secret keys, then runs its
 /// `validate`. Every problem lands in `ctx` with its full key path; on a type error the
 /// section's defaults stand in so the other sections are still checked.
-// Used by the feature sections as they land; until then only by the tests.
-#[cfg_attr(not(test), allow(dead_code))]
 fn serde_section<T: Section>(
     ctx: &mut Ctx,
     doc: &Table,
@@ -1479,7 +1482,6 @@ fn serde_section<T: Section>(
 /// Replaces `KEY_env = "VAR"` and `KEY_file = "PATH"` by `KEY = <the secret>` at the key that
 /// `segments` (a [`Section::SECRET_KEYS`] entry, split on `.`) names under `value`. Problems
 /// name the key and the variable or file, never the secret.
-#[cfg_attr(not(test), allow(dead_code))]
 fn resolve_secret(
     ctx: &mut Ctx,
     value: &mut Value,
