@@ -17,8 +17,7 @@ use tower::limit::ConcurrencyLimitLayer;
 use upkeep_shared::QueueName;
 use upkeep_shared::config::{ReconcileAction, Settings};
 use upkeep_shared::queue::{
-    Attempt, AttemptStatus, ConsumerOptions, KindPolicy, LeaseBook, Ledger, Queue, RedisBackend,
-    RedisConn,
+    ConsumerOptions, KindPolicy, LeaseBook, Ledger, RedisBackend, RedisConn, release_leftovers,
 };
 use upkeep_shared::reconcile;
 use upkeep_shared::shutdown::Shutdown;
@@ -175,7 +174,14 @@ impl WorkerRuntime {
             task.abort();
         }
         for (queue, leases, worker_id) in books {
-            release_leftovers(&queue, &leases, &worker_id, self.ledger.as_ref()).await;
+            release_leftovers(
+                &queue,
+                &leases,
+                &worker_id,
+                self.ledger.as_ref(),
+                Duration::from_secs(5),
+            )
+            .await;
         }
         result.context("running the workers")?;
         tracing::info!("workers stopped");
@@ -206,75 +212,6 @@ impl WorkerRuntime {
             );
         }
         options
-    }
-}
-
-/// Gives back every lease still held after the workers stopped: jobs that were still running
-/// when the grace period ran out. Their attempts count and are recorded as abandoned.
-async fn release_leftovers(
-    queue: &Queue,
-    leases: &LeaseBook,
-    worker_id: &str,
-    ledger: &dyn Ledger,
-) {
-    let leftovers = leases.drain();
-    let to_release: Vec<(String, String, bool)> = leftovers
-        .iter()
-        .map(|(id, entry)| {
-            (
-                id.clone(),
-                entry.token.clone(),
-                entry.started_at_ms.is_some(),
-            )
-        })
-        .collect();
-    let now = upkeep_shared::queue::now_ms();
-    let abandoned: Vec<Attempt> = leftovers
-        .iter()
-        .filter_map(|(_, entry)| entry.started_at_ms.map(|started| (entry, started)))
-        .map(|(entry, started_at_ms)| Attempt {
-            job_id: entry.job.id,
-            attempt: entry.job.attempt,
-            kind: entry.job.kind.clone(),
-            queue: queue.name().to_string(),
-            status: AttemptStatus::Abandoned,
-            schedule: entry.job.schedule.clone(),
-            tick_ms: entry.job.tick_ms,
-            enqueued_at_ms: entry.job.enqueued_at_ms,
-            started_at_ms,
-            finished_at_ms: now,
-            worker: worker_id.to_owned(),
-            args: entry.job.args.clone(),
-            outcome: None,
-            error: Some(
-                "worker shut down before the attempt finished (grace period over)".to_owned(),
-            ),
-            next_state: Some("retrying"),
-        })
-        .collect();
-    if !abandoned.is_empty()
-        && let Err(error) = tokio::time::timeout(Duration::from_secs(5), ledger.record(abandoned))
-            .await
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
-    {
-        tracing::warn!(error = %error, "could not record abandoned attempts");
-    }
-    match tokio::time::timeout(
-        Duration::from_secs(5),
-        queue.release(worker_id, true, &to_release),
-    )
-    .await
-    {
-        Ok(Ok(n_released)) if n_released > 0 => {
-            tracing::warn!(queue = %queue.name(), n_released, "released jobs still running after the grace period");
-        }
-        Ok(Ok(_)) => {}
-        Ok(Err(error)) => {
-            tracing::warn!(queue = %queue.name(), error = %error, "could not release leases; they will expire")
-        }
-        Err(_) => {
-            tracing::warn!(queue = %queue.name(), "releasing leases timed out; they will expire")
-        }
     }
 }
 
