@@ -38,10 +38,14 @@ connect_timeout = "2s"
 /// Job arguments and their share in percent: no planned failures, so a job ends dead only
 /// when a pause cost it every attempt.
 const MIX: &[(&str, usize)] = &[
-    ("{}", 60),
+    ("{}", 55),
     (r#"{"sleep_ms":100}"#, 30),
     (r#"{"sleep_ms":400}"#, 10),
+    (r#"{"sleep_ms":1500}"#, 5),
 ];
+
+/// Pauses made whatever the progress: worker 0, worker 1, then both.
+const MIN_PAUSES: usize = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_paused_longer_than_their_lease_with_one_attempt_leave_redis_agreeing_with_the_ledger()
@@ -67,10 +71,12 @@ async fn run(scenario: &str, max_attempts: u32) {
     }
     let started = Instant::now();
 
-    // One worker at a time (the other takes its expired leases over), then both at once, until
-    // nine tenths of the jobs have a final row.
+    // One worker at a time (the other takes its expired leases over), then both at once, at
+    // least three times and then until nine tenths of the jobs have a final row.
     let mut n_pauses = 0;
-    while n_final(&cluster).await < n * 9 / 10 && started.elapsed() < drain_timeout(n) {
+    while n_pauses < MIN_PAUSES
+        || (n_final(&cluster).await < n * 9 / 10 && started.elapsed() < drain_timeout(n))
+    {
         let slots: Vec<usize> = if n_pauses % 3 == 2 {
             vec![0, 1]
         } else {

@@ -163,7 +163,7 @@ pub(crate) async fn catch_the_start_of_an_idle_wait(queue: &Queue, worker: &Test
 }
 
 /// A ledger that keeps its rows in memory with the Postgres ledger's rules: one row per
-/// `(job, attempt)`, a final row is never overwritten, a replayed attempt number's result is
+/// `(job, attempt)`, a row is never overwritten, a replayed attempt number's result is
 /// stored under the next free number (unless it is a second success), and `record` returns the
 /// row that stands for each attempt.
 #[derive(Debug, Default)]
@@ -228,15 +228,9 @@ impl TestLedger {
                 .push(attempt.clone());
             return Recorded::as_given(&attempt);
         };
-        if !row.status.is_final() && attempt.status != row.status {
-            rows.insert(key, attempt.clone());
-            self.attempts
-                .lock()
-                .expect("ledger lock")
-                .push(attempt.clone());
-            return Recorded::as_given(&attempt);
-        }
-        let replayed = row.status.is_final()
+        // Every row is final (the queue writes no `running` rows); an `abandoned` one is a
+        // takeover's verdict, so a late result of that attempt is dropped, not renumbered.
+        let replayed = row.status != AttemptStatus::Abandoned
             && matches!(
                 attempt.status,
                 AttemptStatus::Succeeded | AttemptStatus::Failed

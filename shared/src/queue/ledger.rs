@@ -27,15 +27,6 @@ pub enum AttemptStatus {
     Skipped,
 }
 
-impl AttemptStatus {
-    /// Whether the row is a verdict nothing may overwrite (anything but `abandoned`, which a
-    /// late result of the same attempt may still complete).
-    #[must_use]
-    pub fn is_final(self) -> bool {
-        !matches!(self, Self::Abandoned)
-    }
-}
-
 /// What the queue does with a job after an attempt (the `job_runs.next_state` vocabulary).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NextState {
@@ -114,8 +105,9 @@ pub struct Attempt {
 /// The row that stands in the ledger for one recorded attempt once the write is committed.
 ///
 /// Usually the attempt as given. It differs when the ledger already held a final row for that
-/// `(job, attempt)` written by another execution: a late result of a lease that was reclaimed
-/// (then the earlier verdict stands, and the queue converges to it), or a replayed attempt
+/// `(job, attempt)` written by another execution: a late result of a lease that was taken over
+/// (then the earlier row stands, `abandoned` included, and the queue converges to it), or a
+/// replayed attempt
 /// number after Redis lost writes (then a succeeded or failed result is stored under the next
 /// free attempt number instead of being dropped, unless it is a second success).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,10 @@
 //! expanded with `UNNEST`), together with the findings of the rows it actually wrote, so a batch
 //! costs one round trip and one transaction however large it is. It is idempotent on
 //! `(job_id, attempt)`: a finished row is never overwritten by a duplicate delivery; only a
-//! `running` or `abandoned` row may be completed by a later write. Workers acknowledge a job to
+//! `running` row may be completed by a later write. An `abandoned` row is final too: the
+//! queue settles a taken-over job from it (see `queue::backend::completer`), so a result that
+//! arrives after it (a worker paused between its fence check and its commit) is dropped like
+//! a fenced one, and [`record_runs_read_back`] says so. Workers acknowledge a job to
 //! Redis only after this returns.
 //!
 //! Retention is [`delete_runs_older_than`], which deletes in bounded batches (see the
@@ -117,7 +120,7 @@ pub struct RunRow {
 /// were inserted or completed.
 ///
 /// Idempotent: a record whose `(job_id, attempt)` row already exists only completes a
-/// `running` or `abandoned` row (a `running` record never replaces anything); a finished row is
+/// `running` row (a `running` record never replaces anything); a finished row is
 /// left alone, and so are its findings. Findings are written only for rows this call wrote.
 /// When the batch holds the same attempt twice, the most final record wins.
 ///
@@ -352,9 +355,13 @@ pub async fn record_runs_read_back(
             let record = &batch[idx];
             let row = existing.get(&(record.job_id.0, record.attempt));
             let summary = summaries.get(&record.job_id.0);
+            // An `abandoned` row is a takeover's verdict: the queue was settled from it, so a
+            // late result of that attempt is dropped like a fenced one, not renumbered.
             let replayed = row.is_some_and(|row| {
-                row.status.is_final()
-                    && matches!(record.status, RunStatus::Succeeded | RunStatus::Failed)
+                matches!(
+                    row.status,
+                    RunStatus::Succeeded | RunStatus::Failed | RunStatus::Skipped
+                ) && matches!(record.status, RunStatus::Succeeded | RunStatus::Failed)
                     && (row.worker != record.worker || row.started_at != record.started_at)
             });
             let second_success = record.status == RunStatus::Succeeded
@@ -550,11 +557,12 @@ impl RunStatus {
         })
     }
 
-    /// Whether the attempt is over (anything but running or abandoned, which a later write may
-    /// still complete).
+    /// Whether the attempt is over (anything but running, which a later write completes). An
+    /// `abandoned` row is final: whoever took the lease over settled the job from it, so a
+    /// late result of that attempt must not change what the ledger says.
     #[must_use]
     pub fn is_final(self) -> bool {
-        !matches!(self, Self::Running | Self::Abandoned)
+        !matches!(self, Self::Running)
     }
 
     /// How final a status is, to pick one record when a batch holds the same attempt twice.
@@ -684,8 +692,8 @@ impl<'a> Columns<'a> {
 /// the written rows out.
 ///
 /// The `ON CONFLICT ... WHERE` clause is the idempotency rule: an existing row is only
-/// completed when it is `running` or `abandoned`, never by a `running` record, and never by an
-/// identical status (a duplicate `abandoned`). `RETURNING` yields only rows inserted or
+/// completed when it is `running`, and never by a `running` record. An `abandoned` row is
+/// final: the worker that took the lease over settled the job from it. `RETURNING` yields only rows inserted or
 /// updated, so findings of a duplicate delivery are not written again; the unique
 /// `(job_id, attempt, ordinal)` key makes that doubly sure.
 const RECORD_RUNS_SQL: &str = r"
@@ -715,9 +723,8 @@ WITH input AS (
         error = EXCLUDED.error,
         next_state = EXCLUDED.next_state,
         recorded_at = now()
-    WHERE job_runs.status IN ('running', 'abandoned')
+    WHERE job_runs.status = 'running'
       AND EXCLUDED.status <> 'running'
-      AND EXCLUDED.status <> job_runs.status
     RETURNING job_id, attempt, kind, outcome, finished_at
 ), found AS (
     INSERT INTO findings (job_id, attempt, ordinal, kind, code, severity, message, detail,
