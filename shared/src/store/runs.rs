@@ -175,6 +175,17 @@ async fn write_batch(pool: &PgPool, records: &[RunRecord]) -> Result<HashSet<(Uu
     Ok(written.into_iter().collect())
 }
 
+/// `job_id, attempt, status, next_state, error, worker, started_at` as read back.
+type ExistingRowTuple = (
+    Uuid,
+    i32,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    DateTime<Utc>,
+);
+
 /// An existing row as [`record_runs_read_back`] compares it with a record.
 struct ExistingRow {
     stored: StoredRun,
@@ -188,15 +199,7 @@ async fn read_rows(
     keys: &[(Uuid, i32)],
 ) -> Result<HashMap<(Uuid, i32), ExistingRow>, Error> {
     let (job_ids, attempts): (Vec<Uuid>, Vec<i32>) = keys.iter().copied().unzip();
-    let rows: Vec<(
-        Uuid,
-        i32,
-        String,
-        Option<String>,
-        Option<String>,
-        String,
-        DateTime<Utc>,
-    )> = sqlx::query_as(
+    let rows: Vec<ExistingRowTuple> = sqlx::query_as(
         "SELECT r.job_id, r.attempt, r.status, r.next_state, r.error, r.worker, r.started_at \
              FROM job_runs r JOIN UNNEST($1::uuid[], $2::int4[]) AS k(job_id, attempt) \
              ON r.job_id = k.job_id AND r.attempt = k.attempt",
