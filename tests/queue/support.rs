@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use apalis_core::error::WorkerError;
 use apalis_core::worker::builder::WorkerBuilder;
@@ -70,27 +70,8 @@ pub(crate) fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// Calls `probe` every 10 ms until it returns `Some`, and returns that value.
-///
-/// # Panics
-/// When `timeout` passes first; the message says what was awaited.
-pub(crate) async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+/// One copy in `upkeep_tests`; re-exported so the tests keep importing from here.
+pub(crate) use upkeep_tests::eventually;
 
 /// The queue's stats; panics on a Redis error.
 pub(crate) async fn stats(queue: &Queue) -> QueueStats {
