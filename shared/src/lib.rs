@@ -11,11 +11,13 @@
 //! - [`reconcile`]: the maintenance pass that finds jobs Redis lost but the ledger never saw
 //!   finish, and requeues or records them.
 //! - [`tasks`]: the maintenance checklist as data, and each item's status in a period window.
+//! - [`outage`]: the one way every retrying loop logs and paces a dependency outage.
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`shutdown`]: the signal every long-running loop watches.
 
 pub mod config;
 pub mod job;
+pub mod outage;
 pub mod queue;
 pub mod reconcile;
 pub mod schedule;

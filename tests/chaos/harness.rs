@@ -259,13 +259,14 @@ impl Cluster {
 
     pub(crate) fn enqueue(&self, args: &str, count: usize) -> Vec<Uuid> {
         let count = count.to_string();
-        self.ctl(&["enqueue", "system.ping", "--args", args, "--count", &count])
-            .lines()
-            .map(|line| {
-                Uuid::parse_str(line.trim())
-                    .unwrap_or_else(|e| panic!("enqueue printed {line:?}, not a job id: {e}"))
-            })
-            .collect()
+        upkeep_tests::printed_job_ids(&self.ctl(&[
+            "enqueue",
+            "system.ping",
+            "--args",
+            args,
+            "--count",
+            &count,
+        ]))
     }
 
     /// The key names of the queue (the cluster's prefix).
@@ -359,9 +360,7 @@ impl Cluster {
 
     /// A connection to the ledger.
     pub(crate) async fn ledger(&self) -> PgConnection {
-        PgConnection::connect(&self.postgres.url())
-            .await
-            .expect("connecting to the private postgres")
+        upkeep_tests::connect_ledger(&self.postgres.url()).await
     }
 
     /// Jobs still in flight in Redis (ready, delayed, retrying or leased), or `None` while
@@ -621,7 +620,7 @@ pub(crate) fn report(line: &str) {
         .open(path)
     {
         use std::io::Write as _;
-        let _ = writeln!(file, "{} {line}", unix_now());
+        let _ = writeln!(file, "unix={} {line}", upkeep_tests::unix_now() as u64);
     }
 }
 
@@ -630,12 +629,4 @@ fn cargo_bin_dir() -> PathBuf {
         .parent()
         .map(PathBuf::from)
         .unwrap_or_default()
-}
-
-fn unix_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!("unix={secs}")
 }

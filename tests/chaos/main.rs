@@ -13,11 +13,16 @@
 //! `UPKEEP_CHAOS_JOBS` sets the jobs per scenario: 1000 by default (the CI profile, a few
 //! minutes on two cores), 10000 for the full profile.
 //!
+//! The `pause` scenario freezes workers with SIGSTOP for longer than their lease and resumes
+//! them, with one and with three attempts per job, and checks that Redis ends where the
+//! ledger says for every job.
+//!
 //! Besides the scenarios: poison jobs pushed as raw bytes (`poison`), the reconciliation of
 //! the ledger with Redis (`reconcile`), and Redis at its memory limit (`memory`).
 
 mod harness;
 mod memory;
+mod pause;
 mod poison;
 mod reconcile;
 mod scenarios;

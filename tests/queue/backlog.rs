@@ -2,7 +2,7 @@
 //! no script call blocks Redis for long (measured with SLOWLOG on a private redis-server, so
 //! other tests' traffic cannot show up in it).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use redis::Value;
 use upkeep_shared::JobId;
-use upkeep_shared::queue::{Attempt, Ledger, NoLedger, Queue, QueueOptions, RedisTarget};
+use upkeep_shared::queue::{
+    Attempt, History, Ledger, NoLedger, Queue, QueueOptions, Recorded, RedisTarget,
+};
 use upkeep_tests::{PrivateRedis, unique_prefix};
 
 use crate::support::{
@@ -317,15 +319,21 @@ struct FlakyLedger {
 }
 
 impl Ledger for FlakyLedger {
-    fn record(&self, attempts: Vec<Attempt>) -> BoxFuture<'_, Result<(), anyhow::Error>> {
+    fn record(
+        &self,
+        attempts: Vec<Attempt>,
+    ) -> BoxFuture<'_, Result<Vec<Recorded>, anyhow::Error>> {
         if self.down.load(Ordering::SeqCst) {
             return Box::pin(async { Err(anyhow::anyhow!("ledger down")) });
         }
         self.inner.record(attempts)
     }
 
-    fn succeeded(&self, ids: Vec<JobId>) -> BoxFuture<'_, Result<HashSet<JobId>, anyhow::Error>> {
-        self.inner.succeeded(ids)
+    fn history(
+        &self,
+        ids: Vec<JobId>,
+    ) -> BoxFuture<'_, Result<HashMap<JobId, History>, anyhow::Error>> {
+        self.inner.history(ids)
     }
 }
 

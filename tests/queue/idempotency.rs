@@ -1,6 +1,6 @@
 //! Idempotency keys: a key stands for the first job enqueued with it.
 
-use upkeep_shared::queue::{Enqueued, NewJob, QueueOptions, Settlement, Verdict};
+use upkeep_shared::queue::{Enqueued, JobState, NewJob, QueueOptions, Settlement, Verdict};
 
 use crate::support::{KIND, shared_queue, stats, total};
 
@@ -23,7 +23,10 @@ async fn a_second_enqueue_with_the_same_idempotency_key_returns_the_first_job_an
 
     // Assert
     assert_eq!(first_result, vec![Enqueued::New(first.id)]);
-    assert_eq!(second_result, vec![Enqueued::Duplicate(first.id)]);
+    assert_eq!(
+        second_result,
+        vec![Enqueued::Duplicate(first.id, JobState::Available)]
+    );
     let stats = stats(&queue).await;
     assert_eq!(stats.pending, 1);
     assert_eq!(total(&stats, "enqueued"), 1);
@@ -50,7 +53,7 @@ async fn jobs_sharing_an_idempotency_key_within_one_batch_collapse_onto_the_firs
         result,
         vec![
             Enqueued::New(a.id),
-            Enqueued::Duplicate(a.id),
+            Enqueued::Duplicate(a.id, JobState::Available),
             Enqueued::New(c.id),
             Enqueued::New(d.id),
         ]
@@ -81,7 +84,10 @@ async fn an_idempotency_key_still_stands_for_its_job_after_the_job_has_run() {
     let again = queue.enqueue(&[keyed("tick-once")]).await.unwrap();
 
     // Assert
-    assert_eq!(again, vec![Enqueued::Duplicate(first.id)]);
+    assert_eq!(
+        again,
+        vec![Enqueued::Duplicate(first.id, JobState::Completed)]
+    );
     let stats = stats(&queue).await;
     assert_eq!((stats.pending, total(&stats, "enqueued")), (0, 1));
 }

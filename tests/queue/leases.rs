@@ -32,17 +32,39 @@ async fn a_lease_that_expires_mid_job_goes_to_the_next_worker_and_the_first_hold
     let a = fetched_by_a.jobs.first().expect("A leases the job").clone();
     assert_eq!(a.attempt, 1);
 
-    // Act: worker B keeps asking until the lease has expired and the job is its.
-    let (b, reclaimed) = eventually("worker B to get the job", Duration::from_secs(5), || {
-        let queue = queue.clone();
-        async move {
-            let fetched = queue.fetch("worker-b", 1).await.expect("fetch");
-            let b = fetched.jobs.first()?.clone();
-            Some((b, fetched.reclaimed))
-        }
-    })
+    // Act: worker B keeps asking until the lease has expired and is taken over by B as a
+    // verdict lease; with no result of attempt 1 in the ledger, B gives the job back with the
+    // attempt counted (as its completer does), and leases it again.
+    let reclaim = eventually(
+        "worker B to take over the lease",
+        Duration::from_secs(5),
+        || {
+            let queue = queue.clone();
+            async move {
+                let fetched = queue.fetch("worker-b", 1).await.expect("fetch");
+                assert!(fetched.jobs.is_empty(), "the job is not in the ready list");
+                fetched.reclaimed.first().cloned()
+            }
+        },
+    )
     .await;
     let taken_over_after = leased_at.elapsed();
+    let released = queue
+        .settle(&[Settlement {
+            id: id.clone(),
+            token: reclaim.token.clone(),
+            verdict: Verdict::Release,
+            error: "lease expired (worker worker-a)".to_owned(),
+        }])
+        .await
+        .expect("settle");
+    assert_eq!(released, vec![(id.clone(), Settled::Available)]);
+    let b = queue
+        .fetch("worker-b", 1)
+        .await
+        .expect("fetch")
+        .jobs
+        .remove(0);
 
     // Assert: not before the lease ran out; a new attempt with a new token.
     assert!(
@@ -52,17 +74,18 @@ async fn a_lease_that_expires_mid_job_goes_to_the_next_worker_and_the_first_hold
     assert_eq!(b.id, id);
     assert_eq!(b.attempt, 2, "the expired lease counts as an attempt");
     assert_ne!(b.token, a.token, "the new lease has a new fencing token");
-    let [reclaim] = reclaimed.as_slice() else {
-        panic!("expected exactly A's lease reclaimed, got {reclaimed:?}");
-    };
+    assert_ne!(
+        reclaim.token, a.token,
+        "the verdict lease has a new fencing token"
+    );
     assert_eq!(
         (
             reclaim.id.as_str(),
             reclaim.attempt,
             reclaim.worker.as_str(),
-            reclaim.dead
+            reclaim.max_attempts
         ),
-        (id.as_str(), 1, "worker-a", false)
+        (id.as_str(), 1, "worker-a", 3)
     );
 
     // Act: A finally answers, with a verdict that would hurt if applied (dead letter).
@@ -197,7 +220,8 @@ async fn a_lease_that_expires_on_the_last_attempt_dead_letters_the_job_instead_o
         .jobs
         .remove(0);
 
-    // Act: another worker's fetches do the reclaiming once the lease has expired.
+    // Act: another worker's fetches take over the lease once it has expired; with no result
+    // in the ledger, that worker gives it back with the attempt counted: the last one.
     let reclaimed = eventually(
         "the expired lease to be reclaimed",
         Duration::from_secs(5),
@@ -211,16 +235,35 @@ async fn a_lease_that_expires_on_the_last_attempt_dead_letters_the_job_instead_o
         },
     )
     .await;
+    let settled = queue
+        .settle(&[Settlement {
+            id: id.clone(),
+            token: reclaimed[0].token.clone(),
+            verdict: Verdict::Release,
+            error: "lease expired on attempt 1 of 1 (worker vanished)".to_owned(),
+        }])
+        .await
+        .expect("settle");
 
     // Assert
+    assert_eq!(settled, vec![(id.clone(), Settled::Discarded)]);
     assert_eq!(reclaimed.len(), 1);
     assert_eq!(
         (
             reclaimed[0].id.as_str(),
             reclaimed[0].attempt,
-            reclaimed[0].dead
+            reclaimed[0].max_attempts
         ),
-        (id.as_str(), 1, true)
+        (id.as_str(), 1, 1)
+    );
+    assert!(
+        queue
+            .fetch("survivor", 1)
+            .await
+            .expect("fetch")
+            .jobs
+            .is_empty(),
+        "a dead job is never leased again"
     );
     let record = queue
         .job(&id)

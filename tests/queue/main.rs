@@ -20,3 +20,4 @@ mod outage;
 mod retries;
 mod sentinel;
 mod stats;
+mod verdicts;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use upkeep_shared::JobId;
-use upkeep_shared::queue::{AttemptStatus, Queue, QueueOptions};
+use upkeep_shared::queue::{AttemptStatus, NextState, Queue, QueueOptions};
 
 use crate::support::{
     Calls, KIND, TestLedger, TestWorker, consumer, counting, eventually, jobs, now_ms, raw,
@@ -118,5 +118,5 @@ async fn malformed_entries_are_dead_lettered_with_their_reason_while_the_worker_
         "the undecodable job's attempt is recorded"
     );
     assert_eq!(attempts[0].status, AttemptStatus::Failed);
-    assert_eq!(attempts[0].next_state, Some("dead"));
+    assert_eq!(attempts[0].next_state, Some(NextState::Dead));
 }

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use upkeep_shared::queue::{AttemptStatus, KindPolicy, NewJob, QueueOptions, Settlement, Verdict};
+use upkeep_shared::queue::{
+    AttemptStatus, KindPolicy, NewJob, NextState, QueueOptions, Settlement, Verdict,
+};
 use upkeep_shared::{JobError, Outcome};
 
 use crate::support::{
@@ -72,16 +74,16 @@ async fn a_failing_job_is_tried_max_attempts_times_then_dead_lettered_and_a_requ
         },
     )
     .await;
-    let summary: Vec<(u32, AttemptStatus, Option<&str>)> = attempts
+    let summary: Vec<(u32, AttemptStatus, Option<NextState>)> = attempts
         .iter()
         .map(|a| (a.attempt, a.status, a.next_state))
         .collect();
     assert_eq!(
         summary,
         vec![
-            (1, AttemptStatus::Failed, Some("retrying")),
-            (2, AttemptStatus::Failed, Some("retrying")),
-            (3, AttemptStatus::Failed, Some("dead")),
+            (1, AttemptStatus::Failed, Some(NextState::Retrying)),
+            (2, AttemptStatus::Failed, Some(NextState::Retrying)),
+            (3, AttemptStatus::Failed, Some(NextState::Dead)),
         ]
     );
     let gaps: Vec<i64> = attempts
@@ -123,16 +125,16 @@ async fn a_failing_job_is_tried_max_attempts_times_then_dead_lettered_and_a_requ
         6,
         "3 attempts, then 3 more after the requeue"
     );
-    let after: Vec<(AttemptStatus, Option<&str>)> = ledger.attempts_of(job.id)[3..]
+    let after: Vec<(AttemptStatus, Option<NextState>)> = ledger.attempts_of(job.id)[3..]
         .iter()
         .map(|a| (a.status, a.next_state))
         .collect();
     assert_eq!(
         after,
         vec![
-            (AttemptStatus::Failed, Some("retrying")),
-            (AttemptStatus::Failed, Some("retrying")),
-            (AttemptStatus::Succeeded, Some("done")),
+            (AttemptStatus::Failed, Some(NextState::Retrying)),
+            (AttemptStatus::Failed, Some(NextState::Retrying)),
+            (AttemptStatus::Succeeded, Some(NextState::Done)),
         ],
         "the attempt budget was reset"
     );
@@ -202,7 +204,7 @@ async fn a_permanent_failure_is_dead_lettered_on_its_first_attempt() {
     assert_eq!(record.fields["err"], "the backup target does not exist");
     let attempts = ledger.attempts_of(job.id);
     assert_eq!(attempts.len(), 1);
-    assert_eq!(attempts[0].next_state, Some("dead"));
+    assert_eq!(attempts[0].next_state, Some(NextState::Dead));
     let stats = stats(&queue).await;
     assert_eq!((total(&stats, "retried"), total(&stats, "dead")), (0, 1));
 }

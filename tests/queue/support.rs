@@ -2,11 +2,11 @@
 //! [`RedisBackend`], a ledger that remembers attempts, polling with a deadline, raw Redis
 //! commands, and a lock that keeps heavy and timing-sensitive tests from overlapping.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use apalis_core::error::WorkerError;
 use apalis_core::worker::builder::WorkerBuilder;
@@ -14,8 +14,8 @@ use apalis_core::worker::context::WorkerContext;
 use futures::future::BoxFuture;
 use tower::limit::ConcurrencyLimitLayer;
 use upkeep_shared::queue::{
-    Attempt, AttemptStatus, ConsumerOptions, LeaseBook, Ledger, NewJob, Queue, QueueOptions,
-    QueueStats, RedisBackend, RedisConn, RedisTarget,
+    Attempt, AttemptStatus, ConsumerOptions, History, LeaseBook, Ledger, NewJob, Queue,
+    QueueOptions, QueueStats, Recorded, RedisBackend, RedisConn, RedisTarget,
 };
 use upkeep_shared::{Job, JobError, JobId, Outcome, QueueName};
 
@@ -70,27 +70,8 @@ pub(crate) fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// Calls `probe` every 10 ms until it returns `Some`, and returns that value.
-///
-/// # Panics
-/// When `timeout` passes first; the message says what was awaited.
-pub(crate) async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+/// One copy in `upkeep_tests`; re-exported so the tests keep importing from here.
+pub(crate) use upkeep_tests::eventually;
 
 /// The queue's stats; panics on a Redis error.
 pub(crate) async fn stats(queue: &Queue) -> QueueStats {
@@ -162,44 +143,141 @@ pub(crate) async fn catch_the_start_of_an_idle_wait(queue: &Queue, worker: &Test
     .await;
 }
 
-/// A ledger that keeps every attempt in memory and answers `succeeded` from them, as the
-/// Postgres ledger does.
+/// A ledger that keeps its rows in memory with the Postgres ledger's rules: one row per
+/// `(job, attempt)`, a row is never overwritten, a replayed attempt number's result is
+/// stored under the next free number (unless it is a second success), and `record` returns the
+/// row that stands for each attempt.
 #[derive(Debug, Default)]
 pub(crate) struct TestLedger {
+    /// Every row written (inserted, completed or renumbered), in writing order.
     attempts: Mutex<Vec<Attempt>>,
+    rows: Mutex<HashMap<(JobId, u32), Attempt>>,
+    /// While set, `history` fails as an unreachable Postgres would.
+    failing_reads: AtomicBool,
 }
 
 impl TestLedger {
-    /// Every attempt recorded so far, in recording order.
+    /// Every row written so far, in writing order.
     pub(crate) fn attempts(&self) -> Vec<Attempt> {
         self.attempts.lock().expect("ledger lock").clone()
     }
 
-    /// The attempts of one job, in recording order.
+    /// The rows written for one job, in writing order.
     pub(crate) fn attempts_of(&self, id: JobId) -> Vec<Attempt> {
         self.attempts()
             .into_iter()
             .filter(|attempt| attempt.job_id == id)
             .collect()
     }
+
+    /// The rows of one job as they stand now, by attempt number.
+    pub(crate) fn rows_of(&self, id: JobId) -> Vec<Attempt> {
+        let mut rows: Vec<Attempt> = self
+            .rows
+            .lock()
+            .expect("ledger lock")
+            .values()
+            .filter(|row| row.job_id == id)
+            .cloned()
+            .collect();
+        rows.sort_by_key(|row| row.attempt);
+        rows
+    }
+
+    /// Puts a row in as if an earlier execution had committed it.
+    pub(crate) fn insert(&self, attempt: Attempt) {
+        self.rows
+            .lock()
+            .expect("ledger lock")
+            .insert((attempt.job_id, attempt.attempt), attempt.clone());
+        self.attempts.lock().expect("ledger lock").push(attempt);
+    }
+
+    /// Makes `history` fail (`true`) or answer again (`false`).
+    pub(crate) fn fail_reads(&self, failing: bool) {
+        self.failing_reads.store(failing, Ordering::SeqCst);
+    }
+
+    fn record_one(&self, attempt: Attempt) -> Recorded {
+        let mut rows = self.rows.lock().expect("ledger lock");
+        let key = (attempt.job_id, attempt.attempt);
+        let Some(row) = rows.get(&key).cloned() else {
+            rows.insert(key, attempt.clone());
+            self.attempts
+                .lock()
+                .expect("ledger lock")
+                .push(attempt.clone());
+            return Recorded::as_given(&attempt);
+        };
+        // Every row is final (the queue writes no `running` rows); an `abandoned` one is a
+        // takeover's verdict, so a late result of that attempt is dropped, not renumbered.
+        let replayed = row.status != AttemptStatus::Abandoned
+            && matches!(
+                attempt.status,
+                AttemptStatus::Succeeded | AttemptStatus::Failed
+            )
+            && (row.worker != attempt.worker || row.started_at_ms != attempt.started_at_ms);
+        let success = rows
+            .values()
+            .filter(|other| {
+                other.job_id == attempt.job_id && other.status == AttemptStatus::Succeeded
+            })
+            .min_by_key(|other| other.attempt)
+            .cloned();
+        if attempt.status == AttemptStatus::Succeeded
+            && let Some(success) = success
+        {
+            return Recorded::as_given(&success);
+        }
+        if replayed {
+            let last = rows
+                .keys()
+                .filter(|(job_id, _)| *job_id == attempt.job_id)
+                .map(|(_, number)| *number)
+                .max()
+                .unwrap_or(0);
+            let mut renumbered = attempt;
+            renumbered.attempt = last + 1;
+            rows.insert((renumbered.job_id, renumbered.attempt), renumbered.clone());
+            self.attempts
+                .lock()
+                .expect("ledger lock")
+                .push(renumbered.clone());
+            return Recorded::as_given(&renumbered);
+        }
+        Recorded::as_given(&row)
+    }
 }
 
 impl Ledger for TestLedger {
-    fn record(&self, attempts: Vec<Attempt>) -> BoxFuture<'_, Result<(), anyhow::Error>> {
-        self.attempts.lock().expect("ledger lock").extend(attempts);
-        Box::pin(async { Ok(()) })
+    fn record(
+        &self,
+        attempts: Vec<Attempt>,
+    ) -> BoxFuture<'_, Result<Vec<Recorded>, anyhow::Error>> {
+        let recorded = attempts
+            .into_iter()
+            .map(|attempt| self.record_one(attempt))
+            .collect();
+        Box::pin(async { Ok(recorded) })
     }
 
-    fn succeeded(&self, ids: Vec<JobId>) -> BoxFuture<'_, Result<HashSet<JobId>, anyhow::Error>> {
-        let done: HashSet<JobId> = self
-            .attempts
-            .lock()
-            .expect("ledger lock")
-            .iter()
-            .filter(|a| a.status == AttemptStatus::Succeeded && ids.contains(&a.job_id))
-            .map(|a| a.job_id)
-            .collect();
-        Box::pin(async move { Ok(done) })
+    fn history(
+        &self,
+        ids: Vec<JobId>,
+    ) -> BoxFuture<'_, Result<HashMap<JobId, History>, anyhow::Error>> {
+        if self.failing_reads.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(anyhow::anyhow!("the test ledger refuses reads")) });
+        }
+        let mut histories: HashMap<JobId, History> = HashMap::new();
+        for row in self.rows.lock().expect("ledger lock").values() {
+            if !ids.contains(&row.job_id) {
+                continue;
+            }
+            let history = histories.entry(row.job_id).or_default();
+            history.succeeded |= row.status == AttemptStatus::Succeeded;
+            history.last_attempt = history.last_attempt.max(row.attempt);
+        }
+        Box::pin(async move { Ok(histories) })
     }
 }
 

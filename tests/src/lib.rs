@@ -14,6 +14,8 @@
 //! - [`process`]: workspace binaries as child processes with their output in a log file.
 //! - [`ports`]: free TCP ports on 127.0.0.1.
 //! - [`proxy`]: a TCP proxy the test can partition (blackhole, refuse, cut).
+//! - [`wait`]: `eventually` (poll until a probe answers) and `unix_now`.
+//! - [`ledger`]: a ledger connection and the job ids `upkeepctl enqueue` prints.
 //!
 //! # Requirements
 //! - Run the suite with `scripts/test.sh`: it provides `REDIS_URL` and `DATABASE_URL`, and
@@ -26,13 +28,16 @@
 //! The helpers are blocking. That is fine inside `#[tokio::test]`: the services they
 //! control run in other processes, so nothing waits on the test's own runtime meanwhile.
 
+pub mod ledger;
 pub mod ports;
 pub mod private_postgres;
 pub mod private_redis;
 pub mod process;
 pub mod proxy;
 pub mod services;
+pub mod wait;
 
+pub use ledger::{connect_ledger, printed_job_ids};
 pub use ports::free_port;
 pub use private_postgres::PrivatePostgres;
 pub use private_redis::{AppendFsync, PrivateRedis, RedisOptions};
@@ -41,3 +46,4 @@ pub use proxy::{ProxyMode, TcpProxy};
 pub use services::{
     fresh_database, fresh_migrated_database, shared_database_url, shared_redis_url, unique_prefix,
 };
+pub use wait::{eventually, unix_now};

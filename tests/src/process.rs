@@ -189,6 +189,25 @@ impl ChildProcess {
             .with_context(|| format!("sending SIGTERM to {} (pid {})", self.label, self.pid()))
     }
 
+    /// Freezes the process with SIGSTOP (a long GC pause, a swapped-out host, a stalled VM):
+    /// it keeps its sockets and its state, and does nothing until [`ChildProcess::sigcont`].
+    ///
+    /// # Errors
+    /// Fails when the signal cannot be sent.
+    pub fn sigstop(&mut self) -> anyhow::Result<()> {
+        signal::kill(self.nix_pid(), Signal::SIGSTOP)
+            .with_context(|| format!("sending SIGSTOP to {} (pid {})", self.label, self.pid()))
+    }
+
+    /// Resumes a process frozen by [`ChildProcess::sigstop`].
+    ///
+    /// # Errors
+    /// Fails when the signal cannot be sent.
+    pub fn sigcont(&mut self) -> anyhow::Result<()> {
+        signal::kill(self.nix_pid(), Signal::SIGCONT)
+            .with_context(|| format!("sending SIGCONT to {} (pid {})", self.label, self.pid()))
+    }
+
     /// Kills the process group with SIGKILL and waits for the process to exit. Returns
     /// the exit status, which is the earlier one when the process had already exited.
     ///

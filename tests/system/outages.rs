@@ -44,8 +44,8 @@ async fn backlog_through_a_postgres_outage() -> OutageRun {
 
     let mut ledger = deployment.ledger().await;
     let n_before = eventually(
-        Duration::from_secs(30),
         "the first 20 recorded runs",
+        Duration::from_secs(30),
         async || {
             let n: i64 = sqlx::query_scalar("SELECT count(*) FROM job_runs")
                 .fetch_one(&mut ledger)
@@ -82,8 +82,8 @@ async fn backlog_through_a_postgres_outage() -> OutageRun {
 
     let mut ledger = deployment.ledger().await;
     let runs = eventually(
-        Duration::from_secs(60),
         "a succeeded run of every job",
+        Duration::from_secs(60),
         async || {
             let runs = all_runs(&mut ledger).await;
             let n_succeeded = runs.iter().filter(|run| run.status == "succeeded").count();

@@ -52,7 +52,7 @@ async fn a_worker_prunes_runs_and_ticks_older_than_the_ledger_retention() {
     wait_for_worker(&mut worker, "reports");
 
     // Assert: the old run and the two old ticks go; the young ones stay.
-    let (runs, ticks) = eventually(Duration::from_secs(15), "the worker to prune", async || {
+    let (runs, ticks) = eventually("the worker to prune", Duration::from_secs(15), async || {
         let runs: Vec<Uuid> = sqlx::query_scalar("SELECT job_id FROM job_runs ORDER BY job_id")
             .fetch_all(&mut ledger)
             .await

@@ -31,8 +31,8 @@ async fn after_10s_down_skip_runs_no_missed_tick_latest_one_and_all_every_one() 
     let mut scheduler = deployment.start("upkeep-scheduler", [] as [&str; 0]);
     let mut ledger = deployment.ledger().await;
     eventually(
-        Duration::from_secs(20),
         "two ticks of each schedule",
+        Duration::from_secs(20),
         async || {
             for policy in ["skip", "latest", "all"] {
                 if ticks_of(&mut ledger, &format!("catch-up-{policy}"))
@@ -54,8 +54,8 @@ async fn after_10s_down_skip_runs_no_missed_tick_latest_one_and_all_every_one() 
     let restarted = unix_now();
     let mut scheduler = deployment.start("upkeep-scheduler", [] as [&str; 0]);
     eventually(
-        Duration::from_secs(20),
         "ticks after the restart",
+        Duration::from_secs(20),
         async || {
             for policy in ["skip", "latest", "all"] {
                 let ticks = ticks_of(&mut ledger, &format!("catch-up-{policy}")).await;

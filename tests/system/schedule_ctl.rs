@@ -31,7 +31,7 @@ async fn operators_pause_resume_trigger_backfill_and_preview_schedules_with_upke
     wait_for_worker(&mut worker, "reports");
     let mut scheduler = deployment.start("upkeep-scheduler", [] as [&str; 0]);
     let mut ledger = deployment.ledger().await;
-    eventually(Duration::from_secs(20), "a first tick", async || {
+    eventually("a first tick", Duration::from_secs(20), async || {
         (!ticks_of(&mut ledger, "ctl-every-second").await.is_empty()).then_some(())
     })
     .await;
@@ -76,8 +76,8 @@ async fn operators_pause_resume_trigger_backfill_and_preview_schedules_with_upke
     ]);
     let resumed_at = unix_now();
     eventually(
-        Duration::from_secs(10),
         "an enqueued tick after resume",
+        Duration::from_secs(10),
         async || {
             let ticks = ticks_of(&mut ledger, "ctl-every-second").await;
             ticks

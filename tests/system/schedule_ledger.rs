@@ -106,8 +106,8 @@ pub(crate) async fn assert_each_job_ran_exactly_once(
     timeout: Duration,
 ) -> (Vec<TickRow>, Vec<ScheduledRun>) {
     let (ticks, runs) = eventually(
-        timeout,
         &format!("a succeeded run for every job of {schedule}"),
+        timeout,
         async || {
             let ticks = ticks_of(ledger, schedule).await;
             let runs = runs_of_schedule(ledger, schedule).await;

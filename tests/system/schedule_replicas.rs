@@ -41,7 +41,7 @@ kind = "system.ping"
         .map(|_| deployment.start("upkeep-scheduler", [] as [&str; 0]))
         .collect();
     let mut ledger = deployment.ledger().await;
-    eventually(Duration::from_secs(20), "the first tick", async || {
+    eventually("the first tick", Duration::from_secs(20), async || {
         (!ticks_of(&mut ledger, SCHEDULE).await.is_empty()).then_some(())
     })
     .await;

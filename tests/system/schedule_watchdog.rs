@@ -32,7 +32,7 @@ async fn the_scheduler_keeps_firing_after_a_redis_restart() {
     wait_for_worker(&mut worker, "reports");
     let mut scheduler = deployment.start("upkeep-scheduler", [] as [&str; 0]);
     let mut ledger = deployment.ledger().await;
-    eventually(Duration::from_secs(20), "three ticks", async || {
+    eventually("three ticks", Duration::from_secs(20), async || {
         (ticks_of(&mut ledger, SCHEDULE).await.len() >= 3).then_some(())
     })
     .await;
@@ -49,8 +49,8 @@ async fn the_scheduler_keeps_firing_after_a_redis_restart() {
     let back = unix_now();
 
     eventually(
-        Duration::from_secs(30),
         "ticks enqueued after the restart",
+        Duration::from_secs(30),
         async || {
             let ticks = ticks_of(&mut ledger, SCHEDULE).await;
             let n_after = ticks

@@ -34,8 +34,8 @@ async fn a_schedule_firing_every_second_yields_a_succeeded_run_linked_to_its_tic
     // Three ticks in a row, each enqueued and run; the join is the link the contract
     // promises: same schedule, tick_at = fire_at, same job id.
     let linked: Vec<LinkedTick> = eventually(
-        Duration::from_secs(20),
         "three ticks with succeeded runs",
+        Duration::from_secs(20),
         async || {
             let rows: Vec<(f64, Uuid, f64)> = sqlx::query_as(
                 "SELECT extract(epoch FROM t.fire_at)::float8, t.job_id,

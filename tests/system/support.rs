@@ -15,12 +15,14 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use redis::TypedCommands as _;
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 use tempfile::TempDir;
 use upkeep_tests::{
-    ChildProcess, cargo_bin, fresh_migrated_database, shared_database_url, shared_redis_url,
-    unique_prefix,
+    ChildProcess, cargo_bin, connect_ledger, fresh_migrated_database, printed_job_ids,
+    shared_database_url, shared_redis_url, unique_prefix,
 };
+/// One copy in `upkeep_tests`; re-exported so the tests keep importing from here.
+pub(crate) use upkeep_tests::{eventually, unix_now};
 use uuid::Uuid;
 
 /// How often the polling helpers look again.
@@ -191,14 +193,7 @@ impl Deployment {
     pub(crate) fn enqueue(&self, kind: &str, args: &str, extra: &[&str]) -> Vec<Uuid> {
         let mut argv = vec!["enqueue", kind, "--args", args];
         argv.extend_from_slice(extra);
-        let stdout = self.ctl_ok(&argv);
-        stdout
-            .lines()
-            .map(|line| {
-                Uuid::parse_str(line.trim())
-                    .unwrap_or_else(|e| panic!("enqueue printed {line:?}, not a job id: {e}"))
-            })
-            .collect()
+        printed_job_ids(&self.ctl_ok(&argv))
     }
 
     /// `upkeepctl stats --json`, by queue name.
@@ -220,8 +215,8 @@ impl Deployment {
     /// Waits until `upkeepctl stats` shows `n_running` leased jobs on `queue`.
     pub(crate) async fn wait_for_running(&self, queue: &str, n_running: u64, timeout: Duration) {
         eventually(
-            timeout,
             &format!("{n_running} running job(s) on {queue}"),
+            timeout,
             async || {
                 let running = self.stats()[queue]["running"].as_u64();
                 (running == Some(n_running)).then_some(())
@@ -232,9 +227,7 @@ impl Deployment {
 
     /// A new connection to the ledger.
     pub(crate) async fn ledger(&self) -> PgConnection {
-        PgConnection::connect(&self.database_url)
-            .await
-            .unwrap_or_else(|e| panic!("connecting to the ledger {}: {e}", self.database_url))
+        connect_ledger(&self.database_url).await
     }
 }
 
@@ -401,25 +394,6 @@ pub(crate) async fn wait_for_status(
     }
 }
 
-/// Polls `probe` until it returns `Some`, failing the test after `timeout`.
-pub(crate) async fn eventually<T>(
-    timeout: Duration,
-    what: &str,
-    mut probe: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 /// Waits until a process (logging JSON) writes an entry that `matches`, and returns it.
 /// Fails the test when `timeout` passes or the process exits first.
 pub(crate) fn wait_for_log_entry(
@@ -467,14 +441,6 @@ pub(crate) fn wait_for_worker(process: &mut ChildProcess, queue: &str) -> String
 pub(crate) fn sigint(process: &ChildProcess) {
     let pid = Pid::from_raw(i32::try_from(process.pid()).expect("pids fit in an i32"));
     signal::kill(pid, Signal::SIGINT).expect("sending SIGINT");
-}
-
-/// Seconds since the Unix epoch, comparable with the ledger's timestamps (same machine).
-pub(crate) fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("the clock is after 1970")
-        .as_secs_f64()
 }
 
 fn read(path: &Path) -> String {

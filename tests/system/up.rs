@@ -44,8 +44,8 @@ async fn upkeepctl_up_runs_the_scheduler_and_every_worker_until_one_sigint_stops
     }
     let mut ledger = deployment.ledger().await;
     eventually(
-        Duration::from_secs(20),
         "two succeeded runs of the demo schedule",
+        Duration::from_secs(20),
         async || {
             let n: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM job_runs r

@@ -9,7 +9,7 @@
 //! latency is the idle pickup latency. Every run uses its own key prefix, so it never touches
 //! the production queues, and deletes its keys at the end.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::future::BoxFuture;
 use upkeep_shared::config::Settings;
-use upkeep_shared::queue::{Attempt, AttemptStatus, Ledger, NewJob, NoLedger, RedisConn};
+use upkeep_shared::queue::{
+    Attempt, AttemptStatus, History, Ledger, NewJob, NoLedger, Recorded, RedisConn,
+};
 use upkeep_shared::shutdown::Shutdown;
 use upkeep_shared::{JobId, QueueName};
 
@@ -245,14 +247,17 @@ impl Probe {
 }
 
 impl Ledger for Probe {
-    fn record(&self, attempts: Vec<Attempt>) -> BoxFuture<'_, Result<(), anyhow::Error>> {
+    fn record(
+        &self,
+        attempts: Vec<Attempt>,
+    ) -> BoxFuture<'_, Result<Vec<Recorded>, anyhow::Error>> {
         Box::pin(async move {
             let succeeded: Vec<(JobId, i64, i64)> = attempts
                 .iter()
                 .filter(|a| a.status == AttemptStatus::Succeeded)
                 .map(|a| (a.job_id, a.enqueued_at_ms, a.started_at_ms))
                 .collect();
-            self.inner.record(attempts).await?;
+            let recorded = self.inner.record(attempts).await?;
             // Completion is taken after the ledger commit, like the peers take it after their
             // own completion bookkeeping.
             let now = now_us();
@@ -276,12 +281,15 @@ impl Ledger for Probe {
             if n_new > 0 || done >= self.target.load(Ordering::SeqCst) {
                 self.notify.notify_waiters();
             }
-            Ok(())
+            Ok(recorded)
         })
     }
 
-    fn succeeded(&self, ids: Vec<JobId>) -> BoxFuture<'_, Result<HashSet<JobId>, anyhow::Error>> {
-        self.inner.succeeded(ids)
+    fn history(
+        &self,
+        ids: Vec<JobId>,
+    ) -> BoxFuture<'_, Result<HashMap<JobId, History>, anyhow::Error>> {
+        self.inner.history(ids)
     }
 }
 

@@ -16,4 +16,4 @@ pub mod registry;
 pub mod runtime;
 
 pub use registry::{HandlerContext, Registry};
-pub use runtime::{WorkerRuntime, run_daemon};
+pub use runtime::{Pruner, Reconciler, WorkerRuntime, run_daemon};

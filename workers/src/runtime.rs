@@ -16,9 +16,9 @@ use sqlx::PgPool;
 use tower::limit::ConcurrencyLimitLayer;
 use upkeep_shared::QueueName;
 use upkeep_shared::config::{ReconcileAction, Settings};
+use upkeep_shared::outage::Outage;
 use upkeep_shared::queue::{
-    Attempt, AttemptStatus, ConsumerOptions, KindPolicy, LeaseBook, Ledger, Queue, RedisBackend,
-    RedisConn,
+    ConsumerOptions, KindPolicy, LeaseBook, Ledger, RedisBackend, RedisConn, release_leftovers,
 };
 use upkeep_shared::reconcile;
 use upkeep_shared::shutdown::Shutdown;
@@ -131,20 +131,26 @@ impl WorkerRuntime {
             .log();
         let reconciler = self.pool.clone().and_then(|pool| {
             (self.settings.maintenance.reconcile_action != ReconcileAction::Off).then(|| {
-                tokio::spawn(run_reconciler(
-                    pool,
-                    self.conn.clone(),
-                    self.settings.clone(),
-                    self.queues.clone(),
-                ))
+                tokio::spawn(
+                    Reconciler::new(
+                        pool,
+                        self.conn.clone(),
+                        self.settings.clone(),
+                        self.queues.clone(),
+                    )
+                    .run_until_stopped(),
+                )
             })
         });
         let pruner = self.pool.clone().map(|pool| {
-            tokio::spawn(run_pruner(
-                pool,
-                self.settings.maintenance.ledger_retention,
-                self.settings.maintenance.ledger_prune_interval,
-            ))
+            tokio::spawn(
+                Pruner::new(
+                    pool,
+                    self.settings.maintenance.ledger_retention,
+                    self.settings.maintenance.ledger_prune_interval,
+                )
+                .run_until_stopped(),
+            )
         });
         let grace = self.settings.worker.grace_period;
         let mut monitor = Monitor::new().shutdown_timeout(grace);
@@ -189,7 +195,14 @@ impl WorkerRuntime {
             task.abort();
         }
         for (queue, leases, worker_id) in books {
-            release_leftovers(&queue, &leases, &worker_id, self.ledger.as_ref()).await;
+            release_leftovers(
+                &queue,
+                &leases,
+                &worker_id,
+                self.ledger.as_ref(),
+                Duration::from_secs(5),
+            )
+            .await;
         }
         result.context("running the workers")?;
         tracing::info!("workers stopped");
@@ -223,174 +236,147 @@ impl WorkerRuntime {
     }
 }
 
-/// Gives back every lease still held after the workers stopped: jobs that were still running
-/// when the grace period ran out. Their attempts count and are recorded as abandoned.
-async fn release_leftovers(
-    queue: &Queue,
-    leases: &LeaseBook,
-    worker_id: &str,
-    ledger: &dyn Ledger,
-) {
-    let leftovers = leases.drain();
-    let to_release: Vec<(String, String, bool)> = leftovers
-        .iter()
-        .map(|(id, entry)| {
-            (
-                id.clone(),
-                entry.token.clone(),
-                entry.started_at_ms.is_some(),
-            )
-        })
-        .collect();
-    let now = upkeep_shared::queue::now_ms();
-    let abandoned: Vec<Attempt> = leftovers
-        .iter()
-        .filter_map(|(_, entry)| entry.started_at_ms.map(|started| (entry, started)))
-        .map(|(entry, started_at_ms)| Attempt {
-            job_id: entry.job.id,
-            attempt: entry.job.attempt,
-            kind: entry.job.kind.clone(),
-            queue: queue.name().to_string(),
-            status: AttemptStatus::Abandoned,
-            schedule: entry.job.schedule.clone(),
-            tick_ms: entry.job.tick_ms,
-            enqueued_at_ms: entry.job.enqueued_at_ms,
-            started_at_ms,
-            finished_at_ms: now,
-            worker: worker_id.to_owned(),
-            args: entry.job.args.clone(),
-            outcome: None,
-            error: Some(
-                "worker shut down before the attempt finished (grace period over)".to_owned(),
-            ),
-            next_state: Some("retrying"),
-        })
-        .collect();
-    if !abandoned.is_empty()
-        && let Err(error) = tokio::time::timeout(Duration::from_secs(5), ledger.record(abandoned))
-            .await
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
-    {
-        tracing::warn!(error = %error, "could not record abandoned attempts");
-    }
-    match tokio::time::timeout(
-        Duration::from_secs(5),
-        queue.release(worker_id, true, &to_release),
-    )
-    .await
-    {
-        Ok(Ok(n_released)) if n_released > 0 => {
-            tracing::warn!(queue = %queue.name(), n_released, "released jobs still running after the grace period");
-        }
-        Ok(Ok(_)) => {}
-        Ok(Err(error)) => {
-            tracing::warn!(queue = %queue.name(), error = %error, "could not release leases; they will expire")
-        }
-        Err(_) => {
-            tracing::warn!(queue = %queue.name(), "releasing leases timed out; they will expire")
-        }
-    }
-}
-
 /// The periodic reconciliation of the queues this process serves (see
 /// `upkeep_shared::reconcile`). It runs in the workers rather than the scheduler because a
 /// queue worth reconciling is one that has consumers: every deployment runs workers for its
 /// queues, not every one runs the scheduler, and a restored job is only useful where a worker
 /// will take it. Replicas may run it concurrently: `restore.lua` restores a job once, and the
-/// ledger writes are idempotent. The interval is jittered (±10%) so replicas spread out.
-async fn run_reconciler(pool: PgPool, conn: RedisConn, settings: Settings, queues: Vec<QueueName>) {
-    let mut options = reconcile::Options::from_settings(&settings);
-    options.queues = Some(queues);
-    let interval = settings.maintenance.reconcile_interval;
-    let mut failing = false;
-    loop {
-        let jitter = rand_jitter(interval / 10);
-        tokio::time::sleep(interval.mul_f64(0.9) + jitter).await;
-        match reconcile::reconcile_once(&pool, &conn, &settings, &options).await {
-            Ok(report) => {
-                if failing {
-                    tracing::info!("reconciliation works again");
-                    failing = false;
+/// ledger writes are idempotent.
+#[derive(Debug, Clone)]
+pub struct Reconciler {
+    pool: PgPool,
+    conn: RedisConn,
+    settings: Settings,
+    options: reconcile::Options,
+}
+
+impl Reconciler {
+    /// A reconciler of `queues` with the `[maintenance]` settings.
+    #[must_use]
+    pub fn new(pool: PgPool, conn: RedisConn, settings: Settings, queues: Vec<QueueName>) -> Self {
+        let mut options = reconcile::Options::from_settings(&settings);
+        options.queues = Some(queues);
+        Self {
+            pool,
+            conn,
+            settings,
+            options,
+        }
+    }
+
+    /// One pass: compares the ledger with Redis and restores or records the lost jobs.
+    ///
+    /// # Errors
+    /// When Postgres or Redis fails; nothing half-done is left (each step is idempotent).
+    pub async fn run_once(&self) -> anyhow::Result<reconcile::Report> {
+        let report =
+            reconcile::reconcile_once(&self.pool, &self.conn, &self.settings, &self.options)
+                .await?;
+        if !report.lost.is_empty() {
+            tracing::info!(
+                n_examined = report.n_examined,
+                n_lost = report.lost.len(),
+                action = self.settings.maintenance.reconcile_action.as_str(),
+                "reconciliation found jobs lost from redis"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Runs a pass every `maintenance.reconcile_interval` (jittered ±10% so replicas spread
+    /// out) until the task is aborted; a failing pass is an outage, retried with backoff up
+    /// to the interval.
+    pub async fn run_until_stopped(self) {
+        let interval = self.settings.maintenance.reconcile_interval;
+        let mut outage = Outage::new("postgres/redis", "reconcile").with_max_delay(interval);
+        let mut delay = jittered(interval);
+        loop {
+            tokio::time::sleep(delay).await;
+            delay = match self.run_once().await {
+                Ok(_) => {
+                    outage.recovered();
+                    jittered(interval)
                 }
-                if !report.lost.is_empty() {
-                    tracing::info!(
-                        n_examined = report.n_examined,
-                        n_lost = report.lost.len(),
-                        action = settings.maintenance.reconcile_action.as_str(),
-                        "reconciliation found jobs lost from redis"
-                    );
-                }
-            }
-            Err(error) => {
-                if !failing {
-                    let error = anyhow::Error::from(error);
-                    tracing::warn!(error = %error, error.chain = ?error, "reconciliation failed; retrying at the next interval");
-                    failing = true;
-                }
-            }
+                Err(error) => outage.failed(&*error),
+            };
         }
     }
 }
 
-/// The ledger's retention: every `interval` (jittered ±10%), deletes finished runs (with their
-/// findings) and schedule ticks older than `retention`, in bounded batches. Several worker
-/// processes may prune at once; a row is deleted once and the others find nothing.
-async fn run_pruner(pool: PgPool, retention: Duration, interval: Duration) {
+/// The ledger's retention: deletes finished runs (with their findings) and schedule ticks
+/// older than `retention`, in bounded batches. Several worker processes may prune at once; a
+/// row is deleted once and the others find nothing.
+#[derive(Debug, Clone)]
+pub struct Pruner {
+    pool: PgPool,
+    retention: Duration,
+    interval: Duration,
+}
+
+impl Pruner {
+    /// Rows deleted per statement.
     const BATCH: i64 = 5_000;
-    let mut failing = false;
-    loop {
-        tokio::time::sleep(interval.mul_f64(0.9) + rand_jitter(interval / 10)).await;
-        let cutoff = chrono::Utc::now()
-            - chrono::TimeDelta::from_std(retention).unwrap_or(chrono::TimeDelta::MAX);
-        let pruned = async {
-            let n_runs = runs::delete_runs_older_than(&pool, cutoff, BATCH).await?;
-            let n_ticks = ticks::delete_ticks_older_than(&pool, cutoff, BATCH).await?;
-            Ok::<_, upkeep_shared::store::Error>((n_runs, n_ticks))
+
+    /// A pruner keeping `retention` of history, pruning every `interval`.
+    #[must_use]
+    pub fn new(pool: PgPool, retention: Duration, interval: Duration) -> Self {
+        Self {
+            pool,
+            retention,
+            interval,
         }
-        .await;
-        match pruned {
-            Ok((n_runs, n_ticks)) => {
-                if failing {
-                    tracing::info!("ledger pruning works again");
-                    failing = false;
+    }
+
+    /// One pass; returns how many runs and ticks it deleted.
+    ///
+    /// # Errors
+    /// When Postgres fails; batches already deleted stay deleted.
+    pub async fn run_once(&self) -> anyhow::Result<(u64, u64)> {
+        let cutoff = chrono::Utc::now()
+            - chrono::TimeDelta::from_std(self.retention).unwrap_or(chrono::TimeDelta::MAX);
+        let n_runs = runs::delete_runs_older_than(&self.pool, cutoff, Self::BATCH).await?;
+        let n_ticks = ticks::delete_ticks_older_than(&self.pool, cutoff, Self::BATCH).await?;
+        if n_runs + n_ticks > 0 {
+            tracing::info!(n_runs, n_ticks, %cutoff, "pruned the ledger");
+        }
+        Ok((n_runs, n_ticks))
+    }
+
+    /// Runs a pass every `interval` (jittered ±10%) until the task is aborted; a failing pass
+    /// is an outage, retried with backoff up to the interval.
+    pub async fn run_until_stopped(self) {
+        let mut outage = Outage::new("postgres", "prune the ledger").with_max_delay(self.interval);
+        let mut delay = jittered(self.interval);
+        loop {
+            tokio::time::sleep(delay).await;
+            delay = match self.run_once().await {
+                Ok(_) => {
+                    outage.recovered();
+                    jittered(self.interval)
                 }
-                if n_runs + n_ticks > 0 {
-                    tracing::info!(n_runs, n_ticks, %cutoff, "pruned the ledger");
-                }
-            }
-            Err(error) => {
-                if !failing {
-                    let error = anyhow::Error::from(error);
-                    tracing::warn!(error = %error, error.chain = ?error, "pruning the ledger failed; retrying at the next interval");
-                    failing = true;
-                }
-            }
+                Err(error) => outage.failed(&*error),
+            };
         }
     }
 }
 
-/// A duration in `[0, 2 × max]`: added to 0.9 × the interval, it spreads passes over ±10%.
-fn rand_jitter(max: Duration) -> Duration {
-    let nanos = u64::from(rand_nonce()) * 2;
-    max.mul_f64(nanos as f64 / f64::from(u16::MAX))
+/// `interval` give or take 10%, so replicas spread out.
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(rand::random_range(0.9..=1.1))
 }
 
 async fn migrate_with_retry(pool: &PgPool) {
-    let mut logged = false;
-    let mut delay = Duration::from_millis(200);
+    let mut outage = Outage::new("postgres", "apply migrations");
     loop {
         match upkeep_shared::MIGRATOR.run(pool).await {
             Ok(()) => {
+                outage.recovered();
                 tracing::info!("migrations applied");
                 return;
             }
             Err(error) => {
-                if !logged {
-                    tracing::warn!(error = %error, "cannot apply migrations yet; retrying");
-                    logged = true;
-                }
+                let delay = outage.failed(&error);
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -404,16 +390,8 @@ fn default_identity() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".to_owned());
-    let nonce: u16 = rand_nonce();
+    let nonce: u16 = rand::random();
     format!("{host}-{}-{nonce:04x}", std::process::id())
-}
-
-fn rand_nonce() -> u16 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    (nanos ^ std::process::id()) as u16
 }
 
 /// The whole life of a worker daemon serving `queues`: telemetry, config, build, run until

@@ -69,8 +69,8 @@ impl NewJob {
 pub enum Enqueued {
     /// The job was added under this id.
     New(JobId),
-    /// An earlier job with the same idempotency key stands for it.
-    Duplicate(JobId),
+    /// An earlier job with the same idempotency key stands for it; it is in this state now.
+    Duplicate(JobId, JobState),
 }
 
 impl Enqueued {
@@ -78,7 +78,43 @@ impl Enqueued {
     #[must_use]
     pub fn id(self) -> JobId {
         match self {
-            Self::New(id) | Self::Duplicate(id) => id,
+            Self::New(id) | Self::Duplicate(id, _) => id,
+        }
+    }
+}
+
+/// Where a job is in the queue's state machine (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Delayed until its run-at time.
+    Scheduled,
+    /// Ready to run.
+    Available,
+    /// Leased to a worker.
+    Running,
+    /// Waiting for a retry.
+    Retryable,
+    /// Succeeded; its record stays for the retention.
+    Completed,
+    /// A dead letter.
+    Discarded,
+    /// Redis no longer holds the job (deleted after its retention, or lost).
+    Gone,
+}
+
+impl JobState {
+    /// Parses the state spelling the scripts use; anything unknown is [`JobState::Gone`].
+    #[must_use]
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "scheduled" => Self::Scheduled,
+            "available" => Self::Available,
+            "running" => Self::Running,
+            "retryable" => Self::Retryable,
+            "completed" => Self::Completed,
+            "discarded" => Self::Discarded,
+            _ => Self::Gone,
         }
     }
 }
@@ -108,11 +144,15 @@ pub struct Leased {
     pub missing: bool,
 }
 
-/// A lease that expired and was taken back by [`Queue::fetch`].
+/// A lease that expired and was taken over by [`Queue::fetch`] as a *verdict lease*: the job
+/// is leased to the fetching worker under a new token with the same attempt count, and that
+/// worker settles it to what the ledger holds for the lost attempt (see `fetch.lua`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reclaimed {
     /// The job id.
     pub id: String,
+    /// The fencing token of the verdict lease.
+    pub token: String,
     /// The attempt whose lease expired.
     pub attempt: u32,
     /// The worker that held it.
@@ -125,8 +165,8 @@ pub struct Reclaimed {
     pub args: String,
     /// Enqueue time, unix ms.
     pub enqueued_at_ms: i64,
-    /// True when this was the last attempt and the job is now dead.
-    pub dead: bool,
+    /// Attempts allowed.
+    pub max_attempts: u32,
     /// The schedule that produced it.
     pub schedule: Option<String>,
     /// The tick (unix ms) that produced it.
@@ -138,7 +178,7 @@ pub struct Reclaimed {
 pub struct Fetched {
     /// Newly leased jobs.
     pub jobs: Vec<Leased>,
-    /// Expired leases taken back in the same call.
+    /// Expired leases taken over in the same call, as verdict leases of this worker.
     pub reclaimed: Vec<Reclaimed>,
     /// Time until the earliest delayed or retrying job is due, if any; only computed when the
     /// fetch leased nothing (a worker that got jobs fetches again without waiting).
@@ -154,6 +194,11 @@ pub enum Verdict {
     Retry(Duration),
     /// Failed permanently: dead letter now.
     Dead,
+    /// The attempt counts but has no result (its lease expired, or the worker stopped
+    /// mid-attempt): back to the ready list, unless it was the last attempt (then dead).
+    Release,
+    /// The attempt never began: back to the ready list, and it does not count.
+    Unstarted,
 }
 
 /// One attempt to settle.
@@ -178,6 +223,8 @@ pub enum Settled {
     Retryable,
     /// The job is dead.
     Discarded,
+    /// The job was given back to the ready list.
+    Available,
     /// The token was stale: another lease owns the job now. Nothing was changed.
     Refused,
 }
@@ -199,9 +246,11 @@ pub struct QueueStats {
     pub dead: u64,
     /// Workers seen in the last 30 s.
     pub workers: u64,
-    /// Age of the oldest ready job, in seconds.
+    /// How long the job next in line has been ready, in seconds: since it last became ready
+    /// (enqueued to run now, promoted when due, given back, requeued or restored).
     pub oldest_pending_age_seconds: Option<f64>,
-    /// Monotonic counters: enqueued, succeeded, failed, retried, dead, reclaimed.
+    /// Monotonic counters (defined in the module docs): enqueued, requeued, succeeded,
+    /// failed, retried, dead, reclaimed.
     pub totals: HashMap<String, u64>,
 }
 
@@ -273,6 +322,8 @@ impl Queue {
                 .key(&self.keys.delayed)
                 .key(&self.keys.stats)
                 .key(&self.keys.wake)
+                .key(&self.keys.done)
+                .key(&self.keys.tokens)
                 .arg(&self.keys.base)
                 .arg(millis(self.options.idempotency_ttl));
             for job in chunk {
@@ -288,15 +339,15 @@ impl Queue {
             }
             let reply: Value = invocation.invoke_async(&mut self.conn.clone()).await?;
             let fields = array(reply)?;
-            for pair in fields.chunks(2) {
-                let [id, fresh] = pair else {
-                    return Err(protocol("enqueue reply is not pairs"));
+            for triple in fields.chunks(3) {
+                let [id, fresh, state] = triple else {
+                    return Err(protocol("enqueue reply is not triples"));
                 };
                 let id = JobId::parse(&text(id)?).map_err(|e| Error::Protocol(e.to_string()))?;
                 out.push(if int(fresh)? == 1 {
                     Enqueued::New(id)
                 } else {
-                    Enqueued::Duplicate(id)
+                    Enqueued::Duplicate(id, JobState::parse(&text(state)?))
                 });
             }
         }
@@ -329,6 +380,7 @@ impl Queue {
             .arg(self.options.maintenance_limit)
             .arg(millis(self.options.dead_retention))
             .arg(millis(self.options.retention))
+            .arg(millis(self.options.idempotency_ttl))
             .invoke_async(&mut self.conn.clone())
             .await?;
         let mut parts = array(reply)?.into_iter();
@@ -355,31 +407,33 @@ impl Queue {
                 missing: text(state)? == "missing",
             });
         }
-        for f in array(reclaimed)?.chunks(10) {
+        for f in array(reclaimed)?.chunks(11) {
             let [
                 id,
+                token,
                 attempt,
                 worker,
                 leased_at,
                 kind,
                 args,
                 enq,
-                dead,
+                max,
                 sched,
                 tick,
             ] = f
             else {
-                return Err(protocol("fetch reclaim entry is not 10 fields"));
+                return Err(protocol("fetch reclaim entry is not 11 fields"));
             };
             fetched.reclaimed.push(Reclaimed {
                 id: text(id)?,
+                token: text(token)?,
                 attempt: int(attempt)? as u32,
                 worker: text(worker)?,
                 leased_at_ms: text(leased_at)?.parse().unwrap_or(0),
                 kind: text(kind)?,
                 args: text(args)?,
                 enqueued_at_ms: text(enq)?.parse().unwrap_or(0),
-                dead: int(dead)? == 1,
+                max_attempts: int(max)?.max(1) as u32,
                 schedule: non_empty(text(sched)?),
                 tick_ms: non_empty(text(tick)?).and_then(|t| t.parse().ok()),
             });
@@ -411,6 +465,7 @@ impl Queue {
             .key(&self.keys.holders)
             .key(&self.keys.attempts)
             .key(&self.keys.done)
+            .key(&self.keys.ready)
             .arg(&self.keys.base)
             .arg(millis(self.options.dead_retention));
         for s in settlements {
@@ -418,6 +473,8 @@ impl Queue {
                 Verdict::Done => ("done", 0),
                 Verdict::Retry(delay) => ("retry", millis(delay)),
                 Verdict::Dead => ("dead", 0),
+                Verdict::Release => ("release", 0),
+                Verdict::Unstarted => ("unstarted", 0),
             };
             invocation
                 .arg(&s.id)
@@ -437,6 +494,7 @@ impl Queue {
                     "completed" => Settled::Completed,
                     "retryable" => Settled::Retryable,
                     "discarded" => Settled::Discarded,
+                    "available" => Settled::Available,
                     _ => Settled::Refused,
                 };
                 Ok((text(id)?, settled))
@@ -469,7 +527,8 @@ impl Queue {
     }
 
     /// Gives leased jobs back to the ready list. `started = false` means the attempt never
-    /// began and does not count. `deregister` removes `worker` from the live-worker set.
+    /// began and does not count; a started attempt counts, and on the last attempt the job is
+    /// dead-lettered instead. `deregister` removes `worker` from the live-worker set.
     ///
     /// # Errors
     /// On a Redis error.
@@ -488,8 +547,11 @@ impl Queue {
             .key(&self.keys.tokens)
             .key(&self.keys.holders)
             .key(&self.keys.attempts)
+            .key(&self.keys.dead)
+            .key(&self.keys.stats)
             .arg(&self.keys.base)
-            .arg(if deregister { worker } else { "" });
+            .arg(if deregister { worker } else { "" })
+            .arg(millis(self.options.dead_retention));
         for (id, token, started) in leases {
             invocation
                 .arg(id)
@@ -511,6 +573,7 @@ impl Queue {
             .key(&self.keys.ready)
             .key(&self.keys.wake)
             .key(&self.keys.attempts)
+            .key(&self.keys.stats)
             .arg(&self.keys.base)
             .arg(id)
             .invoke_async(&mut self.conn.clone())

@@ -26,13 +26,13 @@
 //!
 //! | suffix | type | content |
 //! |---|---|---|
-//! | `job:<id>` | hash | `kind`, `args`, `attempt`, `max` (absolute limit), `base` (attempts before the current budget, set by requeue), `enq`, `run_at`, `state`, `token`, `worker`, `leased_at`, `err`, `sched`, `tick`, `idem`, `finished` |
+//! | `job:<id>` | hash | `kind`, `args`, `attempt`, `max` (absolute limit), `base` (attempts before the current budget, set by requeue), `enq`, `run_at`, `avail` (when it last became ready, if not at enqueue), `state`, `token`, `worker`, `leased_at`, `err`, `sched`, `tick`, `idem`, `finished` |
 //! | `ready` | list | ids ready to run; LPUSH on enqueue, RPOP on fetch |
 //! | `delayed` | zset | ids scored by run-at ms |
 //! | `retry` | zset | ids scored by retry-at ms |
 //! | `leases` | zset | ids scored by lease deadline ms |
 //! | `dead` | zset | ids scored by time of death ms |
-//! | `stats` | hash | counters `enqueued`, `succeeded`, `failed`, `retried`, `dead`, `reclaimed` |
+//! | `stats` | hash | counters, see [Counters](#counters) |
 //! | `fence` | string | fencing-token counter |
 //! | `workers` | zset | worker ids scored by last sign of life |
 //! | `wake` | list | wake-up tokens idle workers block on (capped at 64) |
@@ -44,31 +44,59 @@
 //! lookups stay O(1) instead of scanning a listpack of live leases; they are never deleted.
 //! | `attempts` | hash | job id → attempts so far, from first lease until dead or deleted |
 //! | `done` | zset | completed job ids scored by completion time; fetch deletes their hashes in bulk after `retention` |
-//! | `idem:<key>` | string | the job id an idempotency key stands for (expires) |
+//! | `idem:<key>` | string | the job id an idempotency key stands for; no expiry while the job can be acted on, then it expires with the job (and never before enqueue + `idempotency_ttl`) |
 //!
 //! # Scripts and their contracts
 //! Times come from Redis (`TIME`), so worker clocks do not matter for leases. Every range read
 //! has a `LIMIT`; no script's cost grows with the backlog.
-//! - `enqueue.lua`: per job, claim the idempotency key (`SET NX PX`) or return the id already
-//!   holding it; write the hash; LPUSH to `ready` or ZADD to `delayed`; push wake tokens.
-//! - `fetch.lua`: promote at most `maintenance_limit` due ids from `delayed` and `retry`;
-//!   reclaim at most `maintenance_limit` expired leases (back to `ready`, or to `dead` when that
-//!   was the last attempt); RPOP up to `count` ids and lease each: `attempt += 1`, a new fencing
-//!   token from `fence`, ZADD `leases` at now + lease. The lease lives in the per-queue
-//!   `tokens`/`holders`/`attempts` hashes, written once per batch: leasing a job costs one
-//!   HMGET of its hash and nothing else per job, which is what makes the hot path cheap. Returns the leased jobs, the reclaimed
-//!   leases (so the caller can record the abandoned attempts) and, when it leased nothing, when
-//!   the next delayed job is due.
+//! - `enqueue.lua`: per job, claim the idempotency key (`SET NX`) or return the id already
+//!   holding it with that job's current state; write the hash; LPUSH to `ready` or ZADD to
+//!   `delayed`; push wake tokens.
+//! - `fetch.lua`: promote at most `maintenance_limit` due ids from `delayed` and `retry`; take
+//!   over at most `maintenance_limit` expired leases as *verdict leases* of the fetching worker
+//!   (new token, same attempt count: the worker settles each to what the ledger holds for the
+//!   lost attempt, see `backend::completer`); trim at most `maintenance_limit` old dead letters
+//!   and completed jobs; RPOP up to `count` ids and lease each: `attempt += 1` (a job already
+//!   at its limit is dead-lettered instead), a new fencing token from `fence`, ZADD `leases`
+//!   at now + lease. The lease lives in the per-queue `tokens`/`holders`/`attempts` hashes,
+//!   written once per batch: leasing a job costs one HMGET of its hash and nothing else per
+//!   job, which is what makes the hot path cheap. Returns the leased jobs, the verdict leases
+//!   and, when it leased nothing, when the next delayed job is due.
 //! - `ack.lua`: per settlement, refuse it unless the token equals the job's current token in
 //!   `tokens` (a settled or reclaimed lease has none); else complete (expire after retention),
-//!   schedule a retry, or dead-letter. Lease bookkeeping is removed once per batch, and a
-//!   completion is one ZADD to `done` per batch: no per-job command at all.
+//!   schedule a retry, dead-letter, give back a counted attempt (`release`: ready, or dead on
+//!   the last attempt) or an unstarted one (`unstarted`: ready, not counted). Lease
+//!   bookkeeping is removed once per batch, and a completion is one ZADD to `done` per batch.
 //! - `renew.lua`: extend leases whose token still matches; report the ones lost.
-//! - `release.lua`: give leases back to `ready` (on shutdown), uncounting unstarted attempts.
+//! - `release.lua`: give leases back to `ready` (on shutdown): unstarted attempts do not
+//!   count; a started one counts, and on the last attempt the job is dead instead.
 //! - `requeue.lua`: operator moves a dead job back to `ready` with a fresh attempt budget.
 //! - `restore.lua`: reconciliation puts back a job whose hash Redis lost (same id, attempts
 //!   counted on from the ledger); a job whose hash exists is never touched.
 //! - `stats.lua`: LLEN/ZCARD/HGETALL, all O(1) in the backlog.
+//!
+//! Max attempts is a hard bound on every path: a retry, a lost lease or a release at shutdown
+//! on the last attempt makes a dead letter, and fetch never leases attempt `max + 1`.
+//!
+//! # Counters
+//! The `stats` hash holds monotonic counters; what moves each one:
+//! - `enqueued`: a job created in Redis: a new job in `enqueue.lua` (not a duplicate of an
+//!   idempotency key), or a lost job put back by `restore.lua`.
+//! - `requeued`: a dead letter revived by an operator (`requeue.lua`).
+//! - `succeeded`: a job completed (`ack.lua` done), including a redelivery skipped because
+//!   the ledger already had its success and a taken-over lease settled to a committed success.
+//! - `failed`: an attempt that ended without success and counts: a handler failure, timeout or
+//!   panic (`ack.lua` retry or dead), a lost lease with no result in the ledger (`ack.lua`
+//!   release), a worker stopped mid-attempt (`release.lua` started).
+//! - `retried`: a failed attempt after which the job is tried again (retry zset, or back to
+//!   `ready`). `failed = retried + the dead letters that followed a failed attempt`.
+//! - `dead`: a job moved to the dead letters, by any path (including ids with no job data and
+//!   jobs found at their limit by `fetch.lua`).
+//! - `reclaimed`: an expired lease taken over by `fetch.lua` (its attempt is then counted in
+//!   `succeeded`, `failed`, or nowhere when the ledger says it was already settled).
+//!
+//! `oldest_pending_age_seconds` is the time since the next job in line became ready (its
+//! `avail`, or its `run_at` when it was enqueued to run now), not since its first enqueue.
 //!
 //! # Job state machine
 //! ```text
@@ -103,14 +131,15 @@ mod settings;
 use std::time::Duration;
 
 pub use backend::{
-    ConsumerOptions, KindPolicy, LeaseBook, RedisBackend, SettleLayer, SettleService, now_ms,
+    BackendCounters, ConsumerOptions, KindPolicy, LeaseBook, LeaseEntry, LeasePurpose,
+    RedisBackend, SettleLayer, SettleService, now_ms, release_leftovers,
 };
 pub use client::{
-    ENQUEUE_CHUNK, Enqueued, Fetched, JobRecord, Leased, NewJob, Queue, QueueStats, Reclaimed,
-    Settled, Settlement, Verdict,
+    ENQUEUE_CHUNK, Enqueued, Fetched, JobRecord, JobState, Leased, NewJob, Queue, QueueStats,
+    Reclaimed, Settled, Settlement, Verdict,
 };
 pub use conn::{RedisConn, RedisTarget};
-pub use ledger::{Attempt, AttemptStatus, Ledger, NoLedger};
+pub use ledger::{Attempt, AttemptStatus, History, Ledger, NextState, NoLedger, Recorded};
 pub use memory::{EvictionPolicy, check_eviction_policy};
 pub use restore::LostJob;
 pub use sentinel::{DEFAULT_SENTINEL_PORT, SENTINEL_SCHEME, SentinelUrl};
@@ -155,7 +184,8 @@ pub struct QueueOptions {
     pub retention: Duration,
     /// How long a dead letter stays in Redis. Defaults to 7 days.
     pub dead_retention: Duration,
-    /// How long an idempotency key is remembered. Defaults to 24 h.
+    /// How long an idempotency key is remembered at least, from enqueue; it lives on as long
+    /// as its job can be acted on, whatever this says. Defaults to 24 h.
     pub idempotency_ttl: Duration,
     /// The most due jobs promoted, and expired leases reclaimed, per fetch. Defaults to 200.
     pub maintenance_limit: usize,

@@ -66,6 +66,7 @@ impl Queue {
             .key(&keys.ready)
             .key(&keys.wake)
             .key(&keys.attempts)
+            .key(&keys.stats)
             .arg(&keys.base);
         for job in jobs {
             invocation

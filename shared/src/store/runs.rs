@@ -4,7 +4,10 @@
 //! expanded with `UNNEST`), together with the findings of the rows it actually wrote, so a batch
 //! costs one round trip and one transaction however large it is. It is idempotent on
 //! `(job_id, attempt)`: a finished row is never overwritten by a duplicate delivery; only a
-//! `running` or `abandoned` row may be completed by a later write. Workers acknowledge a job to
+//! `running` row may be completed by a later write. An `abandoned` row is final too: the
+//! queue settles a taken-over job from it (see `queue::backend::completer`), so a result that
+//! arrives after it (a worker paused between its fence check and its commit) is dropped like
+//! a fenced one, and [`record_runs_read_back`] says so. Workers acknowledge a job to
 //! Redis only after this returns.
 //!
 //! Retention is [`delete_runs_older_than`], which deletes in bounded batches (see the
@@ -117,7 +120,7 @@ pub struct RunRow {
 /// were inserted or completed.
 ///
 /// Idempotent: a record whose `(job_id, attempt)` row already exists only completes a
-/// `running` or `abandoned` row (a `running` record never replaces anything); a finished row is
+/// `running` row (a `running` record never replaces anything); a finished row is
 /// left alone, and so are its findings. Findings are written only for rows this call wrote.
 /// When the batch holds the same attempt twice, the most final record wins.
 ///
@@ -125,8 +128,14 @@ pub struct RunRow {
 /// [`Error::Database`] on a database error, [`Error::Encode`] when an outcome cannot be encoded.
 /// Nothing is written then: the statement is atomic.
 pub async fn record_runs(pool: &PgPool, records: &[RunRecord]) -> Result<u64, Error> {
+    Ok(write_batch(pool, records).await?.len() as u64)
+}
+
+/// The one statement behind [`record_runs`]; returns the `(job_id, attempt)` of the rows it
+/// inserted or completed.
+async fn write_batch(pool: &PgPool, records: &[RunRecord]) -> Result<HashSet<(Uuid, i32)>, Error> {
     if records.is_empty() {
-        return Ok(0);
+        return Ok(HashSet::new());
     }
     // One INSERT ... ON CONFLICT cannot touch the same row twice, so duplicates inside the batch
     // are settled here.
@@ -145,7 +154,7 @@ pub async fn record_runs(pool: &PgPool, records: &[RunRecord]) -> Result<u64, Er
     for record in best.into_values() {
         columns.push(record)?;
     }
-    let n_written: i64 = sqlx::query_scalar(RECORD_RUNS_SQL)
+    let written: Vec<(Uuid, i32)> = sqlx::query_as(RECORD_RUNS_SQL)
         .bind(columns.job_id)
         .bind(columns.attempt)
         .bind(columns.kind)
@@ -161,9 +170,275 @@ pub async fn record_runs(pool: &PgPool, records: &[RunRecord]) -> Result<u64, Er
         .bind(columns.outcome)
         .bind(columns.error)
         .bind(columns.next_state)
-        .fetch_one(pool)
+        .fetch_all(pool)
         .await?;
-    Ok(u64::try_from(n_written).unwrap_or(0))
+    Ok(written.into_iter().collect())
+}
+
+/// `job_id, attempt, status, next_state, error, worker, started_at` as read back.
+type ExistingRowTuple = (
+    Uuid,
+    i32,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    DateTime<Utc>,
+);
+
+/// An existing row as [`record_runs_read_back`] compares it with a record.
+struct ExistingRow {
+    stored: StoredRun,
+    status: RunStatus,
+    worker: String,
+    started_at: DateTime<Utc>,
+}
+
+async fn read_rows(
+    pool: &PgPool,
+    keys: &[(Uuid, i32)],
+) -> Result<HashMap<(Uuid, i32), ExistingRow>, Error> {
+    let (job_ids, attempts): (Vec<Uuid>, Vec<i32>) = keys.iter().copied().unzip();
+    let rows: Vec<ExistingRowTuple> = sqlx::query_as(
+        "SELECT r.job_id, r.attempt, r.status, r.next_state, r.error, r.worker, r.started_at \
+             FROM job_runs r JOIN UNNEST($1::uuid[], $2::int4[]) AS k(job_id, attempt) \
+             ON r.job_id = k.job_id AND r.attempt = k.attempt",
+    )
+    .bind(job_ids)
+    .bind(attempts)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(
+            |(job_id, attempt, status, next_state, error, worker, started_at)| {
+                let status = RunStatus::parse(&status)?;
+                Ok((
+                    (job_id, attempt),
+                    ExistingRow {
+                        stored: StoredRun {
+                            attempt,
+                            status,
+                            next_state,
+                            error,
+                        },
+                        status,
+                        worker,
+                        started_at,
+                    },
+                ))
+            },
+        )
+        .collect()
+}
+
+/// Per job: its succeeded row, if any, and its highest attempt number.
+struct JobSummary {
+    success: Option<StoredRun>,
+    last_attempt: i32,
+}
+
+async fn job_summaries(pool: &PgPool, jobs: &[Uuid]) -> Result<HashMap<Uuid, JobSummary>, Error> {
+    let rows: Vec<(Uuid, i32, Option<i32>)> = sqlx::query_as(
+        "SELECT job_id, max(attempt), min(attempt) FILTER (WHERE status = 'succeeded') \
+         FROM job_runs WHERE job_id = ANY($1) GROUP BY job_id",
+    )
+    .bind(jobs)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(job_id, last_attempt, success)| {
+            (
+                job_id,
+                JobSummary {
+                    success: success.map(|attempt| StoredRun {
+                        attempt,
+                        status: RunStatus::Succeeded,
+                        next_state: Some("done".to_owned()),
+                        error: None,
+                    }),
+                    last_attempt,
+                },
+            )
+        })
+        .collect())
+}
+
+impl StoredRun {
+    fn of(record: &RunRecord) -> Self {
+        Self {
+            attempt: record.attempt,
+            status: record.status,
+            next_state: record.next_state.clone(),
+            error: record.error.clone(),
+        }
+    }
+}
+
+/// The row that stands for one record after [`record_runs_read_back`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRun {
+    /// The attempt number of the row (the record's, or the next free one when renumbered).
+    pub attempt: i32,
+    /// The row's status.
+    pub status: RunStatus,
+    /// The row's `next_state`.
+    pub next_state: Option<String>,
+    /// The row's error.
+    pub error: Option<String>,
+}
+
+/// Like [`record_runs`], and returns, for each record in order, the row that stands for it once
+/// the batch is committed: the queue settles each job to what the ledger holds.
+///
+/// A record whose `(job_id, attempt)` already has a final row written by another execution
+/// (another worker, or another start time) is not dropped when it is a `succeeded` or `failed`
+/// result: the attempt number was replayed (Redis lost writes and leased the job again with a
+/// number already used), so it is stored under the job's next free attempt number. A second
+/// success is the exception: a job has at most one `succeeded` row, so that record yields the
+/// existing success instead. Anything else (a duplicate of the same execution, a late
+/// `abandoned`) yields the existing row. Every step is idempotent; renumbered rows are written
+/// in a second statement, which happens only after Redis lost writes.
+///
+/// # Errors
+/// As [`record_runs`]. A failure after the first statement leaves that statement committed;
+/// calling again with the same records is safe.
+pub async fn record_runs_read_back(
+    pool: &PgPool,
+    records: &[RunRecord],
+) -> Result<Vec<StoredRun>, Error> {
+    let mut stored: Vec<Option<StoredRun>> = vec![None; records.len()];
+    let mut pending: Vec<usize> = (0..records.len()).collect();
+    let mut batch: Vec<RunRecord> = records.to_vec();
+    // Each round writes what is pending; a renumbered record that loses a race for its new
+    // number to a concurrent writer is tried again with the next one.
+    for _round in 0..4 {
+        if pending.is_empty() {
+            break;
+        }
+        let to_write: Vec<RunRecord> = pending.iter().map(|idx| batch[*idx].clone()).collect();
+        let written = write_batch(pool, &to_write).await?;
+        let unwritten: Vec<usize> = pending
+            .iter()
+            .copied()
+            .filter(|idx| !written.contains(&(batch[*idx].job_id.0, batch[*idx].attempt)))
+            .collect();
+        // The batch may hold one attempt twice (a reclaim's `abandoned` and the late result):
+        // the write kept the most final record, and that is what stands for both.
+        let mut winners: HashMap<(Uuid, i32), usize> = HashMap::new();
+        for idx in &pending {
+            let record = &batch[*idx];
+            winners
+                .entry((record.job_id.0, record.attempt))
+                .and_modify(|kept| {
+                    if record.status.finality() >= batch[*kept].status.finality() {
+                        *kept = *idx;
+                    }
+                })
+                .or_insert(*idx);
+        }
+        for idx in &pending {
+            let key = (batch[*idx].job_id.0, batch[*idx].attempt);
+            if written.contains(&key) {
+                stored[*idx] = Some(StoredRun::of(&batch[winners[&key]]));
+            }
+        }
+        if unwritten.is_empty() {
+            break;
+        }
+        let keys: Vec<(Uuid, i32)> = unwritten
+            .iter()
+            .map(|idx| (batch[*idx].job_id.0, batch[*idx].attempt))
+            .collect();
+        let existing = read_rows(pool, &keys).await?;
+        let jobs: Vec<Uuid> = keys.iter().map(|(job_id, _)| *job_id).collect();
+        let summaries = job_summaries(pool, &jobs).await?;
+        let mut renumbered = Vec::new();
+        for idx in unwritten {
+            let record = &batch[idx];
+            let row = existing.get(&(record.job_id.0, record.attempt));
+            let summary = summaries.get(&record.job_id.0);
+            // An `abandoned` row is a takeover's verdict: the queue was settled from it, so a
+            // late result of that attempt is dropped like a fenced one, not renumbered.
+            let replayed = row.is_some_and(|row| {
+                matches!(
+                    row.status,
+                    RunStatus::Succeeded | RunStatus::Failed | RunStatus::Skipped
+                ) && matches!(record.status, RunStatus::Succeeded | RunStatus::Failed)
+                    && (row.worker != record.worker || row.started_at != record.started_at)
+            });
+            let second_success = record.status == RunStatus::Succeeded
+                && summary.is_some_and(|summary| summary.success.is_some());
+            match (replayed, second_success, summary) {
+                (true, false, Some(summary)) => {
+                    batch[idx].attempt = summary.last_attempt + 1;
+                    renumbered.push(idx);
+                }
+                (_, true, Some(summary)) => {
+                    stored[idx] = summary.success.clone();
+                }
+                _ => {
+                    stored[idx] = row.map(|row| row.stored.clone());
+                }
+            }
+        }
+        pending = renumbered;
+    }
+    stored
+        .into_iter()
+        .zip(records)
+        .map(|(stored, record)| {
+            stored.ok_or_else(|| {
+                Error::Invalid(format!(
+                    "job {} attempt {}: no row after recording it",
+                    record.job_id, record.attempt
+                ))
+            })
+        })
+        .collect()
+}
+
+/// What the ledger knows of a job before it runs: whether it succeeded, and its highest
+/// attempt number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobHistory {
+    /// Some attempt succeeded.
+    pub succeeded: bool,
+    /// The highest attempt number with a row.
+    pub last_attempt: i32,
+}
+
+/// The history of each of `ids` that has rows, in one statement (an index range scan per job).
+///
+/// # Errors
+/// [`Error::Database`] on a database error.
+pub async fn job_histories(
+    pool: &PgPool,
+    ids: &[JobId],
+) -> Result<HashMap<JobId, JobHistory>, Error> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let uuids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+    let rows: Vec<(Uuid, bool, i32)> = sqlx::query_as(
+        "SELECT job_id, bool_or(status = 'succeeded'), max(attempt) FROM job_runs \
+         WHERE job_id = ANY($1) GROUP BY job_id",
+    )
+    .bind(uuids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(job_id, succeeded, last_attempt)| {
+            (
+                JobId(job_id),
+                JobHistory {
+                    succeeded,
+                    last_attempt,
+                },
+            )
+        })
+        .collect())
 }
 
 /// Which of `ids` already have a succeeded attempt (workers skip those: delivery is
@@ -285,11 +560,12 @@ impl RunStatus {
         })
     }
 
-    /// Whether the attempt is over (anything but running or abandoned, which a later write may
-    /// still complete).
+    /// Whether the attempt is over (anything but running, which a later write completes). An
+    /// `abandoned` row is final: whoever took the lease over settled the job from it, so a
+    /// late result of that attempt must not change what the ledger says.
     #[must_use]
     pub fn is_final(self) -> bool {
-        !matches!(self, Self::Running | Self::Abandoned)
+        !matches!(self, Self::Running)
     }
 
     /// How final a status is, to pick one record when a batch holds the same attempt twice.
@@ -415,11 +691,12 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// The batch write: rows in, conflicts settled, findings of the written rows in, count out.
+/// The batch write: rows in, conflicts settled, findings of the written rows in, the keys of
+/// the written rows out.
 ///
 /// The `ON CONFLICT ... WHERE` clause is the idempotency rule: an existing row is only
-/// completed when it is `running` or `abandoned`, never by a `running` record, and never by an
-/// identical status (a duplicate `abandoned`). `RETURNING` yields only rows inserted or
+/// completed when it is `running`, and never by a `running` record. An `abandoned` row is
+/// final: the worker that took the lease over settled the job from it. `RETURNING` yields only rows inserted or
 /// updated, so findings of a duplicate delivery are not written again; the unique
 /// `(job_id, attempt, ordinal)` key makes that doubly sure.
 const RECORD_RUNS_SQL: &str = r"
@@ -449,9 +726,8 @@ WITH input AS (
         error = EXCLUDED.error,
         next_state = EXCLUDED.next_state,
         recorded_at = now()
-    WHERE job_runs.status IN ('running', 'abandoned')
+    WHERE job_runs.status = 'running'
       AND EXCLUDED.status <> 'running'
-      AND EXCLUDED.status <> job_runs.status
     RETURNING job_id, attempt, kind, outcome, finished_at
 ), found AS (
     INSERT INTO findings (job_id, attempt, ordinal, kind, code, severity, message, detail,
@@ -465,4 +741,4 @@ WITH input AS (
         WITH ORDINALITY AS f(finding, ordinal)
     ON CONFLICT (job_id, attempt, ordinal) DO NOTHING
 )
-SELECT count(*) FROM written";
+SELECT job_id, attempt FROM written";

@@ -52,30 +52,68 @@ async fn a_duplicate_delivery_does_not_overwrite_a_finished_run(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
-async fn an_abandoned_run_can_be_completed_by_a_later_write(pool: PgPool) {
+async fn an_abandoned_run_is_final_and_a_late_result_of_that_attempt_reads_back_the_abandoned_row(
+    pool: PgPool,
+) {
+    // Arrange: the worker that took the expired lease over recorded the attempt as abandoned
+    // (and settled the job from that row).
     let job_id = JobId::new();
     runs::record_runs(&pool, &[record(job_id, 1, RunStatus::Abandoned)])
         .await
         .unwrap();
 
-    let n_written = runs::record_runs(
-        &pool,
-        &[succeeded_with_findings(
-            job_id,
-            1,
-            &[("disk.used_pct", Severity::Warn)],
-        )],
-    )
-    .await
-    .unwrap();
+    // Act: the paused worker's success of that attempt arrives afterwards.
+    let late = succeeded_with_findings(job_id, 1, &[("disk.used_pct", Severity::Warn)]);
+    let stored = runs::record_runs_read_back(&pool, &[late]).await.unwrap();
 
-    assert_eq!(n_written, 1);
+    // Assert: the ledger keeps the row the queue was settled from.
+    assert_eq!(stored[0].status, RunStatus::Abandoned);
+    assert_eq!(stored[0].attempt, 1);
     let rows = runs::runs_for_job(&pool, job_id).await.unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].status, RunStatus::Succeeded);
-    assert_eq!(rows[0].duration_ms, Some(1500));
-    assert_eq!(rows[0].outcome.as_ref().unwrap().findings.len(), 1);
-    assert_eq!(count(&pool, "SELECT count(*) FROM findings").await, 1);
+    assert_eq!(rows[0].status, RunStatus::Abandoned);
+    assert_eq!(count(&pool, "SELECT count(*) FROM findings").await, 0);
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn a_replayed_attempt_number_is_stored_under_the_next_one_and_a_second_success_is_not(
+    pool: PgPool,
+) {
+    // Arrange: attempt 1 failed, attempt 2 is unknown; Redis lost writes and attempt 1 runs
+    // again on another worker, twice (a failure, then a success).
+    let job_id = JobId::new();
+    runs::record_runs(&pool, &[record(job_id, 1, RunStatus::Failed)])
+        .await
+        .unwrap();
+    let mut replayed_success = record(job_id, 1, RunStatus::Succeeded);
+    replayed_success.worker = "worker-b".to_owned();
+    let mut second_success = record(job_id, 1, RunStatus::Succeeded);
+    second_success.worker = "worker-c".to_owned();
+
+    // Act
+    let first = runs::record_runs_read_back(&pool, &[replayed_success])
+        .await
+        .unwrap();
+    let second = runs::record_runs_read_back(&pool, &[second_success])
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(
+        (first[0].attempt, first[0].status),
+        (2, RunStatus::Succeeded)
+    );
+    assert_eq!(
+        (second[0].attempt, second[0].status),
+        (2, RunStatus::Succeeded),
+        "a second success reads back the first one"
+    );
+    let rows = runs::runs_for_job(&pool, job_id).await.unwrap();
+    let summary: Vec<(i32, RunStatus)> = rows.iter().map(|r| (r.attempt, r.status)).collect();
+    assert_eq!(
+        summary,
+        vec![(1, RunStatus::Failed), (2, RunStatus::Succeeded)]
+    );
 }
 
 #[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]

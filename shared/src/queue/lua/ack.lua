@@ -2,15 +2,20 @@
 -- is no longer the job's current token (the lease expired and the job was leased again, or it
 -- was already settled) is refused and reported, never applied.
 -- KEYS[1] leases, KEYS[2] retry, KEYS[3] dead, KEYS[4] stats, KEYS[5] wake,
--- KEYS[6] tokens, KEYS[7] holders, KEYS[8] attempts, KEYS[9] done zset
+-- KEYS[6] tokens, KEYS[7] holders, KEYS[8] attempts, KEYS[9] done zset, KEYS[10] ready
 -- A completed job costs no per-job command: it joins the `done` zset (one ZADD per batch), and
 -- fetch deletes its hash in bulk once the retention has passed.
 -- ARGV[1] key base, ARGV[2] dead retention ms,
--- then 5 fields per settlement: id, token, verdict (done|retry|dead), retry delay ms, error.
--- The caller sends at most a few hundred settlements per call. A retry of the last attempt
--- becomes a dead letter.
+-- then 5 fields per settlement: id, token, verdict, retry delay ms, error. Verdicts:
+--   done       completed
+--   retry      failed; retry after the delay (dead when it was the last attempt)
+--   dead       failed for good
+--   release    the attempt counts but has no result (its lease expired, or the worker stopped
+--              mid-attempt): back to `ready`, or dead when it was the last attempt
+--   unstarted  the attempt never began: back to `ready`, and it does not count
+-- The caller sends at most a few hundred settlements per call.
 -- Returns a flat list of 2 fields per settlement: id, applied state
---   (completed|retryable|discarded) or 'refused' when the token is stale.
+--   (completed|retryable|discarded|available) or 'refused' when the token is stale.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local base = ARGV[1]
@@ -23,7 +28,7 @@ if #ids == 0 then return {} end
 local current = redis.call('HMGET', KEYS[6], unpack(ids))
 local attempts = redis.call('HMGET', KEYS[8], unpack(ids))
 local out = {}
-local settled, buried, retries, deaths, completions = {}, {}, {}, {}, {}
+local settled, buried, retries, deaths, completions, ready = {}, {}, {}, {}, {}, {}
 local n_done, n_failed, n_dead, n_retried = 0, 0, 0, 0
 for k, id in ipairs(ids) do
   local i = 3 + (k - 1) * 5
@@ -35,7 +40,8 @@ for k, id in ipairs(ids) do
     local job = base .. 'job:' .. id
     local attempt = attempts[k] or '0'
     settled[#settled + 1] = id
-    if verdict == 'retry' and tonumber(attempt) >= (tonumber(redis.call('HGET', job, 'max')) or 1) then
+    if (verdict == 'retry' or verdict == 'release')
+        and tonumber(attempt) >= (tonumber(redis.call('HGET', job, 'max')) or 1) then
       verdict = 'dead'
     end
     if verdict == 'done' then
@@ -50,9 +56,25 @@ for k, id in ipairs(ids) do
       n_failed = n_failed + 1
       n_retried = n_retried + 1
       state = 'retryable'
+    elseif verdict == 'release' or verdict == 'unstarted' then
+      if verdict == 'release' then
+        redis.call('HSET', job, 'state', 'available', 'err', err, 'avail', now_text)
+        n_failed = n_failed + 1
+        n_retried = n_retried + 1
+      else
+        redis.call('HSET', job, 'state', 'available')
+        redis.call('HINCRBY', KEYS[8], id, -1)
+      end
+      ready[#ready + 1] = id
+      state = 'available'
     else
       redis.call('HSET', job, 'state', 'discarded', 'err', err, 'finished', now, 'attempt', attempt)
       redis.call('PEXPIRE', job, dead_retention)
+      -- The idempotency key stands for the dead letter as long as it is kept.
+      local f = redis.call('HMGET', job, 'idem', 'enq')
+      if f[1] then
+        redis.call('PEXPIRE', base .. 'idem:' .. f[1], dead_retention)
+      end
       deaths[#deaths + 1] = now
       deaths[#deaths + 1] = id
       buried[#buried + 1] = id
@@ -73,12 +95,15 @@ if #buried > 0 then redis.call('HDEL', KEYS[8], unpack(buried)) end
 if #completions > 0 then redis.call('ZADD', KEYS[9], unpack(completions)) end
 if #retries > 0 then redis.call('ZADD', KEYS[2], unpack(retries)) end
 if #deaths > 0 then redis.call('ZADD', KEYS[3], unpack(deaths)) end
+-- Given back jobs already waited their turn: the next pop takes them.
+if #ready > 0 then redis.call('RPUSH', KEYS[10], unpack(ready)) end
 if n_done > 0 then redis.call('HINCRBY', KEYS[4], 'succeeded', n_done) end
 if n_failed > 0 then redis.call('HINCRBY', KEYS[4], 'failed', n_failed) end
 if n_retried > 0 then redis.call('HINCRBY', KEYS[4], 'retried', n_retried) end
 if n_dead > 0 then redis.call('HINCRBY', KEYS[4], 'dead', n_dead) end
--- A scheduled retry wakes one idle worker, so it learns the due time instead of sleeping past it.
-if n_retried > 0 then
+-- A scheduled retry or a job given back wakes one idle worker, so it learns the due time
+-- (or takes the job) instead of sleeping past it.
+if n_retried > 0 or #ready > 0 then
   redis.call('LPUSH', KEYS[5], 1)
   redis.call('LTRIM', KEYS[5], 0, 63)
 end

@@ -1,15 +1,23 @@
 -- Enqueue a batch of jobs into one queue. Bounded by the batch size the caller sends.
--- KEYS[1] ready list, KEYS[2] delayed zset, KEYS[3] stats hash, KEYS[4] wake list
+-- KEYS[1] ready list, KEYS[2] delayed zset, KEYS[3] stats hash, KEYS[4] wake list,
+-- KEYS[5] done zset, KEYS[6] tokens hash
 -- ARGV[1] key base "<prefix>:{<queue>}:" (job and idempotency keys are built from it,
---         and share the queue's hash tag), ARGV[2] idempotency ttl ms,
+--         and share the queue's hash tag), ARGV[2] idempotency ttl ms (unused here: the key
+--         gets its expiry when its job does, see below),
 -- then 8 fields per job: id, kind, args, max_attempts, run_at_ms (0 = now), idem_key ('' = none),
 --         schedule ('' = none), tick_ms ('' = none)
--- Returns a flat array: for each job, the id that stands for it and 1 if it was enqueued now,
--- 0 if an earlier job with the same idempotency key already stands for it.
+-- Returns a flat array of 3 fields per job: the id that stands for it; 1 if it was enqueued now,
+-- 0 if an earlier job with the same idempotency key already stands for it; and for a duplicate
+-- that job's current state (scheduled, available, running, retryable, completed, discarded, or
+-- gone when Redis no longer has it), '' for a new job.
+-- An idempotency key has no expiry while its job can still be acted on (delayed, ready, leased,
+-- retrying, however long that takes): it is given one when the job's own record gets one, the
+-- same as a dead letter's (ack.lua, release.lua, fetch.lua), or the later of the job's deletion
+-- after retention and enqueue + ttl (fetch.lua). A requeued dead letter's key loses its expiry
+-- again (requeue.lua).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local base = ARGV[1]
-local idem_ttl = tonumber(ARGV[2])
 local out = {}
 local ready = {}
 local n_ready = 0
@@ -20,14 +28,23 @@ for i = 3, #ARGV, 8 do
   local existing = false
   if idem ~= '' then
     local key = base .. 'idem:' .. idem
-    local ok = redis.call('SET', key, id, 'NX', 'PX', idem_ttl)
+    local ok = redis.call('SET', key, id, 'NX')
     if not ok then
       existing = redis.call('GET', key)
     end
   end
   if existing then
+    local state
+    if redis.call('ZSCORE', KEYS[5], existing) then
+      state = 'completed'
+    elseif redis.call('HEXISTS', KEYS[6], existing) == 1 then
+      state = 'running'
+    else
+      state = redis.call('HGET', base .. 'job:' .. existing, 'state') or 'gone'
+    end
     out[#out + 1] = existing
     out[#out + 1] = 0
+    out[#out + 1] = state
   else
     local job = base .. 'job:' .. id
     local state = 'available'
@@ -46,6 +63,7 @@ for i = 3, #ARGV, 8 do
     n_new = n_new + 1
     out[#out + 1] = id
     out[#out + 1] = 1
+    out[#out + 1] = ''
   end
 end
 if n_ready > 0 then redis.call('LPUSH', KEYS[1], unpack(ready)) end

@@ -1,16 +1,17 @@
 -- Lease up to COUNT ready jobs to one worker, after promoting due delayed and retrying jobs,
--- reclaiming expired leases and trimming old dead letters. Every range has a LIMIT, so the
+-- taking over expired leases and trimming old dead letters and completed jobs. Every range has a LIMIT, so the
 -- cost of one call is bounded by its arguments, never by the size of the backlog.
 -- KEYS[1] ready, KEYS[2] delayed, KEYS[3] retry, KEYS[4] leases, KEYS[5] dead,
 -- KEYS[6] stats, KEYS[7] fence counter, KEYS[8] workers zset, KEYS[9] tokens hash,
 -- KEYS[10] holders hash, KEYS[11] attempts hash, KEYS[12] done zset
 -- ARGV[1] key base, ARGV[2] worker id, ARGV[3] count, ARGV[4] lease ms,
--- ARGV[5] promote/reclaim/clean-up limit, ARGV[6] dead retention ms, ARGV[7] retention ms
+-- ARGV[5] promote/reclaim/clean-up limit, ARGV[6] dead retention ms, ARGV[7] retention ms,
+-- ARGV[8] idempotency ttl ms
 -- Returns { jobs, reclaimed, next_due_in_ms } where
 --   jobs      = flat list of 10 fields per leased job:
 --               id, token, attempt, max, kind, args, enq, sched, tick, state_was
---   reclaimed = flat list of 10 fields per expired lease taken back:
---               id, attempt, worker, leased_at, kind, args, enq, dead(1/0), sched, tick
+--   reclaimed = flat list of 11 fields per expired lease taken back as a verdict lease:
+--               id, new token, attempt, worker, leased_at, kind, args, enq, max, sched, tick
 --   next_due_in_ms = ms until the earliest delayed/retrying job is due, -1 if none or when
 --                    jobs were leased (the caller fetches again at once then)
 -- The lease itself (token, holder, attempt count) lives in three per-queue hashes written
@@ -21,71 +22,104 @@ local base, worker = ARGV[1], ARGV[2]
 local count, lease_ms, limit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local dead_retention = tonumber(ARGV[6])
 local retention = tonumber(ARGV[7])
+local idem_ttl = tonumber(ARGV[8])
+local dead_reason = 'attempt limit reached before the attempt started'
 local PIN = '~hashtable-encoding-pin~' .. string.rep('~', 48)
 
--- 1. Promote due delayed and retrying jobs (oldest due first).
+-- 1. Promote due delayed and retrying jobs (oldest due first). `avail` records when a job
+--    became ready, so the oldest pending age measures the wait since then.
 for _, zkey in ipairs({ KEYS[2], KEYS[3] }) do
-  local due = redis.call('ZRANGE', zkey, '-inf', now, 'BYSCORE', 'LIMIT', 0, limit)
+  local due = redis.call('ZRANGE', zkey, '-inf', now, 'BYSCORE', 'LIMIT', 0, limit, 'WITHSCORES')
   if #due > 0 then
-    redis.call('ZREM', zkey, unpack(due))
-    for _, id in ipairs(due) do
-      redis.call('HSET', base .. 'job:' .. id, 'state', 'available')
+    local ids = {}
+    for i = 1, #due, 2 do
+      ids[#ids + 1] = due[i]
+      redis.call('HSET', base .. 'job:' .. due[i], 'state', 'available', 'avail', due[i + 1])
     end
-    redis.call('LPUSH', KEYS[1], unpack(due))
+    redis.call('ZREM', zkey, unpack(ids))
+    redis.call('LPUSH', KEYS[1], unpack(ids))
   end
 end
 
--- 2. Take back expired leases. An expired lease counts as an attempt: a job that kills its
---    worker every time ends in the dead letters instead of looping forever.
+-- 2. Take back expired leases. The script cannot know whether the lost attempt's result is
+--    already committed in the ledger (a worker that committed and was paused before its ack),
+--    so it decides nothing: each expired lease becomes a new lease of this worker, a *verdict
+--    lease* with a new token and the same attempt count. The worker records the attempt as
+--    abandoned, reads back what the ledger holds for it, and settles the job to that: done or
+--    dead when the ledger has that verdict, otherwise given back to `ready` (or dead on the
+--    last attempt) with the attempt counted, so a job that kills its worker ends dead instead
+--    of looping. If this worker dies too, the verdict lease expires and the next fetch takes
+--    it over in the same way.
 local reclaimed = {}
 local expired = redis.call('ZRANGE', KEYS[4], '-inf', now, 'BYSCORE', 'LIMIT', 0, limit)
 if #expired > 0 then
-  redis.call('ZREM', KEYS[4], unpack(expired))
   local holders = redis.call('HMGET', KEYS[10], unpack(expired))
   local attempts = redis.call('HMGET', KEYS[11], unpack(expired))
-  redis.call('HDEL', KEYS[9], unpack(expired))
-  redis.call('HDEL', KEYS[10], unpack(expired))
+  local first_token = redis.call('INCRBY', KEYS[7], #expired) - #expired
+  local deadline = tostring(now + lease_ms)
+  local holder = worker .. '|' .. now
+  local leases, tokens, held, gone = {}, {}, {}, {}
   for i, id in ipairs(expired) do
     local job = base .. 'job:' .. id
     local f = redis.call('HMGET', job, 'max', 'kind', 'args', 'enq', 'sched', 'tick')
-    local holder = holders[i] or '|'
-    local sep = string.find(holder, '|', 1, true) or (#holder + 1)
-    local held_by, leased_at = string.sub(holder, 1, sep - 1), string.sub(holder, sep + 1)
-    local attempt = tonumber(attempts[i]) or 1
-    local max = tonumber(f[1]) or 1
-    local dead = 0
-    if attempt >= max then
-      dead = 1
-      redis.call('HSET', job, 'state', 'discarded', 'finished', now, 'attempt', attempt,
-        'err', 'lease expired on attempt ' .. attempt .. ' of ' .. max .. ' (worker ' .. held_by .. ')')
-      redis.call('HDEL', KEYS[11], id)
-      redis.call('ZADD', KEYS[5], now, id)
-      redis.call('PEXPIRE', job, dead_retention)
-      redis.call('HINCRBY', KEYS[6], 'dead', 1)
+    if f[2] then
+      local previous = holders[i] or '|'
+      local sep = string.find(previous, '|', 1, true) or (#previous + 1)
+      local held_by, leased_at = string.sub(previous, 1, sep - 1), string.sub(previous, sep + 1)
+      local token = first_token + i
+      leases[#leases + 1] = deadline
+      leases[#leases + 1] = id
+      tokens[#tokens + 1] = id
+      tokens[#tokens + 1] = token
+      held[#held + 1] = id
+      held[#held + 1] = holder
+      for _, v in ipairs({ id, token, tonumber(attempts[i]) or 1, held_by, leased_at, f[2], f[3] or '',
+          f[4] or '', f[1] or '1', f[5] or '', f[6] or '' }) do
+        reclaimed[#reclaimed + 1] = v
+      end
     else
-      redis.call('HSET', job, 'err', 'lease expired (worker ' .. held_by .. ')')
-      -- The job already waited its turn: put it where the next pop takes it.
-      redis.call('RPUSH', KEYS[1], id)
+      -- The job's hash is gone (deleted by hand): nothing to run or settle.
+      gone[#gone + 1] = id
     end
-    redis.call('HINCRBY', KEYS[6], 'reclaimed', 1)
-    for _, v in ipairs({ id, attempt, held_by, leased_at, f[2] or '', f[3] or '', f[4] or '', dead, f[5] or '', f[6] or '' }) do
-      reclaimed[#reclaimed + 1] = v
-    end
+  end
+  if #leases > 0 then
+    redis.call('ZADD', KEYS[4], unpack(leases))
+    redis.call('HSET', KEYS[9], PIN, '', unpack(tokens))
+    redis.call('HSET', KEYS[10], PIN, '', unpack(held))
+    redis.call('HINCRBY', KEYS[6], 'reclaimed', #leases / 2)
+  end
+  if #gone > 0 then
+    redis.call('ZREM', KEYS[4], unpack(gone))
+    redis.call('HDEL', KEYS[9], unpack(gone))
+    redis.call('HDEL', KEYS[10], unpack(gone))
+    redis.call('HDEL', KEYS[11], unpack(gone))
   end
 end
 
--- 3. Forget dead letters past their retention (their hashes expire by themselves), and delete
---    completed jobs past theirs, in bulk: completing a job costs no per-job command.
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - dead_retention)
+-- 3. Forget dead letters past their retention (their hashes and idempotency keys expire by
+--    themselves), and delete completed jobs past theirs, in bulk: completing a job costs no
+--    per-job command. Both ranges are bounded; what is left is taken by the next fetch.
 local more_to_clean = false
+local stale = redis.call('ZRANGE', KEYS[5], '-inf', now - dead_retention, 'BYSCORE', 'LIMIT', 0, limit)
+if #stale > 0 then
+  redis.call('ZREM', KEYS[5], unpack(stale))
+  more_to_clean = #stale == limit
+end
 local finished = redis.call('ZRANGE', KEYS[12], '-inf', now - retention, 'BYSCORE', 'LIMIT', 0, limit)
 if #finished > 0 then
   local job_keys = {}
-  for i, id in ipairs(finished) do job_keys[i] = base .. 'job:' .. id end
+  for i, id in ipairs(finished) do
+    job_keys[i] = base .. 'job:' .. id
+    -- An idempotency key lives as long as its job, and at least its own TTL from enqueue.
+    local f = redis.call('HMGET', job_keys[i], 'idem', 'enq')
+    if f[1] then
+      redis.call('PEXPIREAT', base .. 'idem:' .. f[1], math.max(now + 1, (tonumber(f[2]) or 0) + idem_ttl))
+    end
+  end
   redis.call('UNLINK', unpack(job_keys))
   redis.call('HDEL', KEYS[11], unpack(finished))
   redis.call('ZREM', KEYS[12], unpack(finished))
-  more_to_clean = #finished == limit
+  more_to_clean = more_to_clean or #finished == limit
 end
 
 -- 4. Lease ready jobs.
@@ -104,9 +138,20 @@ if count > 0 then
       local job = base .. 'job:' .. id
       local f = redis.call('HMGET', job, 'kind', 'args', 'max', 'enq', 'sched', 'tick')
       local k = #jobs
-      if f[1] then
+      local attempt = (tonumber(previous[i]) or 0) + 1
+      if f[1] and attempt > (tonumber(f[3]) or 1) then
+        -- Max attempts is a hard bound on every path: a job that already used its budget (an
+        -- older release that did not count it) is a dead letter, not an extra attempt.
+        redis.call('HSET', job, 'state', 'discarded', 'finished', now, 'attempt', attempt - 1,
+          'err', dead_reason)
+        redis.call('HDEL', KEYS[11], id)
+        redis.call('PEXPIRE', job, dead_retention)
+        redis.call('ZADD', KEYS[5], now, id)
+        redis.call('HINCRBY', KEYS[6], 'dead', 1)
+        local idem = redis.call('HGET', job, 'idem')
+        if idem then redis.call('PEXPIRE', base .. 'idem:' .. idem, dead_retention) end
+      elseif f[1] then
         local token = first_token + i
-        local attempt = (tonumber(previous[i]) or 0) + 1
         local l = #leases
         leases[l + 1] = deadline
         leases[l + 2] = id

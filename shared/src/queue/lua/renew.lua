@@ -22,6 +22,7 @@ if #ids > 0 then
   if #renewed > 0 then redis.call('ZADD', KEYS[1], 'XX', unpack(renewed)) end
 end
 redis.call('ZADD', KEYS[2], now, ARGV[2])
--- Forget workers not seen for an hour; bounded by the number of workers that ever ran.
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 3600000)
+-- Forget workers not seen for an hour, at most 100 per call (every range has a LIMIT).
+local gone = redis.call('ZRANGE', KEYS[2], '-inf', now - 3600000, 'BYSCORE', 'LIMIT', 0, 100)
+if #gone > 0 then redis.call('ZREM', KEYS[2], unpack(gone)) end
 return lost

@@ -9,8 +9,11 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local oldest = -1
 local tail = redis.call('LINDEX', KEYS[1], -1)
 if tail then
-  local enq = redis.call('HGET', ARGV[1] .. 'job:' .. tail, 'enq')
-  if enq then oldest = tonumber(enq) end
+  -- When the job last became ready (`avail`: promoted, given back, requeued, restored), else
+  -- when it was enqueued to run (`run_at`): not its first enqueue, which may be days old.
+  local f = redis.call('HMGET', ARGV[1] .. 'job:' .. tail, 'avail', 'run_at', 'enq')
+  local since = f[1] or f[2] or f[3]
+  if since then oldest = tonumber(since) end
 end
 return {
   redis.call('LLEN', KEYS[1]),
