@@ -58,6 +58,8 @@ pub struct Settings {
     pub api: ApiSettings,
     /// Logging.
     pub telemetry: TelemetrySettings,
+    /// `[reports]`: the Postgres health reports' target databases and thresholds.
+    pub reports: crate::reports::ReportsSettings,
     /// AES-256-GCM key for stored credentials. Defaults to none; only the token worker needs it.
     pub secret_key: Option<SecretKey>,
     /// The config file these settings came from; `None` for built-in defaults or a string.
@@ -520,6 +522,7 @@ impl Default for Settings {
             maintenance: MaintenanceSettings::default(),
             api: ApiSettings::default(),
             telemetry: TelemetrySettings::default(),
+            reports: crate::reports::ReportsSettings::default(),
             secret_key: None,
             loaded_from: None,
         }
@@ -897,6 +900,7 @@ const TOP_KEYS: &[&str] = &[
     "maintenance",
     "api",
     "telemetry",
+    "reports",
     "secret_key",
 ];
 const DATABASE_KEYS: &[&str] = &[
@@ -1396,8 +1400,6 @@ fn validate(
         table: Some(doc),
     };
     root.check_keys(ctx, TOP_KEYS);
-    // The feature sections (`serde_section`) resolve their indirect secrets from `env`.
-    let _ = env;
     let database = validate_database(ctx, doc);
     let redis = validate_redis(ctx, doc);
     let queues = validate_queues(ctx, doc);
@@ -1408,6 +1410,7 @@ fn validate(
     let maintenance = validate_maintenance(ctx, doc);
     let api = validate_api(ctx, doc);
     let telemetry = validate_telemetry(ctx, doc);
+    let reports = serde_section(ctx, doc, "reports", env);
     let secret_key =
         root.opt_string(ctx, "secret_key", true)
             .and_then(|text| match SecretKey::parse(text) {
@@ -1428,6 +1431,7 @@ fn validate(
         maintenance,
         api,
         telemetry,
+        reports,
         secret_key,
         loaded_from,
     }
