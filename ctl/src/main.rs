@@ -11,6 +11,7 @@ use upkeep_shared::shutdown::Shutdown;
 use upkeep_shared::{JobKind, QueueName};
 
 mod reconcile;
+mod reports;
 
 mod schedules;
 
@@ -68,6 +69,8 @@ enum Command {
     Reconcile(reconcile::ReconcileArgs),
     /// Schedules: health, next fire times, pause, resume, trigger, backfill.
     Schedules(schedules::SchedulesArgs),
+    /// Postgres health reports: show slow queries, bloat, index usage, connections; install views.
+    Reports(reports::ReportsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => upkeep_workers::bench::run(settings, args).await,
         Command::Reconcile(args) => reconcile::run(&settings, args).await,
         Command::Schedules(args) => schedules::run(settings, args).await,
+        Command::Reports(args) => reports::run(&settings, args).await,
     }
 }
 
