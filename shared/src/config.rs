@@ -3105,11 +3105,16 @@ mod tests {
     fn the_example_and_demo_configs_are_valid() {
         let example = load(include_str!("../../upkeep.example.toml"), &[])
             .unwrap_or_else(|e| panic!("upkeep.example.toml: {e}"));
-        let demo = load(include_str!("../../deploy/demo.toml"), &[])
-            .unwrap_or_else(|e| panic!("deploy/demo.toml: {e}"));
+        // The demo reports on its own database, whose URL it reads from DATABASE_URL.
+        let demo = load(
+            include_str!("../../deploy/demo.toml"),
+            &[("DATABASE_URL", "postgres://demo@127.0.0.1/upkeep")],
+        )
+        .unwrap_or_else(|e| panic!("deploy/demo.toml: {e}"));
 
         assert_eq!(example.schedules.len(), 1);
-        assert_eq!(demo.schedules.len(), 1);
+        assert_eq!(demo.schedules.len(), 6);
+        assert_eq!(demo.reports.databases[0].name, "upkeep");
         let ping = &demo.schedules[0];
         assert_eq!(ping.name, "ping-every-5s");
         assert_eq!(ping.cron.as_str(), "*/5 * * * * *");

@@ -314,7 +314,9 @@ pub struct DuplicatePair {
 /// key columns (with their operator classes, collations and options) are a leading prefix of
 /// `b`'s. A primary key is never the redundant one; a unique index only when `b` is unique on
 /// the same columns; an index with `INCLUDE` columns only when `b` has the same columns. For an
-/// exact pair the redundant one is the non-unique one, else the later name.
+/// exact pair the redundant one is the non-unique one, else the later name. The rule follows
+/// pghero's `index_covers?` (MIT) and pgx_scripts' `duplicate_indexes.sql` (BSD-3-Clause);
+/// their notices are in `THIRD_PARTY_NOTICES`.
 #[must_use]
 pub fn duplicate_pairs(defs: &[IndexDefinition]) -> Vec<DuplicatePair> {
     let mut pairs = Vec::new();
