@@ -7,6 +7,7 @@
 mod support;
 
 mod indexes;
+mod queues;
 mod scale;
 mod slow_queries;
 mod tables;

@@ -10,7 +10,9 @@ use sqlx::{Connection, PgConnection, PgPool};
 use upkeep_shared::config::Settings;
 use upkeep_shared::store::runs::{RunRecord, RunStatus};
 use upkeep_shared::{Finding, Job, JobError, JobId, Outcome, QueueName};
-use upkeep_tests::{fresh_database, fresh_migrated_database, shared_database_url};
+use upkeep_tests::{
+    fresh_database, fresh_migrated_database, shared_database_url, shared_redis_url, unique_prefix,
+};
 use upkeep_workers::HandlerContext;
 use upkeep_workers::handlers::reports::{self, Family};
 
@@ -24,7 +26,12 @@ impl Harness {
     /// and the extra TOML lines `extra` (under `[reports]`).
     pub(crate) async fn new(databases: &[(&str, &str)], extra: &str) -> Self {
         let upkeep_url = fresh_migrated_database(&shared_database_url()).await;
-        let mut toml = format!("[database]\nurl = {upkeep_url:?}\n[reports]\n{extra}\n");
+        let mut toml = format!(
+            "[database]\nurl = {upkeep_url:?}\n[redis]\nurl = {:?}\nkey_prefix = {:?}\n\
+             [reports]\n{extra}\n",
+            shared_redis_url(),
+            unique_prefix()
+        );
         for (name, url) in databases {
             toml.push_str(&format!(
                 "[[reports.databases]]\nname = {name:?}\nurl = {url:?}\n"
@@ -41,52 +48,77 @@ impl Harness {
         }
     }
 
-    /// Runs `kind` with `args` and, when it succeeds, records the attempt in the ledger.
+    /// Runs the report `family` with `args` and, when it succeeds, records the attempt in the
+    /// ledger.
     pub(crate) async fn run(
         &self,
         family: Family,
         args: serde_json::Value,
     ) -> (JobId, Result<Outcome, JobError>) {
-        let job = Job {
-            id: JobId::new(),
-            kind: family.kind().to_owned(),
-            queue: QueueName::parse("reports").expect("valid"),
-            args: args.clone(),
-            payload_error: None,
-            attempt: 1,
-            max_attempts: 3,
-            enqueued_at_ms: Utc::now().timestamp_millis(),
-            schedule: None,
-            tick_ms: None,
-        };
+        let job = job(family.kind(), args);
         let id = job.id;
-        let result = reports::run(&self.ctx, job, family).await;
+        let result = reports::run(&self.ctx, job.clone(), family).await;
         if let Ok(outcome) = &result {
-            let now = Utc::now();
-            upkeep_shared::store::runs::record_runs(
-                &self.ctx.db,
-                &[RunRecord {
-                    job_id: id,
-                    attempt: 1,
-                    kind: family.kind().to_owned(),
-                    queue: "reports".to_owned(),
-                    status: RunStatus::Succeeded,
-                    schedule: None,
-                    tick_at: None,
-                    enqueued_at: now,
-                    started_at: now,
-                    finished_at: Some(now),
-                    worker: "test".to_owned(),
-                    args,
-                    outcome: Some(outcome.clone()),
-                    error: None,
-                    next_state: Some("done".to_owned()),
-                }],
-            )
-            .await
-            .expect("recording the run");
+            self.record(&job, RunStatus::Succeeded, Some(outcome.clone()), None)
+                .await;
         }
         (id, result)
+    }
+
+    /// Records an attempt of `job` in the ledger, as the worker's settle layer does.
+    pub(crate) async fn record(
+        &self,
+        job: &Job,
+        status: RunStatus,
+        outcome: Option<Outcome>,
+        error: Option<&str>,
+    ) {
+        let now = Utc::now();
+        upkeep_shared::store::runs::record_runs(
+            &self.ctx.db,
+            &[RunRecord {
+                job_id: job.id,
+                attempt: 1,
+                kind: job.kind.clone(),
+                queue: "reports".to_owned(),
+                status,
+                schedule: None,
+                tick_at: None,
+                enqueued_at: now,
+                started_at: now,
+                finished_at: Some(now),
+                worker: "test".to_owned(),
+                args: job.args.clone(),
+                outcome,
+                error: error.map(str::to_owned),
+                next_state: Some(
+                    if status == RunStatus::Failed {
+                        "dead"
+                    } else {
+                        "done"
+                    }
+                    .to_owned(),
+                ),
+            }],
+        )
+        .await
+        .expect("recording the run");
+    }
+}
+
+/// A job of `kind` as a worker receives it.
+pub(crate) fn job(kind: &str, args: serde_json::Value) -> Job {
+    Job {
+        id: JobId::new(),
+        kind: kind.to_owned(),
+        queue: QueueName::parse("reports").expect("valid"),
+        args,
+        payload_error: None,
+        attempt: 1,
+        max_attempts: 3,
+        enqueued_at_ms: Utc::now().timestamp_millis(),
+        schedule: None,
+        tick_ms: None,
     }
 }
 
