@@ -52,6 +52,9 @@ pub async fn connect_target(
                 url: redacted.clone(),
                 source,
             })?;
+    // Report queries are catalog-heavy and may take seconds by design; sqlx would log each
+    // one over 1 s as a warning with its full text.
+    let options = sqlx::ConnectOptions::disable_statement_logging(options);
     let connect = async {
         use sqlx::Connection as _;
         // One direct attempt first: the pool would only say "timed out" after retrying a
