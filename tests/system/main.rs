@@ -8,6 +8,7 @@
 mod enqueue;
 mod harness;
 mod outages;
+mod reports;
 mod retention;
 mod schedule_catch_up;
 mod schedule_config;
