@@ -511,6 +511,29 @@ mod tests {
     }
 
     #[test]
+    fn report_kinds_take_an_optional_database_and_name_a_bad_field() {
+        let kind = JobKind::parse_runnable("db.bloat").expect("db.bloat has a handler");
+        assert!(kind.validate_args(&serde_json::json!({})).is_ok());
+        assert!(
+            kind.validate_args(&serde_json::json!({"database": "app"}))
+                .is_ok()
+        );
+        let error = kind
+            .validate_args(&serde_json::json!({"db": "app"}))
+            .expect_err("unknown field");
+        assert!(
+            error
+                .to_string()
+                .starts_with("bad args for db.bloat: unknown field `db`"),
+            "{error}"
+        );
+        let error = kind
+            .validate_args(&serde_json::json!({"database": 5}))
+            .expect_err("wrong type");
+        assert!(error.to_string().contains("invalid type"), "{error}");
+    }
+
+    #[test]
     fn a_finding_without_subject_serializes_as_before() {
         let finding = Finding::new("backup.stale", Severity::Warn, "old");
         let json = serde_json::to_value(&finding).expect("serializes");
