@@ -1,3 +1,6 @@
+//! Unit tests of the finding rules: duplicate pairs, unused indexes, staleness, slow statements,
+//! connections.
+
 use std::time::Duration;
 
 use chrono::TimeZone;
