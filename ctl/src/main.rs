@@ -10,6 +10,7 @@ use upkeep_shared::queue::NewJob;
 use upkeep_shared::shutdown::Shutdown;
 use upkeep_shared::{JobKind, QueueName};
 
+mod cron;
 mod reconcile;
 mod reports;
 
@@ -71,6 +72,8 @@ enum Command {
     Schedules(schedules::SchedulesArgs),
     /// Postgres health reports: show slow queries, bloat, index usage, connections; install views.
     Reports(reports::ReportsArgs),
+    /// Check a cron expression before deploying it: `cron next "30 2 * * 1-5" --tz Europe/Berlin`.
+    Cron(cron::CronArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +109,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Checking a line that is not configured yet needs no configuration at all.
+    if let Command::Cron(args) = &cli.command {
+        return cron::run(args);
+    }
     let settings = Settings::load().map_err(|e| anyhow::anyhow!("{e}"))?;
     let default_filter = match cli.command {
         Command::Up => settings.telemetry.filter.clone(),
@@ -147,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reconcile(args) => reconcile::run(&settings, args).await,
         Command::Schedules(args) => schedules::run(settings, args).await,
         Command::Reports(args) => reports::run(&settings, args).await,
+        Command::Cron(args) => cron::run(&args),
     }
 }
 

@@ -160,7 +160,7 @@ pub struct JobPolicy {
 pub struct ScheduleSettings {
     /// Unique name, 1 to 64 characters of `[a-z0-9_.-]`.
     pub name: String,
-    /// Cron expression with seconds (`sec min hour day month weekday`), see [`CronExpr`].
+    /// Cron expression (crontab(5) syntax, optionally with a leading seconds field), see [`CronExpr`].
     pub cron: CronExpr,
     /// IANA time zone the expression is read in. Defaults to UTC.
     pub timezone: chrono_tz::Tz,
@@ -2622,8 +2622,8 @@ mod tests {
                 "schedules[2] (\"nightly\").cron: invalid cron expression \"61 * * * * *\": second field \"61\": 61 is out of range 0-59",
             ),
             (
-                schedule("").replace("cron = \"0 0 2 * * *\"", "cron = \"0 2 * * *\""),
-                "schedules[2] (\"nightly\").cron: invalid cron expression \"0 2 * * *\": expected 6 fields",
+                schedule("").replace("cron = \"0 0 2 * * *\"", "cron = \"2 * * *\""),
+                "schedules[2] (\"nightly\").cron: invalid cron expression \"2 * * *\": expected 5 fields",
             ),
             (
                 schedule("timezone = \"Mars/Olympus\""),
