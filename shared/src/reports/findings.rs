@@ -13,7 +13,9 @@
 //! index's age is the time since upkeep first saw it in an `index_usage` report
 //! (`report_index_first_seen`, keyed by the index oid so a recreated index starts over), and
 //! the scan count only means something when the statistics cover that long too (the database's
-//! `stats_reset` is older than `unused_index_min_age`, or was never reset).
+//! `stats_reset` is older than `unused_index_min_age`, or was never reset). Only the indexes in
+//! a report's top N (fewest scans first) are noted, so an index first counts from the report
+//! in which it first ranks among the least used: later than its creation, never earlier.
 
 use std::collections::HashMap;
 
