@@ -12,6 +12,7 @@ use upkeep_shared::{JobKind, QueueName};
 
 mod cron;
 mod reconcile;
+mod reports;
 
 mod schedules;
 mod tasks;
@@ -70,6 +71,8 @@ enum Command {
     Reconcile(reconcile::ReconcileArgs),
     /// Schedules: health, next fire times, pause, resume, trigger, backfill.
     Schedules(schedules::SchedulesArgs),
+    /// Postgres health reports: show slow queries, bloat, index usage, connections; install views.
+    Reports(reports::ReportsArgs),
     /// Check a cron expression before deploying it: `cron next "30 2 * * 1-5" --tz Europe/Berlin`.
     Cron(cron::CronArgs),
     /// The daily, weekly and monthly checklists with each item's status and evidence; ack.
@@ -153,6 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => upkeep_workers::bench::run(settings, args).await,
         Command::Reconcile(args) => reconcile::run(&settings, args).await,
         Command::Schedules(args) => schedules::run(settings, args).await,
+        Command::Reports(args) => reports::run(&settings, args).await,
         Command::Cron(args) => cron::run(&args),
         Command::Tasks(args) => tasks::run(settings, args).await,
     }

@@ -61,6 +61,8 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// `[tasks]`: the checklist's time zone and item overrides.
     pub tasks: TasksSettings,
+    /// `[reports]`: the Postgres health reports' target databases and thresholds.
+    pub reports: crate::reports::ReportsSettings,
     /// AES-256-GCM key for stored credentials. Defaults to none; only the token worker needs it.
     pub secret_key: Option<SecretKey>,
     /// The config file these settings came from; `None` for built-in defaults or a string.
@@ -524,6 +526,7 @@ impl Default for Settings {
             api: ApiSettings::default(),
             telemetry: TelemetrySettings::default(),
             tasks: TasksSettings::default(),
+            reports: crate::reports::ReportsSettings::default(),
             secret_key: None,
             loaded_from: None,
         }
@@ -902,6 +905,7 @@ const TOP_KEYS: &[&str] = &[
     "api",
     "telemetry",
     "tasks",
+    "reports",
     "secret_key",
 ];
 const DATABASE_KEYS: &[&str] = &[
@@ -1412,6 +1416,7 @@ fn validate(
     let api = validate_api(ctx, doc);
     let telemetry = validate_telemetry(ctx, doc);
     let tasks = serde_section(ctx, doc, "tasks", env);
+    let reports = serde_section(ctx, doc, "reports", env);
     let secret_key =
         root.opt_string(ctx, "secret_key", true)
             .and_then(|text| match SecretKey::parse(text) {
@@ -1433,6 +1438,7 @@ fn validate(
         api,
         telemetry,
         tasks,
+        reports,
         secret_key,
         loaded_from,
     }
@@ -3103,11 +3109,16 @@ mod tests {
     fn the_example_and_demo_configs_are_valid() {
         let example = load(include_str!("../../upkeep.example.toml"), &[])
             .unwrap_or_else(|e| panic!("upkeep.example.toml: {e}"));
-        let demo = load(include_str!("../../deploy/demo.toml"), &[])
-            .unwrap_or_else(|e| panic!("deploy/demo.toml: {e}"));
+        // The demo reports on its own database, whose URL it reads from DATABASE_URL.
+        let demo = load(
+            include_str!("../../deploy/demo.toml"),
+            &[("DATABASE_URL", "postgres://demo@127.0.0.1/upkeep")],
+        )
+        .unwrap_or_else(|e| panic!("deploy/demo.toml: {e}"));
 
         assert_eq!(example.schedules.len(), 1);
-        assert_eq!(demo.schedules.len(), 1);
+        assert_eq!(demo.schedules.len(), 6);
+        assert_eq!(demo.reports.databases[0].name, "upkeep");
         let ping = &demo.schedules[0];
         assert_eq!(ping.name, "ping-every-5s");
         assert_eq!(ping.cron.as_str(), "*/5 * * * * *");

@@ -140,17 +140,17 @@ pub const CATALOG: &[KindSpec] = &[
     KindSpec {
         name: "db.slow_queries",
         default_queue: "reports",
-        has_handler: false,
+        has_handler: true,
     },
     KindSpec {
         name: "db.bloat",
         default_queue: "reports",
-        has_handler: false,
+        has_handler: true,
     },
     KindSpec {
         name: "db.index_usage",
         default_queue: "reports",
-        has_handler: false,
+        has_handler: true,
     },
     KindSpec {
         name: "system.disk",
@@ -160,12 +160,12 @@ pub const CATALOG: &[KindSpec] = &[
     KindSpec {
         name: "queues.snapshot",
         default_queue: "reports",
-        has_handler: false,
+        has_handler: true,
     },
     KindSpec {
         name: "jobs.failed_review",
         default_queue: "reports",
-        has_handler: false,
+        has_handler: true,
     },
     KindSpec {
         name: "system.ping",
@@ -234,6 +234,9 @@ impl JobKind {
     pub fn validate_args(self, args: &serde_json::Value) -> Result<(), JobError> {
         match self.0.name {
             "system.ping" => PingArgs::from_value(args).map(|_| ()),
+            "db.slow_queries" | "db.bloat" | "db.index_usage" => {
+                ReportArgs::from_value(self.0.name, args).map(|_| ())
+            }
             _ if args.is_object() || args.is_null() => Ok(()),
             name => Err(JobError::Invalid(format!(
                 "args of {name} must be a JSON object"
@@ -284,6 +287,35 @@ impl PingArgs {
         }
         serde_json::from_value(args.clone())
             .map_err(|e| JobError::Invalid(format!("bad args for system.ping: {e}")))
+    }
+}
+
+/// Arguments of `db.slow_queries`, `db.bloat` and `db.index_usage`: one configured report
+/// database by name, or every one when absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportArgs {
+    /// A `[[reports.databases]]` name.
+    #[serde(default)]
+    pub database: Option<String>,
+}
+
+impl ReportArgs {
+    /// Decodes report arguments of `kind`; `null` means every database.
+    ///
+    /// # Errors
+    /// A message naming the kind and the unexpected or wrongly typed field.
+    pub fn from_value(kind: &str, args: &serde_json::Value) -> Result<Self, JobError> {
+        if args.is_null() {
+            return Ok(Self::default());
+        }
+        if !args.is_object() {
+            return Err(JobError::Invalid(format!(
+                "bad args for {kind}: args must be a JSON object"
+            )));
+        }
+        serde_json::from_value(args.clone())
+            .map_err(|e| JobError::Invalid(format!("bad args for {kind}: {e}")))
     }
 }
 
@@ -476,6 +508,29 @@ mod tests {
                 ("backup.stale", None, Severity::Ok),
             ]
         );
+    }
+
+    #[test]
+    fn report_kinds_take_an_optional_database_and_name_a_bad_field() {
+        let kind = JobKind::parse_runnable("db.bloat").expect("db.bloat has a handler");
+        assert!(kind.validate_args(&serde_json::json!({})).is_ok());
+        assert!(
+            kind.validate_args(&serde_json::json!({"database": "app"}))
+                .is_ok()
+        );
+        let error = kind
+            .validate_args(&serde_json::json!({"db": "app"}))
+            .expect_err("unknown field");
+        assert!(
+            error
+                .to_string()
+                .starts_with("bad args for db.bloat: unknown field `db`"),
+            "{error}"
+        );
+        let error = kind
+            .validate_args(&serde_json::json!({"database": 5}))
+            .expect_err("wrong type");
+        assert!(error.to_string().contains("invalid type"), "{error}");
     }
 
     #[test]

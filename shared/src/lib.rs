@@ -8,6 +8,7 @@
 //! - [`schedule`]: cron expressions in a time zone, next fire times (pure, no IO).
 //! - [`queue`]: our Redis queue backend for apalis-core (enqueue, lease, ack, retry, dead letters).
 //! - [`store`]: the Postgres ledger (`job_runs`, `schedules`, `schedule_ticks`, `findings`).
+//! - [`reports`]: Postgres health reports: the views' SQL, settings, findings (pure).
 //! - [`reconcile`]: the maintenance pass that finds jobs Redis lost but the ledger never saw
 //!   finish, and requeues or records them.
 //! - [`tasks`]: the maintenance checklist as data, and each item's status in a period window.
@@ -20,6 +21,7 @@ pub mod job;
 pub mod outage;
 pub mod queue;
 pub mod reconcile;
+pub mod reports;
 pub mod schedule;
 pub mod settings;
 pub mod shutdown;

@@ -9,6 +9,7 @@ mod cron_ctl;
 mod enqueue;
 mod harness;
 mod outages;
+mod reports;
 mod retention;
 mod schedule_catch_up;
 mod schedule_config;

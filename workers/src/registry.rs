@@ -67,10 +67,27 @@ impl Registry {
     /// `has_handler` flags (a unit test checks it).
     #[must_use]
     pub fn standard(ctx: &HandlerContext) -> Self {
-        let _ = ctx;
+        use crate::handlers::reports::{self, Family};
         let mut registry = Self::default();
         registry.insert("system.ping", |job| {
             Box::pin(crate::handlers::ping::run(job))
+        });
+        for family in [Family::SlowQueries, Family::Bloat, Family::IndexUsage] {
+            let c = ctx.clone();
+            registry.insert(family.kind(), move |job| {
+                let c = c.clone();
+                Box::pin(async move { reports::run(&c, job, family).await })
+            });
+        }
+        let c = ctx.clone();
+        registry.insert("queues.snapshot", move |job| {
+            let c = c.clone();
+            Box::pin(async move { reports::queues_snapshot(&c, job).await })
+        });
+        let c = ctx.clone();
+        registry.insert("jobs.failed_review", move |job| {
+            let c = c.clone();
+            Box::pin(async move { reports::failed_review(&c, job).await })
         });
         registry
     }

@@ -5,6 +5,8 @@
 //! - [`tasks`]: the evidence of checklist items, their acknowledgements, and the audit trail.
 //! - [`ticks`]: `schedule_ticks`, one row per expected tick of a schedule.
 //! - [`schedules`]: `schedules` as reconciled from the config, and the `schedule_events` audit.
+//! - [`reports`]: health-report queries against target databases (read-only, with timeouts),
+//!   and `report_snapshots` in upkeep's own.
 //! - [`health`]: each schedule's last tick, last success, next fire, lag and skip counts, and
 //!   their Prometheus rendering.
 //!
@@ -17,6 +19,7 @@
 pub mod findings;
 pub mod health;
 pub mod reconcile;
+pub mod reports;
 pub mod runs;
 pub mod schedules;
 pub mod tasks;

@@ -1,4 +1,6 @@
-//! Job handlers, one module per job family. Only `system.ping` exists so far; the maintenance
-//! kinds arrive with their own issues and are refused at enqueue until then.
+//! Job handlers, one module per job family: `ping` (`system.ping`) and `reports` (the Postgres
+//! health reports, queue snapshots and the failed-job review). Maintenance kinds without a
+//! handler are refused at enqueue until their module lands.
 
 pub mod ping;
+pub mod reports;
