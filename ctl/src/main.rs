@@ -14,6 +14,8 @@ mod reconcile;
 
 mod schedules;
 
+mod tokens;
+
 /// Operate upkeep: migrate the ledger, enqueue jobs, read queue stats, run everything at once.
 #[derive(Debug, Parser)]
 #[command(name = "upkeepctl", version)]
@@ -68,6 +70,8 @@ enum Command {
     Reconcile(reconcile::ReconcileArgs),
     /// Schedules: health, next fire times, pause, resume, trigger, backfill.
     Schedules(schedules::SchedulesArgs),
+    /// OAuth2 credentials: add, list, get, revoke, rotate-key.
+    Tokens(tokens::TokensArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => upkeep_workers::bench::run(settings, args).await,
         Command::Reconcile(args) => reconcile::run(&settings, args).await,
         Command::Schedules(args) => schedules::run(settings, args).await,
+        Command::Tokens(args) => tokens::run(&settings, args).await,
     }
 }
 

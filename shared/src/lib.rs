@@ -10,6 +10,7 @@
 //! - [`store`]: the Postgres ledger (`job_runs`, `schedules`, `schedule_ticks`, `findings`).
 //! - [`reconcile`]: the maintenance pass that finds jobs Redis lost but the ledger never saw
 //!   finish, and requeues or records them.
+//! - [`tokens`]: OAuth2 credentials kept fresh and encrypted at rest (`tokens.refresh`).
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`shutdown`]: the signal every long-running loop watches.
 
@@ -22,6 +23,7 @@ pub mod settings;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tokens;
 
 pub use job::{Finding, Job, JobError, JobId, JobKind, Outcome, QueueName, Severity};
 pub use store::MIGRATOR;

@@ -67,10 +67,20 @@ impl Registry {
     /// `has_handler` flags (a unit test checks it).
     #[must_use]
     pub fn standard(ctx: &HandlerContext) -> Self {
-        let _ = ctx;
         let mut registry = Self::default();
         registry.insert("system.ping", |job| {
             Box::pin(crate::handlers::ping::run(job))
+        });
+        // One refresher (one pooled HTTP client) per process; a failure to build it is
+        // reported by every tokens.refresh job rather than stopping other queues' workers.
+        let refresher = crate::handlers::tokens::refresher(ctx)
+            .map(Arc::new)
+            .map_err(Arc::new);
+        let c = ctx.clone();
+        registry.insert("tokens.refresh", move |job| {
+            let c = c.clone();
+            let refresher = refresher.clone();
+            Box::pin(async move { crate::handlers::tokens::run(&c, &refresher, job).await })
         });
         registry
     }

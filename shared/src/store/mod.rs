@@ -4,6 +4,7 @@
 //! - [`findings`]: which `(code, subject)` conditions are open, so checks can resolve them.
 //! - [`ticks`]: `schedule_ticks`, one row per expected tick of a schedule.
 //! - [`schedules`]: `schedules` as reconciled from the config, and the `schedule_events` audit.
+//! - [`oauth_tokens`]: encrypted OAuth2 credentials, locked per row while refreshed.
 //! - [`health`]: each schedule's last tick, last success, next fire, lag and skip counts, and
 //!   their Prometheus rendering.
 //!
@@ -15,6 +16,7 @@
 
 pub mod findings;
 pub mod health;
+pub mod oauth_tokens;
 pub mod reconcile;
 pub mod runs;
 pub mod schedules;
