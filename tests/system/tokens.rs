@@ -200,9 +200,8 @@ async fn token(
     let Some(index) = grant.chain.iter().position(|t| *t == presented) else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
     };
-    if grant.rotating {
-        if index == last {
-        } else if index + 1 == last && !grant.presented.contains(&last) {
+    if grant.rotating && index != last {
+        if index + 1 == last && !grant.presented.contains(&last) {
             grant.n_grace_reuses += 1;
         } else {
             // A replay: an old refresh token came back. Revoke the whole grant.
