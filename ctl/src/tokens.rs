@@ -70,8 +70,14 @@ pub(crate) async fn run(settings: &Settings, args: TokensArgs) -> anyhow::Result
                 .context("reading the refresh token from stdin")?;
             let token = SecretString::from(text.trim().to_owned());
             drop(text);
-            let version =
-                admin::add(&pool, &settings.tokens, &keyring(settings)?, &provider, &token).await?;
+            let version = admin::add(
+                &pool,
+                &settings.tokens,
+                &keyring(settings)?,
+                &provider,
+                &token,
+            )
+            .await?;
             println!("stored a refresh token for {provider} (token_version {version})");
         }
         TokensAction::List { json } => {
@@ -99,7 +105,11 @@ pub(crate) async fn run(settings: &Settings, args: TokensArgs) -> anyhow::Result
                         time(info.next_refresh_at),
                         info.consecutive_failures,
                         info.last_error.as_deref().unwrap_or("-"),
-                        if info.configured { "" } else { " (not configured)" },
+                        if info.configured {
+                            ""
+                        } else {
+                            " (not configured)"
+                        },
                     );
                 }
             }

@@ -275,9 +275,10 @@ async fn setup(endpoint: &Endpoint, credentials: &[&str], extra_tokens: &str) ->
 impl TokenSetup {
     /// `upkeepctl tokens add NAME --refresh-token-stdin` with `token` on stdin.
     fn add(&self, name: &str, token: &str) {
-        let mut command = self
-            .deployment
-            .command("upkeepctl", ["tokens", "add", name, "--refresh-token-stdin"]);
+        let mut command = self.deployment.command(
+            "upkeepctl",
+            ["tokens", "add", name, "--refresh-token-stdin"],
+        );
         command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -384,7 +385,10 @@ impl TokenSetup {
         assert!(secrets.len() > 2, "the run issued tokens to look for");
         for (what, text) in all {
             for secret in &secrets {
-                assert!(!text.contains(secret.as_str()), "a secret leaked into {what}");
+                assert!(
+                    !text.contains(secret.as_str()),
+                    "a secret leaked into {what}"
+                );
             }
         }
     }
@@ -492,15 +496,17 @@ async fn twenty_concurrent_refreshes_across_three_workers_send_one_request() {
         .sum();
     assert_eq!(refreshed, 1);
     let mut ledger = setup.deployment.ledger().await;
-    let n_workers: i64 = sqlx::query_scalar(
-        "SELECT count(DISTINCT worker) FROM job_runs WHERE job_id = ANY($1)",
-    )
-    .bind(&ids)
-    .fetch_one(&mut ledger)
-    .await
-    .unwrap();
+    let n_workers: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT worker) FROM job_runs WHERE job_id = ANY($1)")
+            .bind(&ids)
+            .fetch_one(&mut ledger)
+            .await
+            .unwrap();
     assert!(n_workers >= 2, "the jobs ran on {n_workers} worker(s)");
-    let logs: Vec<(&str, String)> = workers.iter().map(|w| ("a worker's log", w.log())).collect();
+    let logs: Vec<(&str, String)> = workers
+        .iter()
+        .map(|w| ("a worker's log", w.log()))
+        .collect();
     setup.assert_no_secret_in(&endpoint, &logs).await;
 }
 
@@ -508,7 +514,9 @@ async fn twenty_concurrent_refreshes_across_three_workers_send_one_request() {
 async fn invalid_grant_marks_the_credential_needs_reauth_after_one_request_without_retry() {
     let endpoint = Endpoint::start(&secret("cs"), 3600, 0).await;
     let rt = endpoint.grant("crm", true);
-    endpoint.with("crm", |grant| grant.script.push_back(Scripted::InvalidGrant));
+    endpoint.with("crm", |grant| {
+        grant.script.push_back(Scripted::InvalidGrant)
+    });
     let setup = setup(&endpoint, &["crm"], "").await;
     setup.add("crm", &rt);
     let worker = setup.worker();
@@ -572,13 +580,20 @@ async fn a_503_keeps_the_old_tokens_and_the_refresh_recovers_after_a_backoff() {
     let (status, version, failures, last_error) = setup.row("crm").await;
     assert_eq!((status.as_str(), version, failures), ("active", 1, 1));
     assert!(last_error.unwrap().contains("HTTP 503"));
-    assert!(finding_codes(&outcomes[0]).iter().any(|(code, _, _)| code == "tokens.refresh_failing"));
+    assert!(
+        finding_codes(&outcomes[0])
+            .iter()
+            .any(|(code, _, _)| code == "tokens.refresh_failing")
+    );
 
     // Jobs keep coming (as the every-minute schedule would); the backoff spaces the requests.
     let started = Instant::now();
     let mut ids = Vec::new();
     while setup.row("crm").await.1 < 2 {
-        assert!(started.elapsed() < Duration::from_secs(30), "never recovered");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never recovered"
+        );
         ids.extend(setup.enqueue("{}", 1));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -594,10 +609,12 @@ async fn a_503_keeps_the_old_tokens_and_the_refresh_recovers_after_a_backoff() {
         ids.len()
     );
     assert!(
-        outcomes
-            .iter()
-            .flat_map(finding_codes)
-            .any(|f| f == ("tokens.refresh_failing".to_owned(), "ok".to_owned(), "crm".to_owned())),
+        outcomes.iter().flat_map(finding_codes).any(|f| f
+            == (
+                "tokens.refresh_failing".to_owned(),
+                "ok".to_owned(),
+                "crm".to_owned()
+            )),
         "the failing condition is resolved"
     );
     setup
@@ -703,11 +720,10 @@ async fn rotate_key_under_load_leaves_every_credential_readable_with_the_new_key
     // Assert: with the old key gone, every credential reads and refreshes.
     setup.deployment.set_env("UPKEEP_SECRET_KEY_PREVIOUS", "");
     let mut ledger = setup.deployment.ledger().await;
-    let key_ids: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT key_id FROM oauth_tokens")
-            .fetch_all(&mut ledger)
-            .await
-            .unwrap();
+    let key_ids: Vec<String> = sqlx::query_scalar("SELECT DISTINCT key_id FROM oauth_tokens")
+        .fetch_all(&mut ledger)
+        .await
+        .unwrap();
     assert_eq!(key_ids.len(), 1, "{key_ids:?}");
     let worker = setup.worker();
     sqlx::query("UPDATE oauth_tokens SET expires_at = now()")
@@ -720,7 +736,10 @@ async fn rotate_key_under_load_leaves_every_credential_readable_with_the_new_key
     for name in names {
         assert_eq!(setup.row(name).await.0, "active");
         let newest = endpoint.with(name, |grant| grant.access_tokens.last().cloned().unwrap());
-        assert_eq!(setup.deployment.ctl_ok(["tokens", "get", name]).trim(), newest);
+        assert_eq!(
+            setup.deployment.ctl_ok(["tokens", "get", name]).trim(),
+            newest
+        );
         assert!(!endpoint.with(name, |grant| grant.revoked));
     }
     setup
@@ -744,7 +763,12 @@ async fn many_refresh_cycles_with_workers_killed_at_random_never_get_the_grant_r
     // after 10%), three workers, and an endpoint that answers within 0-30 ms.
     let endpoint = Endpoint::start(&secret("cs"), 1, 30).await;
     let rt = endpoint.grant("crm", true);
-    let mut setup = setup(&endpoint, &["crm"], "refresh_at = 0.1\nmin_ahead = \"0s\"\n").await;
+    let mut setup = setup(
+        &endpoint,
+        &["crm"],
+        "refresh_at = 0.1\nmin_ahead = \"0s\"\n",
+    )
+    .await;
     setup
         .deployment
         .set_env("UPKEEP__QUEUES__TOKENS__CONCURRENCY", "4");
@@ -788,11 +812,17 @@ async fn many_refresh_cycles_with_workers_killed_at_random_never_get_the_grant_r
     );
     assert!(!revoked, "the grant was revoked");
     assert!(n_cycles >= 100, "only {n_cycles} refresh cycles");
-    assert!(n_grace <= n_kills, "{n_grace} lost responses for {n_kills} kills");
+    assert!(
+        n_grace <= n_kills,
+        "{n_grace} lost responses for {n_kills} kills"
+    );
     let (status, _, _, _) = setup.row("crm").await;
     assert_eq!(status, "active");
     let newest = endpoint.with("crm", |grant| grant.access_tokens.last().cloned().unwrap());
-    assert_eq!(setup.deployment.ctl_ok(["tokens", "get", "crm"]).trim(), newest);
+    assert_eq!(
+        setup.deployment.ctl_ok(["tokens", "get", "crm"]).trim(),
+        newest
+    );
     let _ = final_worker.sigterm();
 }
 

@@ -104,11 +104,13 @@ macro_rules! columns {
 /// # Errors
 /// When the query fails.
 pub async fn list(pool: &PgPool) -> Result<Vec<TokenRow>, Error> {
-    Ok(
-        sqlx::query_as(concat!("SELECT ", columns!(), " FROM oauth_tokens ORDER BY provider"))
-            .fetch_all(pool)
-            .await?,
-    )
+    Ok(sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM oauth_tokens ORDER BY provider"
+    ))
+    .fetch_all(pool)
+    .await?)
 }
 
 /// The row of `provider`, if any.
@@ -116,16 +118,14 @@ pub async fn list(pool: &PgPool) -> Result<Vec<TokenRow>, Error> {
 /// # Errors
 /// When the query fails.
 pub async fn get(db: impl PgExecutor<'_>, provider: &str) -> Result<Option<TokenRow>, Error> {
-    Ok(
-        sqlx::query_as(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM oauth_tokens WHERE provider = $1"
-        ))
-            .bind(provider)
-            .fetch_optional(db)
-            .await?,
-    )
+    Ok(sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM oauth_tokens WHERE provider = $1"
+    ))
+    .bind(provider)
+    .fetch_optional(db)
+    .await?)
 }
 
 /// Stores a new refresh token for `provider` (an operator's `tokens add`): the access token is

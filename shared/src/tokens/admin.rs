@@ -75,17 +75,17 @@ pub async fn add(
         });
     }
     let sealed = keyring.seal(provider, Column::RefreshToken, refresh_token)?;
-    Ok(store::oauth_tokens::put_refresh_token(pool, provider, &sealed.bytes, &sealed.key_id).await?)
+    Ok(
+        store::oauth_tokens::put_refresh_token(pool, provider, &sealed.bytes, &sealed.key_id)
+            .await?,
+    )
 }
 
 /// Every stored or configured credential, by provider.
 ///
 /// # Errors
 /// When the query fails.
-pub async fn list(
-    pool: &PgPool,
-    settings: &TokenSettings,
-) -> Result<Vec<CredentialInfo>, Error> {
+pub async fn list(pool: &PgPool, settings: &TokenSettings) -> Result<Vec<CredentialInfo>, Error> {
     let rows = store::oauth_tokens::list(pool).await?;
     let mut infos: Vec<CredentialInfo> = rows
         .iter()
@@ -132,11 +132,7 @@ pub async fn list(
 /// # Errors
 /// [`Error::NotStored`], [`Error::NoAccessToken`] when the credential is not `active`, has no
 /// access token yet or it expired; [`Error::Crypto`] when it does not decrypt.
-pub async fn get(
-    pool: &PgPool,
-    keyring: &Keyring,
-    provider: &str,
-) -> Result<SecretString, Error> {
+pub async fn get(pool: &PgPool, keyring: &Keyring, provider: &str) -> Result<SecretString, Error> {
     let row = store::oauth_tokens::get(pool, provider)
         .await?
         .ok_or_else(|| Error::NotStored(provider.to_owned()))?;
@@ -173,7 +169,11 @@ pub async fn revoke(pool: &PgPool, provider: &str) -> Result<bool, Error> {
 ///
 /// # Errors
 /// Store errors.
-pub async fn rotate_key(pool: &PgPool, keyring: &Keyring, batch: i64) -> Result<RotateReport, Error> {
+pub async fn rotate_key(
+    pool: &PgPool,
+    keyring: &Keyring,
+    batch: i64,
+) -> Result<RotateReport, Error> {
     let mut report = RotateReport {
         key_id: keyring.current_id().to_owned(),
         ..RotateReport::default()
@@ -196,8 +196,12 @@ pub async fn rotate_key(pool: &PgPool, keyring: &Keyring, batch: i64) -> Result<
                 continue;
             }
             let opened = (|| {
-                let refresh =
-                    keyring.open(&provider, Column::RefreshToken, &row.key_id, &row.refresh_token)?;
+                let refresh = keyring.open(
+                    &provider,
+                    Column::RefreshToken,
+                    &row.key_id,
+                    &row.refresh_token,
+                )?;
                 let access = row
                     .access_token
                     .as_ref()

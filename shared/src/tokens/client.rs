@@ -25,6 +25,9 @@ pub struct TokenClient {
     http: reqwest::Client,
 }
 
+/// The HTTP status and `Retry-After` of the response, recorded by the request future.
+type Seen = (u16, Option<Duration>);
+
 /// What a token endpoint granted.
 #[derive(Debug)]
 pub struct Grant {
@@ -88,13 +91,13 @@ impl TokenClient {
             })
             .set_token_uri(token_url);
         let client = match &provider.client_secret {
-            Some(secret) => client.set_client_secret(ClientSecret::new(
-                secret.expose_secret().to_owned(),
-            )),
+            Some(secret) => {
+                client.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()))
+            }
             None => client,
         };
         // Shared with the request future, which must be 'static to keep the job future Send.
-        let seen: Arc<Mutex<Option<(u16, Option<Duration>)>>> = Arc::new(Mutex::new(None));
+        let seen: Arc<Mutex<Option<Seen>>> = Arc::new(Mutex::new(None));
         let recording = {
             let seen = Arc::clone(&seen);
             let http = self.http.clone();
@@ -111,7 +114,9 @@ impl TokenClient {
                         .map(Duration::from_secs);
                     // A poisoned lock only means another recording panicked; the value is
                     // plain data.
-                    *seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    *seen
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
                         Some((response.status().as_u16(), retry_after));
                     Ok::<_, HttpClientError<reqwest::Error>>(response)
                 }

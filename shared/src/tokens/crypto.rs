@@ -86,7 +86,9 @@ pub struct Key {
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Key").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Key")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -270,8 +272,12 @@ mod tests {
     #[test]
     fn two_encryptions_of_one_value_differ_by_their_nonce() {
         let keyring = Keyring::new(key(1), None);
-        let first = keyring.seal("crm", Column::AccessToken, &secret("at")).unwrap();
-        let second = keyring.seal("crm", Column::AccessToken, &secret("at")).unwrap();
+        let first = keyring
+            .seal("crm", Column::AccessToken, &secret("at"))
+            .unwrap();
+        let second = keyring
+            .seal("crm", Column::AccessToken, &secret("at"))
+            .unwrap();
         assert_ne!(first.bytes[..NONCE_LEN], second.bytes[..NONCE_LEN]);
         assert_ne!(first.bytes, second.bytes);
     }

@@ -66,8 +66,13 @@ mod tests {
         let path = dir.join("crm-token");
         fs::write(&path, "old\n").unwrap();
 
-        write_atomically(&path, &SecretString::from("new-token".to_owned()), 0o600, None)
-            .unwrap();
+        write_atomically(
+            &path,
+            &SecretString::from("new-token".to_owned()),
+            0o600,
+            None,
+        )
+        .unwrap();
 
         assert_eq!(fs::read_to_string(&path).unwrap(), "new-token\n");
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;

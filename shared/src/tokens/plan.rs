@@ -27,11 +27,7 @@ pub struct DueInput<'a> {
 /// A credential without an access token is due at once; one whose token has no expiry is never
 /// due. A pending backoff pushes the time to `next_attempt_at`.
 #[must_use]
-pub fn due_at(
-    input: &DueInput<'_>,
-    refresh_at: f64,
-    min_ahead: Duration,
-) -> Option<DateTime<Utc>> {
+pub fn due_at(input: &DueInput<'_>, refresh_at: f64, min_ahead: Duration) -> Option<DateTime<Utc>> {
     let base = match (input.obtained_at, input.expires_at) {
         (_, None) if input.obtained_at.is_some() => return None,
         (Some(obtained), Some(expires)) => {
@@ -41,11 +37,11 @@ pub fn due_at(
                 clippy::cast_possible_truncation,
                 reason = "token lifetimes are far below 2^52 ms; the product is rounded to ms"
             )]
-            let wanted_ms = (lifetime_ms as f64 * (refresh_at - 0.1 * jitter_fraction(input)))
-                .round() as i64;
+            let wanted_ms =
+                (lifetime_ms as f64 * (refresh_at - 0.1 * jitter_fraction(input))).round() as i64;
             let wanted = obtained + chrono::Duration::milliseconds(wanted_ms.max(0));
-            let latest = expires
-                - chrono::Duration::from_std(min_ahead).unwrap_or(chrono::Duration::zero());
+            let latest =
+                expires - chrono::Duration::from_std(min_ahead).unwrap_or(chrono::Duration::zero());
             wanted.min(latest).max(obtained)
         }
         // No access token yet (just added, or expiry unknown before any refresh): due now.
@@ -198,11 +194,17 @@ mod tests {
 
     #[test]
     fn invalid_grant_is_terminal_and_429_5xx_and_timeouts_are_transient() {
-        assert_eq!(classify(Some(400), Some("invalid_grant")), Verdict::NeedsReauth);
+        assert_eq!(
+            classify(Some(400), Some("invalid_grant")),
+            Verdict::NeedsReauth
+        );
         assert_eq!(classify(Some(429), None), Verdict::Transient);
         assert_eq!(classify(Some(503), None), Verdict::Transient);
         assert_eq!(classify(None, None), Verdict::Transient);
-        assert_eq!(classify(Some(401), Some("invalid_client")), Verdict::ConfigError);
+        assert_eq!(
+            classify(Some(401), Some("invalid_client")),
+            Verdict::ConfigError
+        );
         assert_eq!(classify(Some(404), None), Verdict::ConfigError);
     }
 }

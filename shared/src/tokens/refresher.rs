@@ -168,9 +168,7 @@ impl Refresher {
         let open = store::findings::open(pool, FINDING_CODES).await?;
         let open_in_scope: Vec<_> = open
             .iter()
-            .filter(|finding| {
-                only.is_none_or(|name| finding.subject.as_deref() == Some(name))
-            })
+            .filter(|finding| only.is_none_or(|name| finding.subject.as_deref() == Some(name)))
             .collect();
         let pairs: Vec<(String, Option<String>)> =
             open_in_scope.iter().map(|finding| finding.pair()).collect();
@@ -254,28 +252,33 @@ impl Refresher {
         if !self.is_due(&row, Utc::now()) {
             return Ok(Step::NotDue);
         }
-        let refresh_token =
-            match keyring.open(&provider.name, Column::RefreshToken, &row.key_id, &row.refresh_token) {
-                Ok(token) => token,
-                Err(error) => {
-                    store::oauth_tokens::record_failure(
-                        &mut *tx,
-                        &provider.name,
-                        TokenStatus::DecryptError,
-                        &error.to_string(),
-                        None,
-                    )
-                    .await?;
-                    tx.commit().await.map_err(store::Error::from)?;
-                    tracing::error!(provider = %provider.name, error = %error, "credential does not decrypt");
-                    return Ok(Step::Failed(TokenStatus::DecryptError));
-                }
-            };
+        let refresh_token = match keyring.open(
+            &provider.name,
+            Column::RefreshToken,
+            &row.key_id,
+            &row.refresh_token,
+        ) {
+            Ok(token) => token,
+            Err(error) => {
+                store::oauth_tokens::record_failure(
+                    &mut *tx,
+                    &provider.name,
+                    TokenStatus::DecryptError,
+                    &error.to_string(),
+                    None,
+                )
+                .await?;
+                tx.commit().await.map_err(store::Error::from)?;
+                tracing::error!(provider = %provider.name, error = %error, "credential does not decrypt");
+                return Ok(Step::Failed(TokenStatus::DecryptError));
+            }
+        };
         match self.client.refresh(provider, &refresh_token).await {
             Ok(grant) => {
                 let obtained_at = Utc::now();
                 let new_refresh = grant.refresh_token.as_ref().unwrap_or(&refresh_token);
-                let access = keyring.seal(&provider.name, Column::AccessToken, &grant.access_token)?;
+                let access =
+                    keyring.seal(&provider.name, Column::AccessToken, &grant.access_token)?;
                 let refresh = keyring.seal(&provider.name, Column::RefreshToken, new_refresh)?;
                 let expires_at = grant
                     .expires_in
@@ -340,10 +343,7 @@ impl Refresher {
                 }
                 (TokenStatus::NeedsReauth, None)
             }
-            Verdict::ConfigError => (
-                TokenStatus::ConfigError,
-                Some(self.settings.retry_max),
-            ),
+            Verdict::ConfigError => (TokenStatus::ConfigError, Some(self.settings.retry_max)),
             Verdict::Transient => (
                 TokenStatus::Active,
                 Some(plan::backoff(
@@ -381,7 +381,8 @@ impl Refresher {
         let path = provider.export_file.as_ref()?;
         let access = row.access_token.as_ref()?;
         let fresh = matches!(step, Step::Refreshed(_) | Step::RefreshedElsewhere(_));
-        if row.status != TokenStatus::Active.as_str() || !(fresh || !path.exists()) {
+        let wanted = fresh || !path.exists();
+        if row.status != TokenStatus::Active.as_str() || !wanted {
             return None;
         }
         let token: SecretString =

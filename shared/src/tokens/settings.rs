@@ -116,7 +116,9 @@ impl ProviderSettings {
     /// The export file's owner as `(uid, gid)` (validated at load).
     #[must_use]
     pub fn export_owner_ids(&self) -> Option<(u32, Option<u32>)> {
-        self.export_owner.as_deref().and_then(|text| parse_owner(text).ok())
+        self.export_owner
+            .as_deref()
+            .and_then(|text| parse_owner(text).ok())
     }
 }
 
@@ -171,7 +173,10 @@ impl Section for TokenSettings {
                 Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
                 _ => problems.push(
                     format!("{at}.token_url"),
-                    format!("must be an http:// or https:// URL, got {:?}", provider.token_url),
+                    format!(
+                        "must be an http:// or https:// URL, got {:?}",
+                        provider.token_url
+                    ),
                 ),
             }
             problems.check_not_empty(format!("{at}.client_id"), &provider.client_id);
@@ -247,7 +252,11 @@ mod tests {
         let settings: TokenSettings = toml::from_str(toml).expect("deserializes");
         let mut problems = Problems::default();
         settings.validate("tokens", &mut problems);
-        problems.into_vec().iter().map(ToString::to_string).collect()
+        problems
+            .into_vec()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     #[test]
