@@ -499,3 +499,67 @@ fn conditions(settings: &TokenSettings, row: &TokenRow, now: DateTime<Utc>) -> V
     }
     findings
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(status: &str, failures: i32, expires_in_secs: i64) -> TokenRow {
+        let now = Utc::now();
+        TokenRow {
+            provider: "crm".to_owned(),
+            access_token: Some(vec![0; 40]),
+            refresh_token: vec![0; 40],
+            key_id: "k".to_owned(),
+            expires_at: Some(now + chrono::Duration::seconds(expires_in_secs)),
+            obtained_at: Some(now - chrono::Duration::seconds(3000)),
+            token_version: 4,
+            status: status.to_owned(),
+            consecutive_failures: failures,
+            last_error: (failures > 0).then(|| "the token request timed out".to_owned()),
+            next_attempt_at: None,
+            refreshed_at: None,
+            updated_at: now,
+        }
+    }
+
+    fn codes(findings: &[Finding]) -> Vec<(&str, Severity)> {
+        findings
+            .iter()
+            .map(|f| (f.code.as_str(), f.severity))
+            .collect()
+    }
+
+    #[test]
+    fn a_credential_close_to_expiry_while_refreshes_fail_is_critical() {
+        let settings = TokenSettings::default();
+        let now = Utc::now();
+
+        let healthy = conditions(&settings, &row("active", 0, 60), now);
+        let failing_far = conditions(&settings, &row("active", 2, 3600), now);
+        let failing_near = conditions(&settings, &row("active", 2, 600), now);
+        let reauth = conditions(&settings, &row("needs_reauth", 1, 600), now);
+
+        assert!(healthy.is_empty(), "{healthy:?}");
+        assert_eq!(
+            codes(&failing_far),
+            [("tokens.refresh_failing", Severity::Warn)]
+        );
+        assert_eq!(
+            codes(&failing_near),
+            [
+                ("tokens.refresh_failing", Severity::Warn),
+                ("tokens.expiring", Severity::Critical)
+            ]
+        );
+        assert_eq!(
+            codes(&reauth)[0],
+            ("tokens.needs_reauth", Severity::Critical)
+        );
+        assert!(
+            failing_near
+                .iter()
+                .all(|f| f.subject.as_deref() == Some("crm"))
+        );
+    }
+}
