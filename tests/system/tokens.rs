@@ -145,6 +145,8 @@ fn oauth_error(status: StatusCode, code: &str) -> Response {
         .into_response()
 }
 
+/// Processes the request at once and answers after a random delay, so a client killed while
+/// it waits loses a response whose tokens were already issued (the dangerous case).
 async fn token(
     State(state): State<Arc<Mutex<EndpointState>>>,
     Path(credential): Path<String>,
@@ -159,7 +161,17 @@ async fn token(
             rand::random_range(0..=state.max_delay_ms)
         }
     };
+    let response = answer(&state, &credential, &headers, &body);
     tokio::time::sleep(Duration::from_millis(delay)).await;
+    response
+}
+
+fn answer(
+    state: &Mutex<EndpointState>,
+    credential: &str,
+    headers: &HeaderMap,
+    body: &str,
+) -> Response {
     let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
         .into_owned()
         .collect();
@@ -173,7 +185,7 @@ async fn token(
         .and_then(|value| value.to_str().ok())
         == Some(expected_auth.as_str());
     let expires_in = state.expires_in;
-    let Some(grant) = state.grants.get_mut(&credential) else {
+    let Some(grant) = state.grants.get_mut(credential) else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
     };
     grant.n_requests += 1;
@@ -760,8 +772,8 @@ async fn rotate_key_under_load_leaves_every_credential_readable_with_the_new_key
 #[tokio::test]
 async fn many_refresh_cycles_with_workers_killed_at_random_never_get_the_grant_revoked() {
     // Arrange: a rotating grant whose tokens are due almost at once (lifetime 1 s, refreshed
-    // after 10%), three workers, and an endpoint that answers within 0-30 ms.
-    let endpoint = Endpoint::start(&secret("cs"), 1, 30).await;
+    // after 10%), three workers, and an endpoint that answers within 0-120 ms (a wide window for a kill mid-request).
+    let endpoint = Endpoint::start(&secret("cs"), 1, 120).await;
     let rt = endpoint.grant("crm", true);
     let mut setup = setup(
         &endpoint,
