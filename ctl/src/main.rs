@@ -17,6 +17,8 @@ mod reports;
 mod schedules;
 mod tasks;
 
+mod tokens;
+
 /// Operate upkeep: migrate the ledger, enqueue jobs, read queue stats, run everything at once.
 #[derive(Debug, Parser)]
 #[command(name = "upkeepctl", version)]
@@ -77,6 +79,8 @@ enum Command {
     Cron(cron::CronArgs),
     /// The daily, weekly and monthly checklists with each item's status and evidence; ack.
     Tasks(tasks::TasksArgs),
+    /// OAuth2 credentials: add, list, get, revoke, rotate-key.
+    Tokens(tokens::TokensArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reports(args) => reports::run(&settings, args).await,
         Command::Cron(args) => cron::run(&args),
         Command::Tasks(args) => tasks::run(settings, args).await,
+        Command::Tokens(args) => tokens::run(&settings, args).await,
     }
 }
 

@@ -65,6 +65,12 @@ pub struct Settings {
     pub reports: crate::reports::ReportsSettings,
     /// AES-256-GCM key for stored credentials. Defaults to none; only the token worker needs it.
     pub secret_key: Option<SecretKey>,
+    /// The key the stored credentials were encrypted under before a rotation
+    /// (`UPKEEP_SECRET_KEY_PREVIOUS`), accepted for reading until `upkeepctl tokens rotate-key`
+    /// has re-encrypted every row. Defaults to none.
+    pub secret_key_previous: Option<SecretKey>,
+    /// `[tokens]`: OAuth2 credentials the token worker refreshes.
+    pub tokens: crate::tokens::TokenSettings,
     /// The config file these settings came from; `None` for built-in defaults or a string.
     pub loaded_from: Option<PathBuf>,
 }
@@ -528,6 +534,8 @@ impl Default for Settings {
             tasks: TasksSettings::default(),
             reports: crate::reports::ReportsSettings::default(),
             secret_key: None,
+            secret_key_previous: None,
+            tokens: crate::tokens::TokenSettings::default(),
             loaded_from: None,
         }
     }
@@ -907,6 +915,8 @@ const TOP_KEYS: &[&str] = &[
     "tasks",
     "reports",
     "secret_key",
+    "secret_key_previous",
+    "tokens",
 ];
 const DATABASE_KEYS: &[&str] = &[
     "url",
@@ -973,6 +983,7 @@ const NAMED_VARIABLES: &[(&str, &str, &str)] = &[
     ("UPKEEP_API_ADDR", "api", "addr"),
     ("UPKEEP_LOG_FORMAT", "telemetry", "format"),
     ("UPKEEP_SECRET_KEY", "", "secret_key"),
+    ("UPKEEP_SECRET_KEY_PREVIOUS", "", "secret_key_previous"),
 ];
 
 fn is_config_variable(name: &str) -> bool {
@@ -1426,6 +1437,15 @@ fn validate(
                     None
                 }
             });
+    let secret_key_previous = root
+        .opt_string(ctx, "secret_key_previous", true)
+        .and_then(|text| match SecretKey::parse(text) {
+            Ok(key) => Some(key),
+            Err(message) => {
+                ctx.problem("secret_key_previous", message);
+                None
+            }
+        });
     Settings {
         database,
         redis,
@@ -1440,6 +1460,8 @@ fn validate(
         tasks,
         reports,
         secret_key,
+        secret_key_previous,
+        tokens: serde_section(ctx, doc, "tokens", env),
         loaded_from,
     }
 }
@@ -3117,8 +3139,13 @@ mod tests {
         .unwrap_or_else(|e| panic!("deploy/demo.toml: {e}"));
 
         assert_eq!(example.schedules.len(), 1);
-        assert_eq!(demo.schedules.len(), 6);
+        assert_eq!(demo.schedules.len(), 7);
         assert_eq!(demo.reports.databases[0].name, "upkeep");
+        assert!(
+            demo.schedules
+                .iter()
+                .any(|s| s.kind.as_str() == "tokens.refresh")
+        );
         let ping = &demo.schedules[0];
         assert_eq!(ping.name, "ping-every-5s");
         assert_eq!(ping.cron.as_str(), "*/5 * * * * *");

@@ -135,7 +135,7 @@ pub const CATALOG: &[KindSpec] = &[
     KindSpec {
         name: "tokens.refresh",
         default_queue: "tokens",
-        has_handler: false,
+        has_handler: true,
     },
     KindSpec {
         name: "db.slow_queries",

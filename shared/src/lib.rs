@@ -13,6 +13,7 @@
 //!   finish, and requeues or records them.
 //! - [`tasks`]: the maintenance checklist as data, and each item's status in a period window.
 //! - [`outage`]: the one way every retrying loop logs and paces a dependency outage.
+//! - [`tokens`]: OAuth2 credentials kept fresh and encrypted at rest (`tokens.refresh`).
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`shutdown`]: the signal every long-running loop watches.
 
@@ -28,6 +29,7 @@ pub mod shutdown;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;
+pub mod tokens;
 
 pub use job::{Finding, Job, JobError, JobId, JobKind, Outcome, QueueName, Severity};
 pub use store::MIGRATOR;

@@ -22,4 +22,5 @@ mod scheduling;
 mod startup;
 mod stopping;
 mod support;
+mod tokens;
 mod up;

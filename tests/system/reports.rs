@@ -28,8 +28,8 @@ async fn the_reports_worker_runs_db_bloat_on_a_configured_target_and_records_its
         .await
         .expect("target");
     eventually(
-        Duration::from_secs(20),
         "the deletes in the statistics",
+        Duration::from_secs(20),
         async || {
             let n_dead: Option<i64> = sqlx::query_scalar(
                 "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'orders'",

@@ -4,9 +4,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::{Deployment, eventually, sigint, wait_for_log_entry, wait_for_worker};
 
-/// deploy/demo.toml with its ping schedule (the first one) firing every second instead of
-/// every five, and the schedule's name. The report schedules keep their daily and weekly
-/// times.
+/// deploy/demo.toml with its first schedule (the ping) firing every second instead of every
+/// five, and that schedule's name. The others (the every-minute token refresh) stay as they are.
 fn demo_config_every_second() -> (String, String) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/demo.toml");
     let demo = std::fs::read_to_string(path).expect("reading deploy/demo.toml");
@@ -21,15 +20,14 @@ fn demo_config_every_second() -> (String, String) {
             }
             if key == "cron" && line.contains("*/5 * * * * *") {
                 n_crons += 1;
-                return r#"cron = "* * * * * *""#.to_owned();
+                if n_crons == 1 {
+                    return r#"cron = "* * * * * *""#.to_owned();
+                }
             }
             line.to_owned()
         })
         .collect();
-    assert_eq!(
-        n_crons, 1,
-        "deploy/demo.toml has one ping schedule:\n{demo}"
-    );
+    assert!(n_crons >= 1, "deploy/demo.toml has a schedule:\n{demo}");
     (
         config.join("\n"),
         name.expect("the demo schedule has a name"),

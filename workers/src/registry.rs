@@ -89,6 +89,17 @@ impl Registry {
             let c = c.clone();
             Box::pin(async move { reports::failed_review(&c, job).await })
         });
+        // One refresher (one pooled HTTP client) per process; a failure to build it is
+        // reported by every tokens.refresh job rather than stopping other queues' workers.
+        let refresher = crate::handlers::tokens::refresher(ctx)
+            .map(Arc::new)
+            .map_err(Arc::new);
+        let c = ctx.clone();
+        registry.insert("tokens.refresh", move |job| {
+            let c = c.clone();
+            let refresher = refresher.clone();
+            Box::pin(async move { crate::handlers::tokens::run(&c, &refresher, job).await })
+        });
         registry
     }
 

@@ -7,6 +7,7 @@
 //! - [`schedules`]: `schedules` as reconciled from the config, and the `schedule_events` audit.
 //! - [`reports`]: health-report queries against target databases (read-only, with timeouts),
 //!   and `report_snapshots` in upkeep's own.
+//! - [`oauth_tokens`]: encrypted OAuth2 credentials, locked per row while refreshed.
 //! - [`health`]: each schedule's last tick, last success, next fire, lag and skip counts, and
 //!   their Prometheus rendering.
 //!
@@ -18,6 +19,7 @@
 
 pub mod findings;
 pub mod health;
+pub mod oauth_tokens;
 pub mod reconcile;
 pub mod reports;
 pub mod runs;

@@ -1,6 +1,7 @@
-//! Job handlers, one module per job family: `ping` (`system.ping`) and `reports` (the Postgres
-//! health reports, queue snapshots and the failed-job review). Maintenance kinds without a
-//! handler are refused at enqueue until their module lands.
+//! Job handlers, one module per job family: `ping` (`system.ping`), `reports` (the Postgres
+//! health reports, queue snapshots and the failed-job review) and `tokens` (`tokens.refresh`).
+//! Maintenance kinds without a handler are refused at enqueue until their module lands.
 
 pub mod ping;
 pub mod reports;
+pub mod tokens;
