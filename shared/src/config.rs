@@ -58,6 +58,10 @@ pub struct Settings {
     pub api: ApiSettings,
     /// Logging.
     pub telemetry: TelemetrySettings,
+    /// `[logs]`: rotation targets and error-scan sources.
+    pub logs: crate::logs::LogsSettings,
+    /// `[disk]`: the disk check's extra paths and thresholds.
+    pub disk: crate::disk::DiskSettings,
     /// AES-256-GCM key for stored credentials. Defaults to none; only the token worker needs it.
     pub secret_key: Option<SecretKey>,
     /// The config file these settings came from; `None` for built-in defaults or a string.
@@ -520,6 +524,8 @@ impl Default for Settings {
             maintenance: MaintenanceSettings::default(),
             api: ApiSettings::default(),
             telemetry: TelemetrySettings::default(),
+            logs: crate::logs::LogsSettings::default(),
+            disk: crate::disk::DiskSettings::default(),
             secret_key: None,
             loaded_from: None,
         }
@@ -897,6 +903,8 @@ const TOP_KEYS: &[&str] = &[
     "maintenance",
     "api",
     "telemetry",
+    "logs",
+    "disk",
     "secret_key",
 ];
 const DATABASE_KEYS: &[&str] = &[
@@ -1408,6 +1416,8 @@ fn validate(
     let maintenance = validate_maintenance(ctx, doc);
     let api = validate_api(ctx, doc);
     let telemetry = validate_telemetry(ctx, doc);
+    let logs = serde_section(ctx, doc, "logs", env);
+    let disk = serde_section(ctx, doc, "disk", env);
     let secret_key =
         root.opt_string(ctx, "secret_key", true)
             .and_then(|text| match SecretKey::parse(text) {
@@ -1428,6 +1438,8 @@ fn validate(
         maintenance,
         api,
         telemetry,
+        logs,
+        disk,
         secret_key,
         loaded_from,
     }

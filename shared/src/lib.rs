@@ -8,13 +8,17 @@
 //! - [`schedule`]: cron expressions in a time zone, next fire times (pure, no IO).
 //! - [`queue`]: our Redis queue backend for apalis-core (enqueue, lease, ack, retry, dead letters).
 //! - [`store`]: the Postgres ledger (`job_runs`, `schedules`, `schedule_ticks`, `findings`).
+//! - [`logs`], [`disk`]: log rotation, the error-log scan and the disk check (`logs.*`,
+//!   `system.disk`).
 //! - [`reconcile`]: the maintenance pass that finds jobs Redis lost but the ledger never saw
 //!   finish, and requeues or records them.
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`shutdown`]: the signal every long-running loop watches.
 
 pub mod config;
+pub mod disk;
 pub mod job;
+pub mod logs;
 pub mod queue;
 pub mod reconcile;
 pub mod schedule;

@@ -67,10 +67,24 @@ impl Registry {
     /// `has_handler` flags (a unit test checks it).
     #[must_use]
     pub fn standard(ctx: &HandlerContext) -> Self {
-        let _ = ctx;
         let mut registry = Self::default();
         registry.insert("system.ping", |job| {
             Box::pin(crate::handlers::ping::run(job))
+        });
+        let c = ctx.clone();
+        registry.insert("logs.rotate", move |job| {
+            let c = c.clone();
+            Box::pin(async move { crate::handlers::logs::rotate(&c, job).await })
+        });
+        let c = ctx.clone();
+        registry.insert("logs.scan_errors", move |job| {
+            let c = c.clone();
+            Box::pin(async move { crate::handlers::logs::scan_errors(&c, job).await })
+        });
+        let c = ctx.clone();
+        registry.insert("system.disk", move |job| {
+            let c = c.clone();
+            Box::pin(async move { crate::handlers::disk::run(&c, job).await })
         });
         registry
     }

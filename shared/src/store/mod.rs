@@ -2,6 +2,8 @@
 //!
 //! - [`runs`]: `job_runs`, one row per attempt, and the `findings` each attempt reported.
 //! - [`findings`]: which `(code, subject)` conditions are open, so checks can resolve them.
+//! - [`log_cursors`]: `logs.scan_errors` cursors, per-run counts and known signatures.
+//! - [`disk_samples`]: `system.disk` samples for the trend, and the server's own paths.
 //! - [`ticks`]: `schedule_ticks`, one row per expected tick of a schedule.
 //! - [`schedules`]: `schedules` as reconciled from the config, and the `schedule_events` audit.
 //! - [`health`]: each schedule's last tick, last success, next fire, lag and skip counts, and
@@ -13,8 +15,10 @@
 //! tests in `shared/tests/store/` run every query against a real Postgres. Connection details
 //! come from [`crate::config::DatabaseSettings`]; this module never reads the environment.
 
+pub mod disk_samples;
 pub mod findings;
 pub mod health;
+pub mod log_cursors;
 pub mod reconcile;
 pub mod runs;
 pub mod schedules;

@@ -1,4 +1,6 @@
-//! Job handlers, one module per job family. Only `system.ping` exists so far; the maintenance
-//! kinds arrive with their own issues and are refused at enqueue until then.
+//! Job handlers, one module per job family. Kinds without a module here are refused at
+//! enqueue (see `job::CATALOG`).
 
+pub mod disk;
+pub mod logs;
 pub mod ping;
