@@ -10,6 +10,7 @@ use upkeep_shared::queue::NewJob;
 use upkeep_shared::shutdown::Shutdown;
 use upkeep_shared::{JobKind, QueueName};
 
+mod logs;
 mod reconcile;
 
 mod schedules;
@@ -68,6 +69,10 @@ enum Command {
     Reconcile(reconcile::ReconcileArgs),
     /// Schedules: health, next fire times, pause, resume, trigger, backfill.
     Schedules(schedules::SchedulesArgs),
+    /// Log rotation targets: files, sizes, next rotation.
+    Logs(logs::LogsArgs),
+    /// Disk usage of every checked filesystem, as `df` computes it.
+    Disk(logs::DiskArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +148,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => upkeep_workers::bench::run(settings, args).await,
         Command::Reconcile(args) => reconcile::run(&settings, args).await,
         Command::Schedules(args) => schedules::run(settings, args).await,
+        Command::Logs(args) => logs::run(&settings, args).await,
+        Command::Disk(args) => logs::disk(&settings, &args),
     }
 }
 

@@ -3117,7 +3117,8 @@ mod tests {
             .unwrap_or_else(|e| panic!("deploy/demo.toml: {e}"));
 
         assert_eq!(example.schedules.len(), 1);
-        assert_eq!(demo.schedules.len(), 1);
+        // The ping, then the checklist's log and disk schedules.
+        assert_eq!(demo.schedules.len(), 4);
         let ping = &demo.schedules[0];
         assert_eq!(ping.name, "ping-every-5s");
         assert_eq!(ping.cron.as_str(), "*/5 * * * * *");

@@ -5,8 +5,11 @@
 //! has a database and a Redis key prefix of its own (`support::Deployment`), so they run in
 //! parallel.
 
+mod disk;
 mod enqueue;
 mod harness;
+mod logs_rotate;
+mod logs_scan;
 mod outages;
 mod retention;
 mod schedule_catch_up;

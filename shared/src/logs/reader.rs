@@ -85,9 +85,24 @@ pub struct Batch {
     pub backlog_bytes: u64,
     /// Stretches that could not be read.
     pub gaps: Vec<Gap>,
+    /// Lines per severity, folded into `counts` when reading ends (an array in the hot loop,
+    /// not a map lookup per line).
+    by_severity: [u64; 6],
 }
 
 impl Batch {
+    /// Whether storing this batch would change anything: lines read, a gap, or a cursor that
+    /// moved. A run with nothing new commits nothing.
+    #[must_use]
+    pub fn changes(&self, previous: &[Cursor]) -> bool {
+        let key = |c: &Cursor| (c.path.clone(), c.device, c.inode, c.offset);
+        let mut before: Vec<_> = previous.iter().map(key).collect();
+        let mut after: Vec<_> = self.cursors.iter().map(key).collect();
+        before.sort();
+        after.sort();
+        self.lines_read > 0 || !self.gaps.is_empty() || before != after
+    }
+
     fn count_line(&mut self, source: &SourceSettings, line: &[u8]) {
         self.lines_read += 1;
         let classified = classify(source.format, line);
@@ -152,6 +167,17 @@ pub fn read_source(source: &SourceSettings, previous: &[Cursor], budget: u64) ->
         batch.cursors.push(next);
     }
     // Cursors of files that vanished without a successor are dropped: nothing left to read.
+    for (idx, severity) in LineSeverity::ALL.iter().enumerate() {
+        if batch.by_severity[idx] > 0 {
+            batch.counts.insert(
+                (*severity, String::new()),
+                Count {
+                    count: batch.by_severity[idx],
+                    example: String::new(),
+                },
+            );
+        }
+    }
     Ok(batch)
 }
 
@@ -173,7 +199,26 @@ fn read_file(
             if metadata.len() >= cursor.offset && head_matches(&mut file, cursor)? {
                 start = cursor.offset;
             } else {
+                // Truncated in place (copytruncate) or replaced: the lines written since the
+                // last run are in the copy, if one is here (a generation with the cursor's
+                // head, at least as long as its offset); finish it first.
                 tracing::info!(path = %key, offset = cursor.offset, "log file truncated or replaced, reading it from the start");
+                if let Some(copy) = find_copy(directory, path, cursor)? {
+                    let mut copy_file = File::open(&copy)?;
+                    let (end, finished) =
+                        read_lines(source, &mut copy_file, cursor.offset, true, budget, batch)?;
+                    if !finished {
+                        // Out of budget inside the copy: the copy's unread rest is left out
+                        // (a copy has no identity of its own to resume from).
+                        batch.gaps.push(Gap {
+                            path: key.clone(),
+                            reason: format!(
+                                "the budget ran out in the copy {} of a truncated file; its bytes after {end} were not read",
+                                copy.display()
+                            ),
+                        });
+                    }
+                }
             }
         } else {
             match find_inode(directory, cursor.device, cursor.inode)? {
@@ -302,6 +347,41 @@ fn head_hash(file: &mut File, up_to: u64) -> io::Result<(u64, Vec<u8>)> {
     let mut head = Vec::with_capacity(usize::try_from(up_to).unwrap_or(256));
     file.take(up_to).read_to_end(&mut head)?;
     Ok((head.len() as u64, Sha256::digest(&head).to_vec()))
+}
+
+/// A plain generation of `live` (`<name>.<anything>`, not compressed) whose head is the
+/// cursor's and which holds at least the cursor's offset: the copy copytruncate made.
+fn find_copy(directory: &Path, live: &Path, cursor: &Cursor) -> io::Result<Option<PathBuf>> {
+    let Some(live_name) = live.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Ok(None);
+    };
+    let prefix = format!("{live_name}.");
+    let mut candidates: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+    for entry in fs::read_dir(directory)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(&prefix)
+            || name.ends_with(".zst")
+            || name.ends_with(".gz")
+            || name.ends_with(".partial")
+        {
+            continue;
+        }
+        if let Ok(metadata) = fs::symlink_metadata(entry.path())
+            && metadata.is_file()
+            && metadata.len() >= cursor.offset
+        {
+            candidates.push((metadata.modified()?, entry.path()));
+        }
+    }
+    // Newest first: the latest copy is the one made after the last run.
+    candidates.sort_by(|a, b| b.cmp(a));
+    for (_, candidate) in candidates {
+        if head_matches(&mut File::open(&candidate)?, cursor)? {
+            return Ok(Some(candidate));
+        }
+    }
+    Ok(None)
 }
 
 /// The regular file of `directory` with this device and inode (a rotated generation).

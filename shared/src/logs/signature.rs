@@ -6,6 +6,8 @@
 //! `warning` (most of a log): it looks for the level key with `memchr::memmem` and parses the
 //! whole object only for the lines it keeps.
 
+use std::sync::LazyLock;
+
 use memchr::memmem;
 use serde::Serialize;
 
@@ -30,6 +32,16 @@ pub enum LineSeverity {
 }
 
 impl LineSeverity {
+    /// Every severity, in order (index = `self as usize`).
+    pub const ALL: [Self; 6] = [
+        Self::Debug,
+        Self::Info,
+        Self::Warning,
+        Self::Error,
+        Self::Fatal,
+        Self::Panic,
+    ];
+
     /// The lowercase name stored in `log_scan_counts.severity`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -89,15 +101,27 @@ pub struct Classified {
 #[must_use]
 pub fn classify(format: SourceFormat, line: &[u8]) -> Classified {
     match format {
-        SourceFormat::Json => classify_json(line, &[b"\"level\"", b"\"severity\"", b"\"lvl\""]),
-        SourceFormat::PostgresJsonlog => classify_json(line, &[b"\"error_severity\""]),
+        SourceFormat::Json => classify_json(line, &*JSON_LEVEL_KEYS),
+        SourceFormat::PostgresJsonlog => classify_json(line, &*JSONLOG_LEVEL_KEYS),
         SourceFormat::Postgres => classify_postgres(line),
         SourceFormat::Redis => classify_redis(line),
         SourceFormat::Text => classify_text(line),
     }
 }
 
-fn classify_json(line: &[u8], keys: &[&[u8]]) -> Classified {
+/// Searchers built once: constructing a `memmem::Finder` per line would cost more than the
+/// search itself.
+static JSON_LEVEL_KEYS: LazyLock<[memmem::Finder<'static>; 3]> = LazyLock::new(|| {
+    [
+        memmem::Finder::new(b"\"level\""),
+        memmem::Finder::new(b"\"severity\""),
+        memmem::Finder::new(b"\"lvl\""),
+    ]
+});
+static JSONLOG_LEVEL_KEYS: LazyLock<[memmem::Finder<'static>; 1]> =
+    LazyLock::new(|| [memmem::Finder::new(b"\"error_severity\"")]);
+
+fn classify_json(line: &[u8], keys: &[memmem::Finder<'static>]) -> Classified {
     let level = keys.iter().find_map(|key| json_string_after(line, key));
     let severity = level.map_or(LineSeverity::Debug, LineSeverity::from_level);
     let message = (severity >= LineSeverity::Warning).then(|| json_message(line));
@@ -106,8 +130,8 @@ fn classify_json(line: &[u8], keys: &[&[u8]]) -> Classified {
 
 /// The string value after `"key"` (and `:`), without a full parse. Only plain values (no
 /// escapes) are recognised, which every level name is.
-fn json_string_after<'a>(line: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    let at = memmem::find(line, key)? + key.len();
+fn json_string_after<'a>(line: &'a [u8], key: &memmem::Finder<'static>) -> Option<&'a [u8]> {
+    let at = key.find(line)? + key.needle().len();
     let rest = &line[at..];
     let mut idx = 0;
     while idx < rest.len() && (rest[idx] == b' ' || rest[idx] == b':' || rest[idx] == b'\t') {

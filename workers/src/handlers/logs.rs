@@ -189,16 +189,20 @@ pub async fn scan_errors(ctx: &HandlerContext, job: Job) -> Result<Outcome, JobE
                 continue;
             }
         };
-        let committed = log_cursors::commit(
-            &ctx.db,
-            job.id.0,
-            &source.name,
-            &previous,
-            previous_scan_at,
-            &batch,
-        )
-        .await
-        .map_err(|e| JobError::retryable(format!("committing the scan: {}", chain(&e))))?;
+        let committed = if !batch.changes(&previous) {
+            log_cursors::Commit::Committed
+        } else {
+            log_cursors::commit(
+                &ctx.db,
+                job.id.0,
+                &source.name,
+                &previous,
+                previous_scan_at,
+                &batch,
+            )
+            .await
+            .map_err(|e| JobError::retryable(format!("committing the scan: {}", chain(&e))))?
+        };
         if committed == log_cursors::Commit::CursorMoved {
             return Err(JobError::retryable(format!(
                 "another scan of source {:?} moved its cursor meanwhile; this attempt's reading was discarded",
