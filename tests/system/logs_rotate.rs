@@ -200,11 +200,13 @@ async fn copytruncate_under_a_live_append_writer_loses_at_most_the_documented_wi
     ));
     let mut worker = deployment.start("upkeep-worker-logs", [] as [&str; 0]);
     wait_for_worker(&mut worker, "logs");
+    let started = std::time::Instant::now();
     let mut writer = start_writer(dir, false);
 
     // Act
     let ids = rotate_repeatedly(&deployment, 12, Duration::from_millis(300)).await;
     let n_written = stop_writer(dir, &mut writer);
+    let lines_per_ms = n_written as f64 / started.elapsed().as_millis().max(1) as f64;
 
     // Assert: no line twice, no NUL regrowth (checked while reading), and the lost lines, if
     // any, are the few appended between a rotation's last size check and its truncation.
@@ -220,19 +222,25 @@ async fn copytruncate_under_a_live_append_writer_loses_at_most_the_documented_wi
             _ => stretches.push(vec![*n]),
         }
     }
+    let longest = stretches.iter().map(Vec::len).max().unwrap_or(0);
     eprintln!(
-        "copytruncate: {n_written} lines written, {} lost in {} stretch(es) over {} rotations",
+        "copytruncate: {n_written} lines written ({lines_per_ms:.0}/ms), {} lost in {} stretch(es) \
+         over {} rotations, the longest {longest} lines ({:.1} ms of writing)",
         missing.len(),
         stretches.len(),
-        ids.len()
+        ids.len(),
+        longest as f64 / lines_per_ms
     );
     assert!(
         stretches.len() <= ids.len(),
         "losses outside rotations: {stretches:?}"
     );
+    // The documented window: what the writer appends between the last size check and the
+    // truncation, microseconds when the rotating thread runs on, up to a scheduler time slice
+    // or a few when it is preempted on a busy machine. 50 ms of writing is the bound.
     assert!(
-        stretches.iter().all(|s| s.len() <= 20),
-        "a rotation lost more than its window: {stretches:?}"
+        (longest as f64) <= lines_per_ms * 50.0,
+        "a rotation lost more than 50 ms of writing: {longest} lines at {lines_per_ms:.0}/ms"
     );
     let names = generations(dir);
     assert_eq!(

@@ -344,7 +344,7 @@ fn rotate_one(
         RotateMode::Copytruncate => copy_truncate(&live, &generation_path, &target.directory)?,
         RotateMode::Postgres => {}
     }
-    tracing::info!(target = %target.name, file = %name, generation = %generation, "log rotated");
+    tracing::info!(log_target = %target.name, file = %name, generation = %generation, "log rotated");
     Ok(generation)
 }
 
