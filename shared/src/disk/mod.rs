@@ -83,18 +83,18 @@ fn measure_one(path: &Path) -> std::io::Result<Usage> {
     let canonical = path.canonicalize()?;
     let device = std::fs::metadata(&canonical)?.dev();
     let stat = nix::sys::statvfs::statvfs(&canonical).map_err(std::io::Error::from)?;
-    let fragment = u64::from(stat.fragment_size());
-    let blocks = u64::from(stat.blocks());
-    let free = u64::from(stat.blocks_free());
-    let avail = u64::from(stat.blocks_available());
+    let fragment = stat.fragment_size();
+    let blocks = stat.blocks();
+    let free = stat.blocks_free();
+    let avail = stat.blocks_available();
     let used = blocks.saturating_sub(free);
     let used_pct = if used + avail == 0 {
         0.0
     } else {
         used as f64 * 100.0 / (used + avail) as f64
     };
-    let files = u64::from(stat.files());
-    let files_free = u64::from(stat.files_free());
+    let files = stat.files();
+    let files_free = stat.files_free();
     let inodes_used_pct =
         (files > 0).then(|| files.saturating_sub(files_free) as f64 * 100.0 / files as f64);
     Ok(Usage {
@@ -124,8 +124,7 @@ fn mount_point(path: &Path, device: u64) -> PathBuf {
 /// `used_pct` rounded up, as `df` prints it.
 #[must_use]
 pub fn df_pct(used_pct: f64) -> u64 {
-    let pct = used_pct.ceil() as u64;
-    pct
+    used_pct.ceil() as u64
 }
 
 /// The level of a value given the previous level (the open finding), with hysteresis: a level

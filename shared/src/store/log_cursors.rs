@@ -17,6 +17,19 @@ use super::Error;
 use crate::logs::reader::{Batch, Cursor};
 use crate::logs::signature::LineSeverity;
 
+/// `log_cursors` columns: path, device, inode, offset, head_len, head_hash, updated_at.
+type CursorRow = (String, i64, i64, i64, i64, Vec<u8>, DateTime<Utc>);
+/// `log_scan_batches` columns: bytes_read, lines_read, backlog_bytes, gaps, previous_scan_at,
+/// committed_at.
+type BatchRow = (
+    i64,
+    i64,
+    i64,
+    serde_json::Value,
+    Option<DateTime<Utc>>,
+    DateTime<Utc>,
+);
+
 /// The source's cursors and when they were last committed.
 ///
 /// # Errors
@@ -25,7 +38,7 @@ pub async fn load(
     pool: &PgPool,
     source: &str,
 ) -> Result<(Vec<Cursor>, Option<DateTime<Utc>>), Error> {
-    let rows: Vec<(String, i64, i64, i64, i64, Vec<u8>, DateTime<Utc>)> = sqlx::query_as(
+    let rows: Vec<CursorRow> = sqlx::query_as(
         "SELECT path, device, inode, \"offset\", head_len, head_hash, updated_at \
          FROM log_cursors WHERE source = $1 ORDER BY path",
     )
@@ -203,14 +216,7 @@ pub struct JobReport {
 /// # Errors
 /// When a query fails or a stored severity is unknown.
 pub async fn job_report(pool: &PgPool, job_id: Uuid, source: &str) -> Result<JobReport, Error> {
-    let batches: Vec<(
-        i64,
-        i64,
-        i64,
-        serde_json::Value,
-        Option<DateTime<Utc>>,
-        DateTime<Utc>,
-    )> = sqlx::query_as(
+    let batches: Vec<BatchRow> = sqlx::query_as(
         "SELECT bytes_read, lines_read, backlog_bytes, gaps, previous_scan_at, committed_at \
              FROM log_scan_batches WHERE job_id = $1 AND source = $2 ORDER BY id",
     )
