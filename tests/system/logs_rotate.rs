@@ -342,3 +342,88 @@ fn a_pattern_with_a_slash_is_refused_at_config_load_naming_the_key() {
     let error = settings.expect_err("the pattern is refused").to_string();
     assert!(error.contains("logs.targets[0].pattern"), "{error}");
 }
+
+#[test]
+fn postgres_mode_compresses_and_prunes_only_files_the_collector_no_longer_writes() {
+    // Arrange: four collector files, oldest first, the newest being the one
+    // pg_current_logfile() names (the handler asks PostgreSQL for it; a private server cannot
+    // run the collector here because the test helper reads its start-up from stderr).
+    let logs = tempfile::tempdir().expect("a log directory");
+    let dir = logs.path();
+    let names: Vec<String> = (0..4)
+        .map(|idx| format!("postgresql-20261129-0{idx}0000.log"))
+        .collect();
+    for (idx, name) in names.iter().enumerate() {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("file {idx}\n")).expect("a log file");
+        let mtime = std::time::SystemTime::now() - Duration::from_secs(3600 * (4 - idx as u64));
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(mtime))
+            .expect("setting the mtime");
+    }
+    let target = TargetSettings {
+        name: "pg".to_owned(),
+        directory: dir.to_owned(),
+        pattern: "postgresql-*.log".to_owned(),
+        mode: RotateMode::Postgres,
+        keep: 2,
+        compress: Compression::Zstd,
+        ..TargetSettings::default()
+    };
+
+    // Act
+    let report =
+        rotate::run(&target, std::slice::from_ref(&names[3]), Utc::now()).expect("rotation runs");
+
+    // Assert: the current file untouched; of the three older ones the oldest is pruned
+    // (keep = 2), the middle one compressed, the newest left plain.
+    assert!(
+        report.rotated.is_empty(),
+        "postgres mode never rotates: {report:?}"
+    );
+    let mut after: Vec<String> = std::fs::read_dir(dir)
+        .expect("the log directory")
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    after.sort();
+    assert_eq!(
+        after,
+        vec![
+            format!("{}.zst", names[1]),
+            names[2].clone(),
+            names[3].clone()
+        ]
+    );
+}
+
+#[test]
+fn upkeepctl_logs_targets_lists_each_file_with_its_size_generations_and_next_rotation() {
+    let logs = tempfile::tempdir().expect("a log directory");
+    let dir = logs.path();
+    std::fs::write(dir.join("app.log"), "0123456789").expect("the live file");
+    let generation = format!("app.log.{}", stamp(Utc::now() - chrono::Duration::hours(1)));
+    std::fs::write(dir.join(&generation), "old\n").expect("a generation");
+    let deployment = Deployment::with_database_url("postgres://unused@127.0.0.1:1/none".to_owned());
+    deployment.write_config(&format!(
+        "[[logs.targets]]\nname = \"app\"\ndirectory = \"{}\"\npattern = \"app.log\"\n\
+         mode = \"copytruncate\"\nwriter_uses_append = true\nrotate_size = \"5B\"\n",
+        dir.display()
+    ));
+
+    let json: serde_json::Value =
+        serde_json::from_str(&deployment.ctl_ok(["logs", "targets", "--json"])).expect("JSON");
+    let text = deployment.ctl_ok(["logs", "targets"]);
+
+    let file = &json["targets"][0]["files"][0];
+    assert_eq!(file["size"], 10, "{json:#}");
+    assert_eq!(file["due"], "size");
+    assert_eq!(file["generations"].as_array().map(Vec::len), Some(1));
+    assert!(text.contains("due now (Size)"), "{text}");
+}
