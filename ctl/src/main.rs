@@ -11,6 +11,7 @@ use upkeep_shared::shutdown::Shutdown;
 use upkeep_shared::{JobKind, QueueName};
 
 mod cron;
+mod logs;
 mod reconcile;
 mod reports;
 
@@ -81,6 +82,10 @@ enum Command {
     Tasks(tasks::TasksArgs),
     /// OAuth2 credentials: add, list, get, revoke, rotate-key.
     Tokens(tokens::TokensArgs),
+    /// Log rotation targets: files, sizes, next rotation.
+    Logs(logs::LogsArgs),
+    /// Disk usage of every checked filesystem, as `df` computes it.
+    Disk(logs::DiskArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,6 +169,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cron(args) => cron::run(&args),
         Command::Tasks(args) => tasks::run(settings, args).await,
         Command::Tokens(args) => tokens::run(&settings, args).await,
+        Command::Logs(args) => logs::run(&settings, args).await,
+        Command::Disk(args) => logs::disk(&settings, &args),
     }
 }
 

@@ -63,6 +63,10 @@ pub struct Settings {
     pub tasks: TasksSettings,
     /// `[reports]`: the Postgres health reports' target databases and thresholds.
     pub reports: crate::reports::ReportsSettings,
+    /// `[logs]`: rotation targets and error-scan sources.
+    pub logs: crate::logs::LogsSettings,
+    /// `[disk]`: the disk check's extra paths and thresholds.
+    pub disk: crate::disk::DiskSettings,
     /// AES-256-GCM key for stored credentials. Defaults to none; only the token worker needs it.
     pub secret_key: Option<SecretKey>,
     /// The key the stored credentials were encrypted under before a rotation
@@ -533,6 +537,8 @@ impl Default for Settings {
             telemetry: TelemetrySettings::default(),
             tasks: TasksSettings::default(),
             reports: crate::reports::ReportsSettings::default(),
+            logs: crate::logs::LogsSettings::default(),
+            disk: crate::disk::DiskSettings::default(),
             secret_key: None,
             secret_key_previous: None,
             tokens: crate::tokens::TokenSettings::default(),
@@ -914,6 +920,8 @@ const TOP_KEYS: &[&str] = &[
     "telemetry",
     "tasks",
     "reports",
+    "logs",
+    "disk",
     "secret_key",
     "secret_key_previous",
     "tokens",
@@ -1428,6 +1436,8 @@ fn validate(
     let telemetry = validate_telemetry(ctx, doc);
     let tasks = serde_section(ctx, doc, "tasks", env);
     let reports = serde_section(ctx, doc, "reports", env);
+    let logs = serde_section(ctx, doc, "logs", env);
+    let disk = serde_section(ctx, doc, "disk", env);
     let secret_key =
         root.opt_string(ctx, "secret_key", true)
             .and_then(|text| match SecretKey::parse(text) {
@@ -1459,6 +1469,8 @@ fn validate(
         telemetry,
         tasks,
         reports,
+        logs,
+        disk,
         secret_key,
         secret_key_previous,
         tokens: serde_section(ctx, doc, "tokens", env),
@@ -3139,7 +3151,8 @@ mod tests {
         .unwrap_or_else(|e| panic!("deploy/demo.toml: {e}"));
 
         assert_eq!(example.schedules.len(), 1);
-        assert_eq!(demo.schedules.len(), 7);
+        // The ping, the report schedules, the token refresh, and the log and disk schedules.
+        assert_eq!(demo.schedules.len(), 10);
         assert_eq!(demo.reports.databases[0].name, "upkeep");
         assert!(
             demo.schedules

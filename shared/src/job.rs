@@ -125,12 +125,12 @@ pub const CATALOG: &[KindSpec] = &[
     KindSpec {
         name: "logs.rotate",
         default_queue: "logs",
-        has_handler: false,
+        has_handler: true,
     },
     KindSpec {
         name: "logs.scan_errors",
         default_queue: "logs",
-        has_handler: false,
+        has_handler: true,
     },
     KindSpec {
         name: "tokens.refresh",
@@ -155,7 +155,7 @@ pub const CATALOG: &[KindSpec] = &[
     KindSpec {
         name: "system.disk",
         default_queue: "reports",
-        has_handler: false,
+        has_handler: true,
     },
     KindSpec {
         name: "queues.snapshot",
@@ -236,6 +236,15 @@ impl JobKind {
             "system.ping" => PingArgs::from_value(args).map(|_| ()),
             "db.slow_queries" | "db.bloat" | "db.index_usage" => {
                 ReportArgs::from_value(self.0.name, args).map(|_| ())
+            }
+            "logs.rotate" => {
+                crate::logs::decode_args::<crate::logs::RotateArgs>(self.0.name, args).map(|_| ())
+            }
+            "logs.scan_errors" => {
+                crate::logs::decode_args::<crate::logs::ScanArgs>(self.0.name, args).map(|_| ())
+            }
+            "system.disk" => {
+                crate::logs::decode_args::<crate::logs::DiskArgs>(self.0.name, args).map(|_| ())
             }
             _ if args.is_object() || args.is_null() => Ok(()),
             name => Err(JobError::Invalid(format!(

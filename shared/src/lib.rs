@@ -9,6 +9,8 @@
 //! - [`queue`]: our Redis queue backend for apalis-core (enqueue, lease, ack, retry, dead letters).
 //! - [`store`]: the Postgres ledger (`job_runs`, `schedules`, `schedule_ticks`, `findings`).
 //! - [`reports`]: Postgres health reports: the views' SQL, settings, findings (pure).
+//! - [`logs`], [`disk`]: log rotation, the error-log scan and the disk check (`logs.*`,
+//!   `system.disk`).
 //! - [`reconcile`]: the maintenance pass that finds jobs Redis lost but the ledger never saw
 //!   finish, and requeues or records them.
 //! - [`tasks`]: the maintenance checklist as data, and each item's status in a period window.
@@ -18,7 +20,9 @@
 //! - [`shutdown`]: the signal every long-running loop watches.
 
 pub mod config;
+pub mod disk;
 pub mod job;
+pub mod logs;
 pub mod outage;
 pub mod queue;
 pub mod reconcile;

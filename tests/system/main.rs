@@ -6,8 +6,11 @@
 //! parallel.
 
 mod cron_ctl;
+mod disk;
 mod enqueue;
 mod harness;
+mod logs_rotate;
+mod logs_scan;
 mod outages;
 mod reports;
 mod retention;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use crate::support::{Deployment, eventually, sigint, wait_for_log_entry, wait_for_worker};
 
 /// deploy/demo.toml with its first schedule (the ping) firing every second instead of every
-/// five, and that schedule's name. The others (the every-minute token refresh) stay as they are.
+/// five, and that schedule's name. The demo's other schedules stay as they are.
 fn demo_config_every_second() -> (String, String) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/demo.toml");
     let demo = std::fs::read_to_string(path).expect("reading deploy/demo.toml");

@@ -100,6 +100,21 @@ impl Registry {
             let refresher = refresher.clone();
             Box::pin(async move { crate::handlers::tokens::run(&c, &refresher, job).await })
         });
+        let c = ctx.clone();
+        registry.insert("logs.rotate", move |job| {
+            let c = c.clone();
+            Box::pin(async move { crate::handlers::logs::rotate(&c, job).await })
+        });
+        let c = ctx.clone();
+        registry.insert("logs.scan_errors", move |job| {
+            let c = c.clone();
+            Box::pin(async move { crate::handlers::logs::scan_errors(&c, job).await })
+        });
+        let c = ctx.clone();
+        registry.insert("system.disk", move |job| {
+            let c = c.clone();
+            Box::pin(async move { crate::handlers::disk::run(&c, job).await })
+        });
         registry
     }
 

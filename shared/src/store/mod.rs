@@ -3,6 +3,8 @@
 //! - [`runs`]: `job_runs`, one row per attempt, and the `findings` each attempt reported.
 //! - [`findings`]: which `(code, subject)` conditions are open, so checks can resolve them.
 //! - [`tasks`]: the evidence of checklist items, their acknowledgements, and the audit trail.
+//! - [`log_cursors`]: `logs.scan_errors` cursors, per-run counts and known signatures.
+//! - [`disk_samples`]: `system.disk` samples for the trend, and the server's own paths.
 //! - [`ticks`]: `schedule_ticks`, one row per expected tick of a schedule.
 //! - [`schedules`]: `schedules` as reconciled from the config, and the `schedule_events` audit.
 //! - [`reports`]: health-report queries against target databases (read-only, with timeouts),
@@ -17,8 +19,10 @@
 //! tests in `shared/tests/store/` run every query against a real Postgres. Connection details
 //! come from [`crate::config::DatabaseSettings`]; this module never reads the environment.
 
+pub mod disk_samples;
 pub mod findings;
 pub mod health;
+pub mod log_cursors;
 pub mod oauth_tokens;
 pub mod reconcile;
 pub mod reports;
