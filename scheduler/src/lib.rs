@@ -25,7 +25,7 @@ use sqlx::PgPool;
 use upkeep_shared::config::{ScheduleSettings, Settings};
 use upkeep_shared::queue::{NewJob, Queue, RedisConn};
 use upkeep_shared::schedule::{
-    Clock, Overlap, ScheduleSpec, SystemClock, Tick, TickDecision, plan_catch_up,
+    Clock, Overlap, ScheduleSpec, SystemClock, Tick, TickDecision, live_after, plan_catch_up,
 };
 use upkeep_shared::shutdown::Shutdown;
 use upkeep_shared::store::ticks::Decision;
@@ -324,10 +324,12 @@ impl Scheduler {
         now: DateTime<Utc>,
         missed: &mut Vec<ticks::TickClaim>,
     ) -> anyhow::Result<()> {
+        // The decision instant: ticks due at or before it are catch-up's, later ones the loop's.
+        let at = now - chrono::TimeDelta::from_std(CATCH_UP_GRACE).unwrap_or_default();
         let plan = plan_catch_up(
             &entry.spec,
             last_seen,
-            now - chrono::TimeDelta::from_std(CATCH_UP_GRACE).unwrap_or_default(),
+            at,
             entry.settings.catch_up,
             entry.settings.catch_up_window,
             entry.settings.catch_up_max as usize,
@@ -373,16 +375,9 @@ impl Scheduler {
                 n_caught_up, n_missed, "caught up after downtime"
             );
         }
-        // Continue after the newest tick the plan handled. With no history (a new schedule)
-        // nothing before now is owed; ticks not yet due (jitter, grace) stay after the cursor.
-        entry.cursor = match last_seen {
-            None => now,
-            Some(last_seen) => plan
-                .ticks
-                .iter()
-                .map(|t| t.fire_at)
-                .fold(last_seen, DateTime::max),
-        };
+        // The loop takes over exactly where the plan stops (one boundary, so no gap): with no
+        // history, every tick not yet due is the loop's, even one whose fire time has passed.
+        entry.cursor = live_after(&entry.spec, last_seen, at);
         Ok(())
     }
 
