@@ -182,6 +182,7 @@ impl Scheduler {
     /// # Errors
     /// Only for broken configuration found at start.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let started_at = self.clock.now();
         // Warns when Redis could evict queue data (the scheduler enqueues too).
         upkeep_shared::queue::check_eviction_policy(&self.conn)
             .await
@@ -213,7 +214,7 @@ impl Scheduler {
             entries.push(self.entry(schedule));
         }
         let mut retry = Retry::new("catch up");
-        while let Err(error) = self.catch_up_all(&mut entries).await {
+        while let Err(error) = self.catch_up_all(&mut entries, started_at).await {
             if !retry.wait(&shutdown, &error).await {
                 return Ok(());
             }
@@ -296,14 +297,22 @@ impl Scheduler {
 
     /// Plans and records, for every schedule, the ticks missed while no scheduler ran, per
     /// its catch-up policy; the newest tick of every schedule is read in one query.
-    async fn catch_up_all(&self, entries: &mut [Entry]) -> anyhow::Result<()> {
+    ///
+    /// A schedule new to the ledger owes nothing due before `started_at` (this scheduler's
+    /// start): ticks due while it reconciled and read the ledger are still enqueued.
+    async fn catch_up_all(
+        &self,
+        entries: &mut [Entry],
+        started_at: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
         let names: Vec<String> = entries.iter().map(|e| e.settings.name.clone()).collect();
         let last_seen = ticks::last_fire_times(&self.pool, &names).await?;
         let now = self.clock.now();
         let mut missed = Vec::new();
         for entry in entries.iter_mut() {
             let last_seen = last_seen.get(&entry.settings.name).copied();
-            self.catch_up(entry, last_seen, now, &mut missed).await?;
+            self.catch_up(entry, last_seen, now, started_at, &mut missed)
+                .await?;
         }
         for chunk in missed.chunks(CLAIM_CHUNK) {
             ticks::claim_ticks(&self.pool, chunk, &self.identity).await?;
@@ -322,10 +331,12 @@ impl Scheduler {
         entry: &mut Entry,
         last_seen: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
+        started_at: DateTime<Utc>,
         missed: &mut Vec<ticks::TickClaim>,
     ) -> anyhow::Result<()> {
+        let grace = chrono::TimeDelta::from_std(CATCH_UP_GRACE).unwrap_or_default();
         // The decision instant: ticks due at or before it are catch-up's, later ones the loop's.
-        let at = now - chrono::TimeDelta::from_std(CATCH_UP_GRACE).unwrap_or_default();
+        let at = now - grace;
         let plan = plan_catch_up(
             &entry.spec,
             last_seen,
@@ -377,7 +388,10 @@ impl Scheduler {
         }
         // The loop takes over exactly where the plan stops (one boundary, so no gap): with no
         // history, every tick not yet due is the loop's, even one whose fire time has passed.
-        entry.cursor = live_after(&entry.spec, last_seen, at);
+        entry.cursor = match last_seen {
+            None => live_after(&entry.spec, None, started_at.min(now) - grace),
+            Some(_) => live_after(&entry.spec, last_seen, at),
+        };
         Ok(())
     }
 
