@@ -40,6 +40,9 @@ pub const CATCH_UP_GRACE: Duration = Duration::from_secs(2);
 /// Most ticks claimed in one statement.
 const CLAIM_CHUNK: usize = 1000;
 
+/// Most unconfirmed claims the straggler scan looks at per pass.
+const STRAGGLER_PAGE: i64 = 100;
+
 /// Most ticks of one schedule handled in one pass (a clock jump must not stall the loop).
 const MAX_TICKS_PER_PASS: usize = 1000;
 
@@ -228,6 +231,7 @@ impl Scheduler {
         let max_sleep = self.settings.scheduler.tick_interval;
         let mut paused = PausedFlags::default();
         let mut last_straggler_check = None::<tokio::time::Instant>;
+        let mut straggler_after = None;
         let mut failing = false;
         loop {
             let now = self.clock.now();
@@ -254,7 +258,9 @@ impl Scheduler {
                 && last_straggler_check
                     .is_none_or(|at: tokio::time::Instant| at.elapsed() >= max_sleep)
             {
-                result = self.confirm_stragglers(&entries).await;
+                result = self
+                    .confirm_stragglers(&entries, &mut straggler_after)
+                    .await;
                 last_straggler_check = Some(tokio::time::Instant::now());
             }
             match result {
@@ -298,6 +304,12 @@ impl Scheduler {
     /// Plans and records, for every schedule, the ticks missed while no scheduler ran, per
     /// its catch-up policy; the newest tick of every schedule is read in one query.
     ///
+    /// The `missed` rows of every schedule are written before any `caught_up` tick is claimed:
+    /// the caught-up ticks are the newest of a plan, so a failure (or `kill -9`) in between
+    /// leaves the ledger's newest row older than every tick still unrecorded, and the next
+    /// attempt plans them again. Recording a caught-up tick first would make the next attempt
+    /// start after it and lose the missed ones' rows for good.
+    ///
     /// A schedule new to the ledger owes nothing due before `started_at` (this scheduler's
     /// start): ticks due while it reconciled and read the ledger are still enqueued.
     async fn catch_up_all(
@@ -308,35 +320,45 @@ impl Scheduler {
         let names: Vec<String> = entries.iter().map(|e| e.settings.name.clone()).collect();
         let last_seen = ticks::last_fire_times(&self.pool, &names).await?;
         let now = self.clock.now();
+        let grace = chrono::TimeDelta::from_std(CATCH_UP_GRACE).unwrap_or_default();
+        // The decision instant: ticks due at or before it are catch-up's, later ones the loop's.
+        let at = now - grace;
         let mut missed = Vec::new();
-        for entry in entries.iter_mut() {
+        let mut caught_up = Vec::new();
+        for (entry_idx, entry) in entries.iter().enumerate() {
             let last_seen = last_seen.get(&entry.settings.name).copied();
-            self.catch_up(entry, last_seen, now, started_at, &mut missed)
-                .await?;
+            for fire_at in self.plan_entry(entry, last_seen, at, &mut missed) {
+                caught_up.push((entry_idx, fire_at));
+            }
         }
         for chunk in missed.chunks(CLAIM_CHUNK) {
             ticks::claim_ticks(&self.pool, chunk, &self.identity).await?;
         }
+        for (entry_idx, fire_at) in caught_up {
+            self.claim_and_enqueue(&entries[entry_idx], fire_at, Decision::CaughtUp)
+                .await?;
+        }
+        for entry in entries.iter_mut() {
+            // The loop takes over exactly where the plan stops (one boundary, so no gap): with
+            // no history, every tick not yet due is the loop's, even one whose fire time passed.
+            entry.cursor = match last_seen.get(&entry.settings.name).copied() {
+                None => live_after(&entry.spec, None, started_at.min(now) - grace),
+                Some(last_seen) => live_after(&entry.spec, Some(last_seen), at),
+            };
+        }
         Ok(())
     }
 
-    /// Plans the catch-up of one schedule: runs its `caught_up` ticks now and adds its
-    /// `missed` ones to `missed`, to be claimed in bulk.
-    ///
-    /// Ticks due within [`CATCH_UP_GRACE`] of `now` are left to the normal loop: another
-    /// replica is probably claiming them right now, and they are not late enough to be
-    /// anything but `enqueued`.
-    async fn catch_up(
+    /// Plans the catch-up of one schedule up to the decision instant `at`: adds its `missed`
+    /// ticks (oldest first) to `missed`, to be claimed in bulk, and returns the fire times of
+    /// its `caught_up` ones, oldest first.
+    fn plan_entry(
         &self,
-        entry: &mut Entry,
+        entry: &Entry,
         last_seen: Option<DateTime<Utc>>,
-        now: DateTime<Utc>,
-        started_at: DateTime<Utc>,
+        at: DateTime<Utc>,
         missed: &mut Vec<ticks::TickClaim>,
-    ) -> anyhow::Result<()> {
-        let grace = chrono::TimeDelta::from_std(CATCH_UP_GRACE).unwrap_or_default();
-        // The decision instant: ticks due at or before it are catch-up's, later ones the loop's.
-        let at = now - grace;
+    ) -> Vec<DateTime<Utc>> {
         let plan = plan_catch_up(
             &entry.spec,
             last_seen,
@@ -360,7 +382,7 @@ impl Scheduler {
                 )),
             });
         }
-        let mut n_caught_up = 0;
+        let mut caught_up = Vec::new();
         let mut n_missed = 0;
         for tick in &plan.ticks {
             match tick.decision {
@@ -373,26 +395,16 @@ impl Scheduler {
                     });
                     n_missed += 1;
                 }
-                TickDecision::CaughtUp => {
-                    self.claim_and_enqueue(entry, tick.fire_at, Decision::CaughtUp)
-                        .await?;
-                    n_caught_up += 1;
-                }
+                TickDecision::CaughtUp => caught_up.push(tick.fire_at),
             }
         }
-        if n_caught_up + n_missed > 0 {
+        if !caught_up.is_empty() || n_missed > 0 {
             tracing::info!(
                 schedule = %entry.settings.name, policy = entry.settings.catch_up.as_str(),
-                n_caught_up, n_missed, "caught up after downtime"
+                n_caught_up = caught_up.len(), n_missed, "catching up after downtime"
             );
         }
-        // The loop takes over exactly where the plan stops (one boundary, so no gap): with no
-        // history, every tick not yet due is the loop's, even one whose fire time has passed.
-        entry.cursor = match last_seen {
-            None => live_after(&entry.spec, None, started_at.min(now) - grace),
-            Some(_) => live_after(&entry.spec, last_seen, at),
-        };
-        Ok(())
+        caught_up
     }
 
     /// Claims and enqueues every due tick of every schedule whose next tick is due.
@@ -608,26 +620,62 @@ impl Scheduler {
         Ok(blocks.then(|| format!("job {job_id} of tick {} is {state}", last.fire_at)))
     }
 
-    /// Re-enqueues ticks claimed but never confirmed (their claimer died in between).
-    async fn confirm_stragglers(&self, entries: &[Entry]) -> anyhow::Result<()> {
+    /// Re-enqueues ticks claimed but never confirmed (their claimer died in between), one
+    /// page of [`STRAGGLER_PAGE`] per call.
+    ///
+    /// The scan continues from where the previous call stopped (`after`) and wraps around at
+    /// the end, and a claim whose enqueue fails does not stop the others: claims that fail
+    /// every time cannot keep the scan from the rest. Claims of schedules this replica does
+    /// not run (disabled, removed) are not listed. Returns the first error, after trying
+    /// every claim of the page.
+    async fn confirm_stragglers(
+        &self,
+        entries: &[Entry],
+        after: &mut Option<(DateTime<Utc>, i64)>,
+    ) -> anyhow::Result<()> {
         let timeout = chrono::TimeDelta::from_std(self.settings.scheduler.confirm_timeout)
             .unwrap_or_default();
-        let stale = ticks::unconfirmed_ticks(&self.pool, self.clock.now() - timeout, 100).await?;
+        let names: Vec<String> = entries.iter().map(|e| e.settings.name.clone()).collect();
+        let stale = ticks::unconfirmed_ticks(
+            &self.pool,
+            &names,
+            self.clock.now() - timeout,
+            *after,
+            STRAGGLER_PAGE,
+        )
+        .await?;
+        *after = match stale.last() {
+            Some(last) if stale.len() as i64 == STRAGGLER_PAGE => Some((last.claimed_at, last.id)),
+            _ => None,
+        };
+        let mut first_error = None;
         for row in stale {
             let Some(entry) = entries.iter().find(|e| e.settings.name == row.schedule) else {
                 continue;
             };
-            let job_id = enqueue_tick(
-                &entry.queue,
-                &entry.settings,
-                entry.max_attempts,
-                row.fire_at,
-            )
-            .await?;
-            ticks::confirm_tick(&self.pool, row.id, job_id).await?;
-            tracing::warn!(schedule = %row.schedule, fire_at = %row.fire_at, job_id = %job_id, claimed_by = ?row.claimed_by, "unconfirmed tick enqueued by this replica");
+            let result = async {
+                let job_id = enqueue_tick(
+                    &entry.queue,
+                    &entry.settings,
+                    entry.max_attempts,
+                    row.fire_at,
+                )
+                .await?;
+                ticks::confirm_tick(&self.pool, row.id, job_id).await?;
+                anyhow::Ok(job_id)
+            }
+            .await;
+            match result {
+                Ok(job_id) => {
+                    tracing::warn!(schedule = %row.schedule, fire_at = %row.fire_at, job_id = %job_id, claimed_by = ?row.claimed_by, "unconfirmed tick enqueued by this replica");
+                }
+                Err(error) => {
+                    tracing::debug!(schedule = %row.schedule, fire_at = %row.fire_at, error = %error, "unconfirmed tick still not enqueued");
+                    first_error.get_or_insert(error);
+                }
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     async fn retry_until_ok<T, F, Fut>(
