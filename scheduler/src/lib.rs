@@ -29,7 +29,7 @@ use upkeep_shared::schedule::{
 };
 use upkeep_shared::shutdown::Shutdown;
 use upkeep_shared::store::ticks::Decision;
-use upkeep_shared::store::{schedules, ticks};
+use upkeep_shared::store::{replicas, schedules, ticks};
 use upkeep_shared::{JobId, QueueName};
 
 /// Ticks due less than this long ago when a replica starts are left to its normal loop (as
@@ -232,6 +232,8 @@ impl Scheduler {
         let mut paused = PausedFlags::default();
         let mut last_straggler_check = None::<tokio::time::Instant>;
         let mut straggler_after = None;
+        let mut last_heartbeat = None::<tokio::time::Instant>;
+        let mut last_ok = None;
         let mut failing = false;
         loop {
             let now = self.clock.now();
@@ -253,7 +255,33 @@ impl Scheduler {
             } else if shutdown.is_triggered() {
                 break;
             }
-            let mut result = self.fire_due(&mut entries, &mut due, &mut paused).await;
+            let pass_now = self.clock.now();
+            // Wall time that moved further than monotonic time since the last good pass: the
+            // clock jumped forwards, and the ticks jumped over are late, not due.
+            let jumped =
+                last_ok.is_some_and(|(wall, mono): (DateTime<Utc>, tokio::time::Instant)| {
+                    chrono::TimeDelta::from_std(mono.elapsed() + CATCH_UP_GRACE)
+                        .is_ok_and(|elapsed| pass_now - wall > elapsed)
+                });
+            let mut result = if failing || jumped {
+                self.catch_up_live(&mut entries, &mut due, pass_now).await
+            } else {
+                Ok(())
+            };
+            if result.is_ok() {
+                result = self.fire_due(&mut entries, &mut due, &mut paused).await;
+            }
+            if result.is_ok()
+                && last_heartbeat.is_none_or(|at: tokio::time::Instant| at.elapsed() >= max_sleep)
+            {
+                result = replicas::heartbeat(&self.pool, &self.identity, pass_now, pass_now)
+                    .await
+                    .map_err(anyhow::Error::from);
+                last_heartbeat = Some(tokio::time::Instant::now());
+            }
+            if result.is_ok() {
+                last_ok = Some((pass_now, tokio::time::Instant::now()));
+            }
             if result.is_ok()
                 && last_straggler_check
                     .is_none_or(|at: tokio::time::Instant| at.elapsed() >= max_sleep)
@@ -275,6 +303,16 @@ impl Scheduler {
                 }
                 Err(_) => {}
             }
+        }
+        // A clean stop is no longer a live replica; others need not wait for its horizon.
+        let forgotten = replicas::forget(
+            &self.pool,
+            &self.identity,
+            self.clock.now() - chrono::TimeDelta::days(1),
+        )
+        .await;
+        if let Err(error) = forgotten {
+            tracing::debug!(error = %error, "could not remove this replica's live sign");
         }
         tracing::info!("scheduler stopped");
         Ok(())
@@ -320,9 +358,10 @@ impl Scheduler {
         let names: Vec<String> = entries.iter().map(|e| e.settings.name.clone()).collect();
         let last_seen = ticks::last_fire_times(&self.pool, &names).await?;
         let now = self.clock.now();
+        replicas::forget(&self.pool, &self.identity, now - chrono::TimeDelta::days(1)).await?;
         let grace = chrono::TimeDelta::from_std(CATCH_UP_GRACE).unwrap_or_default();
         // The decision instant: ticks due at or before it are catch-up's, later ones the loop's.
-        let at = now - grace;
+        let at = self.decision_instant(now).await?;
         let mut missed = Vec::new();
         let mut caught_up = Vec::new();
         for (entry_idx, entry) in entries.iter().enumerate() {
@@ -331,13 +370,8 @@ impl Scheduler {
                 caught_up.push((entry_idx, fire_at));
             }
         }
-        for chunk in missed.chunks(CLAIM_CHUNK) {
-            ticks::claim_ticks(&self.pool, chunk, &self.identity).await?;
-        }
-        for (entry_idx, fire_at) in caught_up {
-            self.claim_and_enqueue(&entries[entry_idx], fire_at, Decision::CaughtUp)
-                .await?;
-        }
+        self.record_catch_up(entries, &missed, &caught_up).await?;
+        replicas::heartbeat(&self.pool, &self.identity, at, now).await?;
         for entry in entries.iter_mut() {
             // The loop takes over exactly where the plan stops (one boundary, so no gap): with
             // no history, every tick not yet due is the loop's, even one whose fire time passed.
@@ -347,6 +381,75 @@ impl Scheduler {
             };
         }
         Ok(())
+    }
+
+    /// The instant up to which this replica may decide late ticks through the catch-up
+    /// policy: `now` less [`CATCH_UP_GRACE`], but never after the oldest `decided_until` of
+    /// the other live replicas (item: a starting or recovering replica must not record as
+    /// `missed` a tick a live but lagging replica is about to enqueue; the ticks after that
+    /// instant are enqueued by the loop, whoever claims them first).
+    async fn decision_instant(&self, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
+        let grace = chrono::TimeDelta::from_std(CATCH_UP_GRACE).unwrap_or_default();
+        let liveness =
+            chrono::TimeDelta::from_std(self.settings.scheduler.tick_interval * 3 + CATCH_UP_GRACE)
+                .unwrap_or_default();
+        let at = now - grace;
+        let horizon = replicas::live_horizon(&self.pool, &self.identity, now - liveness).await?;
+        Ok(horizon.map_or(at, |horizon| horizon.min(at)))
+    }
+
+    /// Writes a catch-up: every `missed` row first, then the `caught_up` ticks, which are
+    /// the newest of their schedule's plan (see [`Scheduler::catch_up_all`] for why the order
+    /// matters).
+    async fn record_catch_up(
+        &self,
+        entries: &[Entry],
+        missed: &[ticks::TickClaim],
+        caught_up: &[(usize, DateTime<Utc>)],
+    ) -> anyhow::Result<()> {
+        for chunk in missed.chunks(CLAIM_CHUNK) {
+            ticks::claim_ticks(&self.pool, chunk, &self.identity).await?;
+        }
+        for &(entry_idx, fire_at) in caught_up {
+            self.claim_and_enqueue(&entries[entry_idx], fire_at, Decision::CaughtUp)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Applies the catch-up policy to the ticks that fell due while this replica's loop could
+    /// not act (a store outage, or a clock jump forwards): the same plan a restarted replica
+    /// would make, from this replica's cursor, instead of enqueueing them all in a burst.
+    /// Ticks due within [`CATCH_UP_GRACE`] of `now` are left to [`Scheduler::fire_due`].
+    async fn catch_up_live(
+        &self,
+        entries: &mut [Entry],
+        due: &mut DueHeap,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        let at = self.decision_instant(now).await?;
+        let late = due.pop_due(at);
+        if late.is_empty() {
+            return Ok(());
+        }
+        let mut missed = Vec::new();
+        let mut caught_up = Vec::new();
+        for &entry_idx in &late {
+            let entry = &entries[entry_idx];
+            for fire_at in self.plan_entry(entry, Some(entry.cursor), at, &mut missed) {
+                caught_up.push((entry_idx, fire_at));
+            }
+        }
+        let result = self.record_catch_up(entries, &missed, &caught_up).await;
+        for &entry_idx in &late {
+            let entry = &mut entries[entry_idx];
+            if result.is_ok() {
+                entry.cursor = live_after(&entry.spec, Some(entry.cursor), at);
+            }
+            entry.next = entry.spec.next_tick_after(entry.cursor);
+            due.push(entry_idx, entry);
+        }
+        result
     }
 
     /// Plans the catch-up of one schedule up to the decision instant `at`: adds its `missed`
@@ -627,7 +730,7 @@ impl Scheduler {
     /// the end, and a claim whose enqueue fails does not stop the others: claims that fail
     /// every time cannot keep the scan from the rest. Claims of schedules this replica does
     /// not run (disabled, removed) are not listed. Returns the first error, after trying
-    /// every claim of the page.
+    /// every claim of the page, when none of them could be enqueued.
     async fn confirm_stragglers(
         &self,
         entries: &[Entry],
@@ -649,6 +752,7 @@ impl Scheduler {
             _ => None,
         };
         let mut first_error = None;
+        let mut n_enqueued = 0;
         for row in stale {
             let Some(entry) = entries.iter().find(|e| e.settings.name == row.schedule) else {
                 continue;
@@ -667,15 +771,20 @@ impl Scheduler {
             .await;
             match result {
                 Ok(job_id) => {
+                    n_enqueued += 1;
                     tracing::warn!(schedule = %row.schedule, fire_at = %row.fire_at, job_id = %job_id, claimed_by = ?row.claimed_by, "unconfirmed tick enqueued by this replica");
                 }
                 Err(error) => {
-                    tracing::debug!(schedule = %row.schedule, fire_at = %row.fire_at, error = %error, "unconfirmed tick still not enqueued");
+                    tracing::warn!(schedule = %row.schedule, fire_at = %row.fire_at, error = %error, "unconfirmed tick still not enqueued");
                     first_error.get_or_insert(error);
                 }
             }
         }
-        first_error.map_or(Ok(()), Err)
+        // Only a page where nothing worked looks like an outage; one bad claim is not.
+        match first_error {
+            Some(error) if n_enqueued == 0 => Err(error),
+            _ => Ok(()),
+        }
     }
 
     async fn retry_until_ok<T, F, Fut>(

@@ -2,6 +2,7 @@
 //!
 //! - [`runs`]: `job_runs`, one row per attempt, and the `findings` each attempt reported.
 //! - [`ticks`]: `schedule_ticks`, one row per expected tick of a schedule.
+//! - [`replicas`]: `scheduler_replicas`, each live scheduler replica's last sign and horizon.
 //! - [`schedules`]: `schedules` as reconciled from the config, and the `schedule_events` audit.
 //! - [`health`]: each schedule's last tick, last success, next fire, lag and skip counts, and
 //!   their Prometheus rendering.
@@ -14,6 +15,7 @@
 
 pub mod health;
 pub mod reconcile;
+pub mod replicas;
 pub mod runs;
 pub mod schedules;
 pub mod ticks;
