@@ -94,7 +94,9 @@ impl Scheduler {
             } else if shutdown.is_triggered() {
                 break;
             }
+            // Read together: a slow pass moves both alike and is not mistaken for a jump.
             let pass_now = self.clock.now();
+            let pass_mono = tokio::time::Instant::now();
             // Wall time that moved further than monotonic time since the last good pass: the
             // clock jumped forwards, and the ticks jumped over are late, not due.
             let jumped =
@@ -119,7 +121,7 @@ impl Scheduler {
                 last_heartbeat = Some(tokio::time::Instant::now());
             }
             if result.is_ok() {
-                last_ok = Some((pass_now, tokio::time::Instant::now()));
+                last_ok = Some((pass_now, pass_mono));
             }
             if result.is_ok()
                 && last_straggler_check
