@@ -38,7 +38,7 @@ async fn a_catch_up_whose_enqueue_fails_still_records_every_missed_tick() {
     let deployment = Deployment::new().await;
     deployment.write_config(&every_second(name, "latest"));
     let last_before_kill = run_then_kill(&deployment, name).await;
-    std::thread::sleep(Duration::from_secs(6));
+    std::thread::sleep(Duration::from_secs(8));
     // Back, but Redis is unreachable: every enqueue fails.
     let dead_redis = format!("redis://127.0.0.1:{}/", upkeep_tests::free_port());
     let mut command = deployment.command("upkeep-scheduler", [] as [&str; 0]);
