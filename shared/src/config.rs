@@ -1737,24 +1737,9 @@ fn validate_schedule(
     });
 
     let cron = required_string(ctx, fields, "cron").and_then(|cron| {
-        let parsed = CronExpr::parse(cron)
+        CronExpr::parse(cron)
             .map_err(|e| ctx.problem(&fields.key_path("cron"), e.to_string()))
-            .ok()?;
-        // A schedule that never fires would leave no tick and no row, silently.
-        if parsed
-            .first_fire_after(chrono::Utc::now().naive_utc())
-            .is_none()
-        {
-            ctx.problem(
-                &fields.key_path("cron"),
-                format!(
-                    "cron expression {cron:?} never fires: no date from now to the end of 2100 \
-                     matches it (is the day of month past the end of the month?)"
-                ),
-            );
-            return None;
-        }
-        Some(parsed)
+            .ok()
     });
 
     let timezone = match fields.opt_string(ctx, "timezone", false) {
@@ -2408,10 +2393,6 @@ mod tests {
             (
                 schedule("").replace("cron = \"0 0 2 * * *\"", "cron = \"0 2 * * *\""),
                 "schedules[2] (\"nightly\").cron: invalid cron expression \"0 2 * * *\": expected 6 fields",
-            ),
-            (
-                schedule("").replace("cron = \"0 0 2 * * *\"", "cron = \"0 0 0 30 2 *\""),
-                "schedules[2] (\"nightly\").cron: cron expression \"0 0 0 30 2 *\" never fires",
             ),
             (
                 schedule("timezone = \"Mars/Olympus\""),

@@ -101,14 +101,6 @@ impl CronExpr {
         }
     }
 
-    /// The first local wall-clock time strictly after `after` that the expression matches, or
-    /// `None` when it never matches again before the end of 2100 (`0 0 0 30 2 *`, February 30th,
-    /// never does): configuration refuses such a schedule.
-    #[must_use]
-    pub fn first_fire_after(&self, after: NaiveDateTime) -> Option<NaiveDateTime> {
-        self.next_local_after(after)
-    }
-
     /// The first local wall-clock time strictly after `local` that the expression matches, or
     /// `None` when there is none before the end of 2100.
     ///
