@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use upkeep_shared::config::ScheduleSettings;
+use upkeep_shared::outage::Outage;
 use upkeep_shared::shutdown::Shutdown;
 use upkeep_shared::store::{replicas, schedules};
 
@@ -55,13 +56,13 @@ impl Scheduler {
         for schedule in configured.iter().filter(|s| s.enabled) {
             entries.push(self.entry(schedule));
         }
-        let mut retry = Retry::new("catch up");
+        let mut outage = Outage::new("postgres/redis", "catch up");
         while let Err(error) = self.catch_up_all(&mut entries, started_at).await {
-            if !retry.wait(&shutdown, &error).await {
+            if !wait_out(&mut outage, &shutdown, &error).await {
                 return Ok(());
             }
         }
-        retry.done();
+        outage.recovered();
         let mut due = DueHeap::default();
         for (entry_idx, entry) in entries.iter_mut().enumerate() {
             entry.next = entry.spec.next_tick_after(entry.cursor);
@@ -73,8 +74,11 @@ impl Scheduler {
         let mut straggler_after = None;
         let mut last_heartbeat = None::<tokio::time::Instant>;
         let mut last_ok = None;
-        let mut failing = false;
+        // The loop's own pace is its retry: a failed pass is tried again within tick_interval.
+        let mut outage = Outage::new("postgres/redis", "schedule ticks").with_max_delay(max_sleep);
+        let mut retry_in = max_sleep;
         loop {
+            let failing = outage.is_down();
             let now = self.clock.now();
             let mut sleep = due
                 .next_due()
@@ -84,7 +88,7 @@ impl Scheduler {
                 .min(max_sleep);
             if failing {
                 // Ticks stay due while the stores are away; do not spin on them.
-                sleep = max_sleep;
+                sleep = retry_in;
             }
             if !sleep.is_zero() {
                 tokio::select! {
@@ -133,16 +137,8 @@ impl Scheduler {
                 last_straggler_check = Some(tokio::time::Instant::now());
             }
             match result {
-                Ok(()) if failing => {
-                    tracing::info!("scheduler healthy again; missed ticks were caught up in order");
-                    failing = false;
-                }
-                Ok(()) => {}
-                Err(error) if !failing => {
-                    tracing::warn!(error = %error, error.chain = ?error, "scheduler cannot reach its stores; retrying every tick");
-                    failing = true;
-                }
-                Err(_) => {}
+                Ok(()) => outage.recovered(),
+                Err(error) => retry_in = outage.failed(error.as_ref()),
             }
         }
         // A clean stop is no longer a live replica; others need not wait for its horizon.
@@ -169,15 +165,15 @@ impl Scheduler {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<T>>,
     {
-        let mut retry = Retry::new(what);
+        let mut outage = Outage::new("postgres", what);
         loop {
             match step().await {
                 Ok(value) => {
-                    retry.done();
+                    outage.recovered();
                     return Some(value);
                 }
                 Err(error) => {
-                    if !retry.wait(shutdown, &error).await {
+                    if !wait_out(&mut outage, shutdown, &error).await {
                         return None;
                     }
                 }
@@ -186,39 +182,12 @@ impl Scheduler {
     }
 }
 
-/// Paces retries of a start-up step with capped exponential backoff, logging the outage once.
-struct Retry {
-    what: &'static str,
-    delay: Duration,
-    logged: bool,
-}
-
-impl Retry {
-    fn new(what: &'static str) -> Self {
-        Self {
-            what,
-            delay: Duration::from_millis(200),
-            logged: false,
-        }
-    }
-
-    /// Waits before the next try; false when shutdown fired meanwhile.
-    async fn wait(&mut self, shutdown: &Shutdown, error: &anyhow::Error) -> bool {
-        if !self.logged {
-            tracing::warn!(step = self.what, error = %error, error.chain = ?error, "scheduler waiting for its stores");
-            self.logged = true;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(self.delay) => {}
-            () = shutdown.wait() => return false,
-        }
-        self.delay = (self.delay * 2).min(Duration::from_secs(5));
-        true
-    }
-
-    fn done(&self) {
-        if self.logged {
-            tracing::info!(step = self.what, "scheduler stores available again");
-        }
+/// Records a failed try of a start-up step in `outage` (logged once per outage) and waits the
+/// backoff it returns; false when shutdown fired meanwhile.
+async fn wait_out(outage: &mut Outage, shutdown: &Shutdown, error: &anyhow::Error) -> bool {
+    let delay = outage.failed(error.as_ref());
+    tokio::select! {
+        () = tokio::time::sleep(delay) => true,
+        () = shutdown.wait() => false,
     }
 }

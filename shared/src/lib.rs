@@ -9,11 +9,13 @@
 //! - [`store`]: the Postgres ledger (`job_runs`, `schedules`, `schedule_ticks`, `findings`).
 //! - [`reconcile`]: the maintenance pass that finds jobs Redis lost but the ledger never saw
 //!   finish, and requeues or records them.
+//! - [`outage`]: the one way every retrying loop logs and paces a dependency outage.
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`shutdown`]: the signal every long-running loop watches.
 
 pub mod config;
 pub mod job;
+pub mod outage;
 pub mod queue;
 pub mod reconcile;
 pub mod schedule;
