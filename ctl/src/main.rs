@@ -10,9 +10,11 @@ use upkeep_shared::queue::NewJob;
 use upkeep_shared::shutdown::Shutdown;
 use upkeep_shared::{JobKind, QueueName};
 
+mod cron;
 mod reconcile;
 
 mod schedules;
+mod tasks;
 
 /// Operate upkeep: migrate the ledger, enqueue jobs, read queue stats, run everything at once.
 #[derive(Debug, Parser)]
@@ -68,6 +70,10 @@ enum Command {
     Reconcile(reconcile::ReconcileArgs),
     /// Schedules: health, next fire times, pause, resume, trigger, backfill.
     Schedules(schedules::SchedulesArgs),
+    /// Check a cron expression before deploying it: `cron next "30 2 * * 1-5" --tz Europe/Berlin`.
+    Cron(cron::CronArgs),
+    /// The daily, weekly and monthly checklists with each item's status and evidence; ack.
+    Tasks(tasks::TasksArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,6 +109,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Checking a line that is not configured yet needs no configuration at all.
+    if let Command::Cron(args) = &cli.command {
+        return cron::run(args);
+    }
     let settings = Settings::load().map_err(|e| anyhow::anyhow!("{e}"))?;
     let default_filter = match cli.command {
         Command::Up => settings.telemetry.filter.clone(),
@@ -143,6 +153,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => upkeep_workers::bench::run(settings, args).await,
         Command::Reconcile(args) => reconcile::run(&settings, args).await,
         Command::Schedules(args) => schedules::run(settings, args).await,
+        Command::Cron(args) => cron::run(&args),
+        Command::Tasks(args) => tasks::run(settings, args).await,
     }
 }
 
@@ -156,12 +168,12 @@ async fn up(settings: Settings) -> anyhow::Result<()> {
         .iter()
         .map(|q| QueueName::parse(q))
         .collect::<Result<_, _>>()?;
-    let workers = upkeep_workers::WorkerRuntime::build(
-        settings.clone(),
-        queues,
-        upkeep_workers::Registry::standard(),
-    )
-    .await?;
+    let ctx = upkeep_workers::HandlerContext::connect_lazy(settings.clone())
+        .context("building the Postgres pool")?;
+    let registry = upkeep_workers::Registry::standard(&ctx);
+    let workers =
+        upkeep_workers::WorkerRuntime::build_with_pool(settings.clone(), queues, registry, ctx.db)
+            .await?;
     let scheduler = upkeep_scheduler::Scheduler::build(settings).await?;
     let mut workers_task = tokio::spawn(workers.run_until_stopped(shutdown.clone()));
     let mut scheduler_task = tokio::spawn(scheduler.run_until_stopped(shutdown.clone()));

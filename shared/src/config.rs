@@ -28,6 +28,8 @@ use toml::{Table, Value};
 use crate::job::{self, JobKind, QueueName};
 use crate::queue::SentinelUrl;
 use crate::schedule::{self, CatchUp, CronExpr, Overlap};
+use crate::settings::{Problems, Section};
+use crate::tasks::TasksSettings;
 use crate::telemetry::LogFormat;
 
 /// Every setting of every binary. Each binary reads only the sections it needs.
@@ -57,6 +59,8 @@ pub struct Settings {
     pub api: ApiSettings,
     /// Logging.
     pub telemetry: TelemetrySettings,
+    /// `[tasks]`: the checklist's time zone and item overrides.
+    pub tasks: TasksSettings,
     /// AES-256-GCM key for stored credentials. Defaults to none; only the token worker needs it.
     pub secret_key: Option<SecretKey>,
     /// The config file these settings came from; `None` for built-in defaults or a string.
@@ -157,7 +161,7 @@ pub struct JobPolicy {
 pub struct ScheduleSettings {
     /// Unique name, 1 to 64 characters of `[a-z0-9_.-]`.
     pub name: String,
-    /// Cron expression with seconds (`sec min hour day month weekday`), see [`CronExpr`].
+    /// Cron expression (crontab(5) syntax, optionally with a leading seconds field), see [`CronExpr`].
     pub cron: CronExpr,
     /// IANA time zone the expression is read in. Defaults to UTC.
     pub timezone: chrono_tz::Tz,
@@ -331,21 +335,7 @@ pub enum Error {
     },
 }
 
-/// One invalid setting: where it came from and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The TOML path (`queues.reports.concurrency`), with the environment variable that set it
-    /// if any, or the named environment variable itself (`DATABASE_URL`).
-    pub key: String,
-    /// What is wrong, naming the bad value unless it is a secret.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
+pub use crate::settings::Problem;
 
 fn join_problems(problems: &[Problem]) -> String {
     let parts: Vec<String> = problems.iter().map(Problem::to_string).collect();
@@ -362,15 +352,15 @@ impl Settings {
     pub fn load() -> Result<Self, Error> {
         let mut env = HashMap::new();
         let mut problems = Vec::new();
+        // Every variable is kept, not only the config ones: a secret given as `KEY_env = "VAR"`
+        // may name any variable.
         for (name, value) in std::env::vars_os() {
             let Some(name) = name.to_str() else { continue };
-            if !is_config_variable(name) {
-                continue;
-            }
             match value.into_string() {
                 Ok(value) => {
                     env.insert(name.to_owned(), value);
                 }
+                Err(_) if !is_config_variable(name) => {}
                 Err(_) => problems.push(Problem {
                     key: name.to_owned(),
                     message: "value is not valid UTF-8".to_owned(),
@@ -507,7 +497,7 @@ impl Settings {
         let mut ctx = Ctx::default();
         apply_generic_overrides(&mut doc, env, &mut ctx);
         apply_named_overrides(&mut doc, env, &mut ctx);
-        let settings = validate(&doc, &mut ctx, loaded_from);
+        let settings = validate(&doc, &mut ctx, loaded_from, env);
         if ctx.problems.is_empty() {
             Ok(settings)
         } else {
@@ -533,6 +523,7 @@ impl Default for Settings {
             maintenance: MaintenanceSettings::default(),
             api: ApiSettings::default(),
             telemetry: TelemetrySettings::default(),
+            tasks: TasksSettings::default(),
             secret_key: None,
             loaded_from: None,
         }
@@ -910,6 +901,7 @@ const TOP_KEYS: &[&str] = &[
     "maintenance",
     "api",
     "telemetry",
+    "tasks",
     "secret_key",
 ];
 const DATABASE_KEYS: &[&str] = &[
@@ -1398,7 +1390,12 @@ fn describe(value: &Value, secret: bool) -> String {
     }
 }
 
-fn validate(doc: &Table, ctx: &mut Ctx, loaded_from: Option<PathBuf>) -> Settings {
+fn validate(
+    doc: &Table,
+    ctx: &mut Ctx,
+    loaded_from: Option<PathBuf>,
+    env: &HashMap<String, String>,
+) -> Settings {
     let root = Fields {
         path: String::new(),
         table: Some(doc),
@@ -1414,6 +1411,7 @@ fn validate(doc: &Table, ctx: &mut Ctx, loaded_from: Option<PathBuf>) -> Setting
     let maintenance = validate_maintenance(ctx, doc);
     let api = validate_api(ctx, doc);
     let telemetry = validate_telemetry(ctx, doc);
+    let tasks = serde_section(ctx, doc, "tasks", env);
     let secret_key =
         root.opt_string(ctx, "secret_key", true)
             .and_then(|text| match SecretKey::parse(text) {
@@ -1434,8 +1432,125 @@ fn validate(doc: &Table, ctx: &mut Ctx, loaded_from: Option<PathBuf>) -> Setting
         maintenance,
         api,
         telemetry,
+        tasks,
         secret_key,
         loaded_from,
+    }
+}
+
+/// Deserializes the optional table `doc[name]` into a subsystem's [`Section`] (its defaults
+/// when absent), after resolving the indirect forms of its secret keys, then runs its
+/// `validate`. Every problem lands in `ctx` with its full key path; on a type error the
+/// section's defaults stand in so the other sections are still checked.
+fn serde_section<T: Section>(
+    ctx: &mut Ctx,
+    doc: &Table,
+    name: &str,
+    env: &HashMap<String, String>,
+) -> T {
+    let section = match doc.get(name) {
+        None => T::default(),
+        Some(value) => {
+            let mut value = value.clone();
+            for pattern in T::SECRET_KEYS {
+                let segments: Vec<&str> = pattern.split('.').collect();
+                resolve_secret(ctx, &mut value, name, &segments, env);
+            }
+            match serde_path_to_error::deserialize::<_, T>(value) {
+                Ok(section) => section,
+                Err(error) => {
+                    let at = error.path().to_string();
+                    let key = if at == "." || at.is_empty() {
+                        name.to_owned()
+                    } else {
+                        format!("{name}.{at}")
+                    };
+                    ctx.problem(&key, error.inner().message().trim_end().to_owned());
+                    return T::default();
+                }
+            }
+        }
+    };
+    let mut problems = Problems::default();
+    section.validate(name, &mut problems);
+    for problem in problems.into_vec() {
+        ctx.problem(&problem.key, problem.message);
+    }
+    section
+}
+
+/// Replaces `KEY_env = "VAR"` and `KEY_file = "PATH"` by `KEY = <the secret>` at the key that
+/// `segments` (a [`Section::SECRET_KEYS`] entry, split on `.`) names under `value`. Problems
+/// name the key and the variable or file, never the secret.
+fn resolve_secret(
+    ctx: &mut Ctx,
+    value: &mut Value,
+    path: &str,
+    segments: &[&str],
+    env: &HashMap<String, String>,
+) {
+    let Some(table) = value.as_table_mut() else {
+        return;
+    };
+    let [segment, rest @ ..] = segments else {
+        return;
+    };
+    if !rest.is_empty() {
+        if let Some(array_key) = segment.strip_suffix("[]") {
+            if let Some(Value::Array(items)) = table.get_mut(array_key) {
+                for (idx, item) in items.iter_mut().enumerate() {
+                    resolve_secret(ctx, item, &format!("{path}.{array_key}[{idx}]"), rest, env);
+                }
+            }
+        } else if let Some(inner) = table.get_mut(*segment) {
+            resolve_secret(ctx, inner, &format!("{path}.{segment}"), rest, env);
+        }
+        return;
+    }
+    let key = *segment;
+    let env_key = format!("{key}_env");
+    let file_key = format!("{key}_file");
+    let n_given = [key, env_key.as_str(), file_key.as_str()]
+        .iter()
+        .filter(|k| table.contains_key(**k))
+        .count();
+    if n_given > 1 {
+        ctx.problem(
+            &format!("{path}.{key}"),
+            format!("give only one of {key}, {env_key} and {file_key}"),
+        );
+        table.remove(&env_key);
+        table.remove(&file_key);
+        return;
+    }
+    if let Some(var) = table.remove(&env_key) {
+        let at = format!("{path}.{env_key}");
+        let Some(var) = var.as_str() else {
+            ctx.problem(&at, "expected the name of an environment variable");
+            return;
+        };
+        match env.get(var) {
+            Some(secret) => {
+                table.insert(key.to_owned(), Value::String(secret.clone()));
+            }
+            None => ctx.problem(&at, format!("environment variable {var} is not set")),
+        }
+    } else if let Some(file) = table.remove(&file_key) {
+        let at = format!("{path}.{file_key}");
+        let Some(file) = file.as_str() else {
+            ctx.problem(&at, "expected a file path");
+            return;
+        };
+        match std::fs::read_to_string(file) {
+            Ok(text) => {
+                // Credential files usually end with a newline that is not part of the secret.
+                let secret = text
+                    .strip_suffix('\n')
+                    .map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
+                table.insert(key.to_owned(), Value::String(secret.to_owned()));
+            }
+            Err(error) => ctx.problem(&at, format!("cannot read {file}: {error}")),
+        }
     }
 }
 
@@ -2058,6 +2173,120 @@ mod tests {
         Settings::from_toml_str(toml, &env(vars))
     }
 
+    /// A section shaped like the feature sections: an array of tables with a secret each.
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Targets {
+        targets: Vec<Target>,
+        #[serde(with = "humantime_serde")]
+        every: Duration,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Target {
+        name: String,
+        url: SecretString,
+    }
+
+    impl Section for Targets {
+        const SECRET_KEYS: &'static [&'static str] = &["targets[].url"];
+
+        fn validate(&self, path: &str, problems: &mut Problems) {
+            for (idx, target) in self.targets.iter().enumerate() {
+                problems.check_not_empty(format!("{path}.targets[{idx}].name"), &target.name);
+            }
+        }
+    }
+
+    fn section(toml: &str, vars: &[(&str, &str)]) -> Result<Targets, Vec<Problem>> {
+        let doc: Table = toml.parse().expect("test TOML parses");
+        let mut ctx = Ctx::default();
+        let targets = serde_section::<Targets>(&mut ctx, &doc, "t", &env(vars));
+        if ctx.problems.is_empty() {
+            Ok(targets)
+        } else {
+            Err(ctx.problems)
+        }
+    }
+
+    #[test]
+    fn a_secret_in_an_array_entry_is_read_from_its_env_variable() {
+        let targets = section(
+            "[[t.targets]]\nname = \"a\"\nurl_env = \"A_URL\"\n",
+            &[("A_URL", "postgres://u:pw@db/a")],
+        )
+        .expect("valid");
+        assert_eq!(
+            targets.targets[0].url.expose_secret(),
+            "postgres://u:pw@db/a"
+        );
+    }
+
+    #[test]
+    fn a_secret_in_an_array_entry_is_read_from_its_file_without_the_newline() {
+        let dir = std::env::temp_dir().join(format!("upkeep-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("url");
+        std::fs::write(&file, "postgres://u:pw@db/b\n").expect("write credential");
+        let toml = format!(
+            "[[t.targets]]\nname = \"b\"\nurl_file = {:?}\n",
+            file.display().to_string()
+        );
+        let targets = section(&toml, &[]).expect("valid");
+        assert_eq!(
+            targets.targets[0].url.expose_secret(),
+            "postgres://u:pw@db/b"
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn indirect_secret_problems_name_the_key_and_never_the_secret() {
+        let problems = section(
+            "[[t.targets]]\nname = \"\"\nurl_env = \"MISSING_VAR\"\n\
+             [[t.targets]]\nname = \"c\"\nurl = \"postgres://u:hunter2@db/c\"\nurl_env = \"X\"\n\
+             [[t.targets]]\nname = \"d\"\nurl_file = \"/nonexistent/upkeep-cred\"\n",
+            &[],
+        )
+        .expect_err("invalid");
+        let text: Vec<String> = problems.iter().map(Problem::to_string).collect();
+        assert!(
+            text[0]
+                .starts_with("t.targets[0].url_env: environment variable MISSING_VAR is not set"),
+            "{text:?}"
+        );
+        assert!(
+            text[1].starts_with("t.targets[1].url: give only one of url, url_env and url_file"),
+            "{text:?}"
+        );
+        assert!(
+            text[2].starts_with("t.targets[2].url_file: cannot read /nonexistent/upkeep-cred"),
+            "{text:?}"
+        );
+        assert!(!text.join(" ").contains("hunter2"), "{text:?}");
+    }
+
+    #[test]
+    fn a_section_type_error_names_the_nested_key() {
+        let problems = section(
+            "[t]\nevery = \"soon\"\n[[t.targets]]\nname = \"e\"\nurl = \"x\"\n",
+            &[],
+        )
+        .expect_err("invalid");
+        assert_eq!(problems[0].key, "t.every", "{problems:?}");
+        let problems = section(
+            "[[t.targets]]\nname = \"e\"\nurl = \"x\"\ncolour = 1\n",
+            &[],
+        )
+        .expect_err("invalid");
+        assert_eq!(problems[0].key, "t.targets[0].colour", "{problems:?}");
+        assert!(
+            problems[0].message.contains("unknown field"),
+            "{problems:?}"
+        );
+    }
+
     fn error_text(toml: &str, vars: &[(&str, &str)]) -> String {
         match load(toml, vars) {
             Ok(_) => panic!("expected an error for {toml:?} with {vars:?}"),
@@ -2391,8 +2620,8 @@ mod tests {
                 "schedules[2] (\"nightly\").cron: invalid cron expression \"61 * * * * *\": second field \"61\": 61 is out of range 0-59",
             ),
             (
-                schedule("").replace("cron = \"0 0 2 * * *\"", "cron = \"0 2 * * *\""),
-                "schedules[2] (\"nightly\").cron: invalid cron expression \"0 2 * * *\": expected 6 fields",
+                schedule("").replace("cron = \"0 0 2 * * *\"", "cron = \"2 * * *\""),
+                "schedules[2] (\"nightly\").cron: invalid cron expression \"2 * * *\": expected 5 fields",
             ),
             (
                 schedule("timezone = \"Mars/Olympus\""),

@@ -3,12 +3,14 @@
 //! # Layout
 //! In the order a job meets them:
 //! - [`config`]: the typed `Settings` tree, loaded from `upkeep.toml` and the environment.
+//! - [`settings`]: what every subsystem's settings section shares (`Section`, `Problems`).
 //! - [`job`]: ids, kinds, queue names, outcomes and handler errors.
 //! - [`schedule`]: cron expressions in a time zone, next fire times (pure, no IO).
 //! - [`queue`]: our Redis queue backend for apalis-core (enqueue, lease, ack, retry, dead letters).
 //! - [`store`]: the Postgres ledger (`job_runs`, `schedules`, `schedule_ticks`, `findings`).
 //! - [`reconcile`]: the maintenance pass that finds jobs Redis lost but the ledger never saw
 //!   finish, and requeues or records them.
+//! - [`tasks`]: the maintenance checklist as data, and each item's status in a period window.
 //! - [`outage`]: the one way every retrying loop logs and paces a dependency outage.
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`shutdown`]: the signal every long-running loop watches.
@@ -19,8 +21,10 @@ pub mod outage;
 pub mod queue;
 pub mod reconcile;
 pub mod schedule;
+pub mod settings;
 pub mod shutdown;
 pub mod store;
+pub mod tasks;
 pub mod telemetry;
 
 pub use job::{Finding, Job, JobError, JobId, JobKind, Outcome, QueueName, Severity};

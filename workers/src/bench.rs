@@ -22,7 +22,7 @@ use upkeep_shared::shutdown::Shutdown;
 use upkeep_shared::{JobId, QueueName};
 
 use crate::ledger::PgLedger;
-use crate::registry::Registry;
+use crate::registry::{HandlerContext, Registry};
 use crate::runtime::WorkerRuntime;
 
 /// Options of `upkeepctl bench`.
@@ -87,7 +87,7 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
     let runtime = WorkerRuntime::build_with_ledger(
         settings.clone(),
         vec![queue_name.clone()],
-        Registry::standard(),
+        Registry::standard(&HandlerContext::connect_lazy(settings.clone())?),
         probe.clone(),
     )?;
     let mode;

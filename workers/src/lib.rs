@@ -15,5 +15,5 @@ pub mod ledger;
 pub mod registry;
 pub mod runtime;
 
-pub use registry::Registry;
+pub use registry::{HandlerContext, Registry};
 pub use runtime::{WorkerRuntime, run_daemon};

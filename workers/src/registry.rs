@@ -9,11 +9,44 @@ use std::sync::Arc;
 
 use apalis_core::task::data::Data;
 use futures::future::BoxFuture;
+use sqlx::PgPool;
 use tracing::Instrument;
+use upkeep_shared::config::Settings;
 use upkeep_shared::{Job, JobError, Outcome};
 
 /// A job handler.
 pub type Handler = Arc<dyn Fn(Job) -> BoxFuture<'static, Result<Outcome, JobError>> + Send + Sync>;
+
+/// What a handler may use besides its job: the process's settings (its family's section) and
+/// a pool to upkeep's own database, for its family's tables through `store` (the backup
+/// catalog, token rows, scan cursors). The ledger's `job_runs` rows stay the settle layer's.
+#[derive(Clone)]
+pub struct HandlerContext {
+    /// The settings the process loaded at start.
+    pub settings: Arc<Settings>,
+    /// A lazy pool to upkeep's database; it connects on first use.
+    pub db: PgPool,
+}
+
+impl std::fmt::Debug for HandlerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerContext").finish_non_exhaustive()
+    }
+}
+
+impl HandlerContext {
+    /// A context over `settings` with a lazy pool to its database.
+    ///
+    /// # Errors
+    /// When the database URL is malformed.
+    pub fn connect_lazy(settings: Settings) -> Result<Self, sqlx::Error> {
+        let db = settings.database.connect_lazy()?;
+        Ok(Self {
+            settings: Arc::new(settings),
+            db,
+        })
+    }
+}
 
 /// The handlers this build has, by kind string.
 #[derive(Clone, Default)]
@@ -30,10 +63,11 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    /// Every handler of this build. Must agree with `job::CATALOG`'s `has_handler` flags
-    /// (a unit test checks it).
+    /// Every handler of this build, sharing `ctx`. Must agree with `job::CATALOG`'s
+    /// `has_handler` flags (a unit test checks it).
     #[must_use]
-    pub fn standard() -> Self {
+    pub fn standard(ctx: &HandlerContext) -> Self {
+        let _ = ctx;
         let mut registry = Self::default();
         registry.insert("system.ping", |job| {
             Box::pin(crate::handlers::ping::run(job))
@@ -98,9 +132,10 @@ pub async fn dispatch(job: Job, registry: Data<Arc<Registry>>) -> Result<Outcome
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_registry_has_a_handler_for_exactly_the_catalog_kinds_marked_runnable() {
-        let registry = Registry::standard();
+    #[tokio::test]
+    async fn the_registry_has_a_handler_for_exactly_the_catalog_kinds_marked_runnable() {
+        let ctx = HandlerContext::connect_lazy(Settings::default()).expect("default URL is valid");
+        let registry = Registry::standard(&ctx);
         for spec in upkeep_shared::job::CATALOG {
             assert_eq!(
                 registry.contains(spec.name),

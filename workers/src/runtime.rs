@@ -25,7 +25,7 @@ use upkeep_shared::shutdown::Shutdown;
 use upkeep_shared::store::{runs, ticks};
 
 use crate::ledger::PgLedger;
-use crate::registry::{Registry, dispatch};
+use crate::registry::{HandlerContext, Registry, dispatch};
 
 /// A built, not yet running, set of workers.
 pub struct WorkerRuntime {
@@ -63,6 +63,20 @@ impl WorkerRuntime {
             .database
             .connect_lazy()
             .context("building the Postgres pool")?;
+        Self::build_with_pool(settings, queues, registry, pool).await
+    }
+
+    /// Like [`WorkerRuntime::build`], over a pool the caller already made (the one its
+    /// handlers' [`crate::HandlerContext`] shares).
+    ///
+    /// # Errors
+    /// When the Redis URL is malformed.
+    pub async fn build_with_pool(
+        settings: Settings,
+        queues: Vec<QueueName>,
+        registry: Registry,
+        pool: PgPool,
+    ) -> anyhow::Result<Self> {
         if settings.database.migrate_on_start {
             migrate_with_retry(&pool).await;
         }
@@ -419,7 +433,10 @@ pub async fn run_daemon(service: &str, queues: &[&str]) -> anyhow::Result<()> {
         .iter()
         .map(|q| QueueName::parse(q))
         .collect::<Result<Vec<_>, _>>()?;
-    let runtime = WorkerRuntime::build(settings, queues, Registry::standard()).await?;
+    let ctx =
+        HandlerContext::connect_lazy(settings.clone()).context("building the Postgres pool")?;
+    let registry = Registry::standard(&ctx);
+    let runtime = WorkerRuntime::build_with_pool(settings, queues, registry, ctx.db).await?;
     let shutdown = Shutdown::new();
     shutdown
         .on_signals()

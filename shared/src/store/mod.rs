@@ -1,6 +1,8 @@
 //! The Postgres ledger: the only module that issues SQL.
 //!
 //! - [`runs`]: `job_runs`, one row per attempt, and the `findings` each attempt reported.
+//! - [`findings`]: which `(code, subject)` conditions are open, so checks can resolve them.
+//! - [`tasks`]: the evidence of checklist items, their acknowledgements, and the audit trail.
 //! - [`ticks`]: `schedule_ticks`, one row per expected tick of a schedule.
 //! - [`replicas`]: `scheduler_replicas`, each live scheduler replica's last sign and horizon.
 //! - [`schedules`]: `schedules` as reconciled from the config, and the `schedule_events` audit.
@@ -13,11 +15,13 @@
 //! tests in `shared/tests/store/` run every query against a real Postgres. Connection details
 //! come from [`crate::config::DatabaseSettings`]; this module never reads the environment.
 
+pub mod findings;
 pub mod health;
 pub mod reconcile;
 pub mod replicas;
 pub mod runs;
 pub mod schedules;
+pub mod tasks;
 pub mod ticks;
 
 use sqlx::PgPool;
