@@ -26,7 +26,8 @@ enum SchedulesAction {
     /// Every schedule with its health: last tick, last success, next fire, lag, missed and
     /// skipped ticks (default).
     List,
-    /// Preview the next fire times of a schedule, in UTC and in its time zone.
+    /// Preview the next ticks of a schedule not yet due (with jitter the first fire time may
+    /// have passed), in UTC and in its time zone, with their due times.
     Next {
         /// The schedule.
         name: String,

@@ -36,6 +36,9 @@ pub struct BenchOptions {
     pub duration: Duration,
     /// Keep the scratch database for inspection.
     pub keep: bool,
+    /// Start the scheduler at this second of a minute (0–59), to measure a start early or late
+    /// in a minute; `None` starts it at once.
+    pub start_second: Option<u32>,
 }
 
 /// The figures of one run.
@@ -45,10 +48,10 @@ pub struct BenchReport {
     pub n_schedules: usize,
     /// Reconciling them into an empty table.
     pub reconcile: Duration,
-    /// Ticks due inside the measured window.
-    pub n_expected: usize,
-    /// Of those, ticks enqueued (with a job).
-    pub n_enqueued: usize,
+    /// When the scheduler was started: the measured window runs from here.
+    pub started_at: DateTime<Utc>,
+    /// What became of the ticks due inside the window.
+    pub counts: TickCounts,
     /// Due → claim lag percentiles (p50, p99, max), seconds.
     pub claim_lag: (f64, f64, f64),
     /// Due → enqueue confirmed lag percentiles (p50, p99, max), seconds.
@@ -64,14 +67,17 @@ impl std::fmt::Display for BenchReport {
         let ms = |s: f64| s * 1000.0;
         write!(
             f,
-            "schedules={} reconcile_ms={:.0} ticks_expected={} ticks_enqueued={} \
-             claim_lag_ms p50={:.1} p99={:.1} max={:.1} \
+            "schedules={} reconcile_ms={:.0} started_at={} ticks_expected={} ticks_enqueued={} \
+             ticks_other_decision={} ticks_without_row={} claim_lag_ms p50={:.1} p99={:.1} max={:.1} \
              enqueue_lag_ms p50={:.1} p99={:.1} max={:.1} \
              cpu_s={:.2} wall_s={:.1} cpu_pct={:.1}",
             self.n_schedules,
             ms(self.reconcile.as_secs_f64()),
-            self.n_expected,
-            self.n_enqueued,
+            self.started_at.format("%H:%M:%S%.3f"),
+            self.counts.expected,
+            self.counts.enqueued,
+            self.counts.other_decision,
+            self.counts.without_row(),
             ms(self.claim_lag.0),
             ms(self.claim_lag.1),
             ms(self.claim_lag.2),
@@ -82,6 +88,28 @@ impl std::fmt::Display for BenchReport {
             self.wall_seconds,
             100.0 * self.cpu_seconds / self.wall_seconds.max(f64::EPSILON),
         )
+    }
+}
+
+/// The ticks due inside the measured window (from the scheduler's start to shortly before it
+/// stops), by what the ledger says of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TickCounts {
+    /// Ticks due inside the window.
+    pub expected: usize,
+    /// Of those, ticks with a `schedule_ticks` row, whatever its decision.
+    pub with_row: usize,
+    /// Of those, ticks recorded `enqueued` and confirmed with a job.
+    pub enqueued: usize,
+    /// Ticks with a row of another decision (`missed`, an unconfirmed claim, ...).
+    pub other_decision: usize,
+}
+
+impl TickCounts {
+    /// Ticks due inside the window that have no row at all: lost without a trace.
+    #[must_use]
+    pub fn without_row(&self) -> usize {
+        self.expected - self.with_row
     }
 }
 
@@ -170,67 +198,78 @@ async fn run_in(
         conn,
         std::sync::Arc::new(upkeep_shared::schedule::SystemClock),
     );
+    if let Some(second) = options.start_second {
+        anyhow::ensure!(
+            second < 60,
+            "--start-second {second} is not a second of a minute (0-59)"
+        );
+        let now = Utc::now();
+        let into_minute = now.timestamp_millis().rem_euclid(60_000);
+        let target = i64::from(second) * 1000;
+        let wait_ms = (target - into_minute).rem_euclid(60_000);
+        tokio::time::sleep(Duration::from_millis(wait_ms.unsigned_abs())).await;
+    }
     let shutdown = Shutdown::new();
     let cpu_before = cpu_time();
     let wall = Instant::now();
-    let window_start = Utc::now() + chrono::TimeDelta::seconds(5);
+    // Every tick due from the moment the scheduler starts counts, whatever the second of the
+    // minute: a user restarting a scheduler expects exactly those ticks to be enqueued.
+    let window_start = Utc::now();
     let task = tokio::spawn(scheduler.run_until_stopped(shutdown.clone()));
     tokio::time::sleep(options.duration).await;
+    // Ticks due in the last moments may still be in flight when the scheduler is stopped.
     let window_end = Utc::now() - chrono::TimeDelta::seconds(2);
     shutdown.trigger();
     task.await.context("scheduler task")??;
     let cpu_seconds = (cpu_time() - cpu_before).as_secs_f64();
     let wall_seconds = wall.elapsed().as_secs_f64();
 
-    let offsets: HashMap<String, ScheduleSpec> = settings
-        .schedules
-        .iter()
-        .map(|s| {
-            let spec = ScheduleSpec::new(&s.name, s.cron.clone(), s.timezone, s.jitter);
-            (s.name.clone(), spec)
-        })
-        .collect();
-    let mut n_expected = 0;
-    for spec in offsets.values() {
-        let mut cursor = window_start - chrono::TimeDelta::seconds(120);
+    let mut expected: HashMap<(String, DateTime<Utc>), DateTime<Utc>> = HashMap::new();
+    for s in &settings.schedules {
+        let spec = ScheduleSpec::new(&s.name, s.cron.clone(), s.timezone, s.jitter);
+        let mut cursor = window_start - chrono::TimeDelta::hours(2);
         while let Some(tick) = spec.next_tick_after(cursor) {
             if tick.due_at > window_end {
                 break;
             }
             if tick.due_at >= window_start {
-                n_expected += 1;
+                expected.insert((s.name.clone(), tick.fire_at), tick.due_at);
             }
             cursor = tick.fire_at;
         }
     }
     let rows: Vec<TickTimes> = sqlx::query_as(
-        "SELECT schedule, fire_at, claimed_at, enqueued_at FROM schedule_ticks \
-             WHERE decision = 'enqueued'",
+        "SELECT schedule, fire_at, decision, claimed_at, enqueued_at FROM schedule_ticks",
     )
     .fetch_all(&pool)
     .await?;
+    pool.close().await;
+    let mut counts = TickCounts {
+        expected: expected.len(),
+        ..TickCounts::default()
+    };
     let mut claim_lags = Vec::new();
     let mut enqueue_lags = Vec::new();
-    for (schedule, fire_at, claimed_at, enqueued_at) in rows {
-        let Some(spec) = offsets.get(&schedule) else {
+    for (schedule, fire_at, decision, claimed_at, enqueued_at) in rows {
+        let Some(&due_at) = expected.get(&(schedule, fire_at)) else {
             continue;
         };
-        let due_at = spec.due_at(fire_at);
-        if due_at < window_start || due_at > window_end {
-            continue;
-        }
+        counts.with_row += 1;
         let seconds = |at: DateTime<Utc>| (at - due_at).as_seconds_f64();
-        claim_lags.push(seconds(claimed_at));
-        if let Some(enqueued_at) = enqueued_at {
-            enqueue_lags.push(seconds(enqueued_at));
+        match enqueued_at {
+            Some(enqueued_at) if decision == "enqueued" => {
+                counts.enqueued += 1;
+                claim_lags.push(seconds(claimed_at));
+                enqueue_lags.push(seconds(enqueued_at));
+            }
+            _ => counts.other_decision += 1,
         }
     }
-    pool.close().await;
     Ok(BenchReport {
         n_schedules: options.n_schedules,
         reconcile,
-        n_expected,
-        n_enqueued: enqueue_lags.len(),
+        started_at: window_start,
+        counts,
         claim_lag: percentiles(&mut claim_lags),
         enqueue_lag: percentiles(&mut enqueue_lags),
         cpu_seconds,
@@ -238,8 +277,14 @@ async fn run_in(
     })
 }
 
-/// A tick's schedule, fire time, claim time and enqueue confirmation time.
-type TickTimes = (String, DateTime<Utc>, DateTime<Utc>, Option<DateTime<Utc>>);
+/// A tick's schedule, fire time, decision, claim time and enqueue confirmation time.
+type TickTimes = (
+    String,
+    DateTime<Utc>,
+    String,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+);
 
 /// (p50, p99, max) of `values`; zeros when empty.
 fn percentiles(values: &mut [f64]) -> (f64, f64, f64) {

@@ -13,7 +13,7 @@ use chrono_tz::Tz;
 use sqlx::PgPool;
 use upkeep_shared::config::{ScheduleSettings, Settings};
 use upkeep_shared::queue::{NewJob, RedisConn};
-use upkeep_shared::schedule::ScheduleSpec;
+use upkeep_shared::schedule::{ScheduleSpec, live_after, next_live_tick};
 use upkeep_shared::store::health::{self, ScheduleHealth};
 use upkeep_shared::store::schedules::{self, EventAction};
 use upkeep_shared::store::ticks::{self, Decision, TickClaim};
@@ -226,6 +226,20 @@ impl Operator {
             );
         }
         let spec = spec_of(&schedule);
+        // The same boundary as the scheduler's: a tick not yet due (its fire time passed, its
+        // jittered due time has not) belongs to the scheduler, which will enqueue it on time.
+        if let Some(upcoming) = next_live_tick(&spec, None, now)
+            && upcoming.fire_at <= to
+        {
+            anyhow::bail!(
+                "--to {to} reaches the tick of {} which is not due until {} (jitter); the \
+                 scheduler will enqueue it then. Backfill covers ticks already due: use --to \
+                 before {}",
+                upcoming.fire_at,
+                upcoming.due_at,
+                upcoming.fire_at
+            );
+        }
         let fires = spec.fires_between(from - TimeDelta::nanoseconds(1), to, max.saturating_add(1));
         if fires.len() > max {
             anyhow::bail!(
@@ -300,19 +314,21 @@ impl Operator {
         })
     }
 
-    /// The next `n` fire times of `name` after `after`, in UTC and in its zone.
+    /// The next `n` ticks of `name` not yet due at `now`, in UTC and in its zone: the ticks a
+    /// scheduler started at `now` would enqueue. With jitter the first one's fire time may be
+    /// before `now` (its due time is not).
     ///
     /// # Errors
     /// When the schedule is unknown.
     pub fn preview(
         &self,
         name: &str,
-        after: DateTime<Utc>,
+        now: DateTime<Utc>,
         n: usize,
     ) -> anyhow::Result<Vec<PreviewRow>> {
         let spec = spec_of(self.schedule(name)?);
         Ok(spec
-            .preview(after, n)
+            .preview(live_after(&spec, None, now), n)
             .into_iter()
             .map(
                 |(fire_at, local): (DateTime<Utc>, DateTime<Tz>)| PreviewRow {
@@ -375,4 +391,76 @@ fn spec_of(schedule: &ScheduleSettings) -> ScheduleSpec {
         schedule.timezone,
         schedule.jitter,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use chrono::TimeDelta;
+
+    use super::*;
+
+    /// An operator over a config with one every-minute schedule spread over 50 s; neither
+    /// store is contacted by what these tests call.
+    fn operator() -> (Operator, ScheduleSpec) {
+        let settings = Settings::from_toml_str(
+            "[[schedules]]\nname = \"spread\"\ncron = \"0 * * * * *\"\nkind = \"system.ping\"\n\
+             jitter = \"50s\"\n",
+            &HashMap::new(),
+        )
+        .expect("valid config");
+        let spec = spec_of(&settings.schedules[0]);
+        (Operator::build(settings).expect("lazy connections"), spec)
+    }
+
+    /// A minute boundary and the instant one second before its tick is due.
+    fn just_before_due(spec: &ScheduleSpec) -> (DateTime<Utc>, DateTime<Utc>) {
+        let fire_at = DateTime::parse_from_rfc3339("2026-06-01T10:17:00Z")
+            .expect("valid")
+            .to_utc();
+        let offset = TimeDelta::from_std(spec.jitter_offset()).expect("small");
+        assert!(
+            offset > TimeDelta::seconds(2),
+            "the name's offset is {offset}"
+        );
+        (fire_at, fire_at + offset - TimeDelta::seconds(1))
+    }
+
+    #[tokio::test]
+    async fn schedules_next_lists_first_the_tick_whose_fire_time_passed_but_due_time_has_not() {
+        let (operator, spec) = operator();
+        let (fire_at, now) = just_before_due(&spec);
+        let rows = operator.preview("spread", now, 2).expect("known schedule");
+        assert_eq!(rows[0].fire_at, fire_at);
+        assert!(rows[0].due_at > now);
+        assert_eq!(rows[1].fire_at, fire_at + TimeDelta::minutes(1));
+        let rows = operator
+            .preview("spread", now + TimeDelta::seconds(1), 1)
+            .expect("known schedule");
+        assert_eq!(rows[0].fire_at, fire_at + TimeDelta::minutes(1));
+    }
+
+    #[tokio::test]
+    async fn backfill_refuses_a_tick_not_yet_due_and_names_when_it_is() {
+        let (operator, spec) = operator();
+        let (fire_at, now) = just_before_due(&spec);
+        let error = operator
+            .backfill(
+                "spread",
+                fire_at - TimeDelta::minutes(5),
+                fire_at,
+                DEFAULT_BACKFILL_MAX,
+                "tester",
+                now,
+            )
+            .await
+            .expect_err("the 10:17 tick is the scheduler's");
+        let message = error.to_string();
+        assert!(message.contains("is not due until"), "{message}");
+        assert!(
+            message.contains(&spec.due_at(fire_at).to_string()),
+            "{message}"
+        );
+    }
 }

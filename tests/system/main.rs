@@ -20,6 +20,8 @@ mod schedule_ctl;
 mod schedule_ledger;
 mod schedule_overlap;
 mod schedule_replicas;
+mod schedule_rows;
+mod schedule_start;
 mod schedule_watchdog;
 mod scheduling;
 mod startup;

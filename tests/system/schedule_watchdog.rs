@@ -11,7 +11,7 @@ use crate::schedule_ledger::{
 use crate::support::{Deployment, eventually, unix_now, wait_for_log_entry, wait_for_worker};
 
 const SCHEDULE: &str = "watchdog-every-second";
-const OUTAGE_MESSAGE: &str = "scheduler cannot reach its stores; retrying every tick";
+const OUTAGE_MESSAGE: &str = "dependency unavailable; retrying with backoff";
 
 #[tokio::test]
 async fn the_scheduler_keeps_firing_after_a_redis_restart() {
@@ -90,7 +90,7 @@ async fn the_scheduler_keeps_firing_after_a_redis_restart() {
         scheduler.log()
     );
     assert!(
-        scheduler.log().contains("scheduler healthy again"),
+        scheduler.log().contains("dependency available again"),
         "the recovery is logged"
     );
 }

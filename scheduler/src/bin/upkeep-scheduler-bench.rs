@@ -29,6 +29,9 @@ struct Cli {
     /// Keep the scratch database.
     #[arg(long)]
     keep: bool,
+    /// Start the scheduler at this second of a minute (0-59); default: at once.
+    #[arg(long)]
+    start_second: Option<u32>,
 }
 
 #[tokio::main]
@@ -48,6 +51,7 @@ async fn main() -> ExitCode {
         jitter: cli.jitter,
         duration: cli.duration,
         keep: cli.keep,
+        start_second: cli.start_second,
     };
     match bench::run(settings, options).await {
         Ok(report) => {

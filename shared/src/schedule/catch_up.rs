@@ -3,6 +3,19 @@
 //! The scheduler asks this module once it knows the last tick in the ledger, then writes one
 //! `schedule_ticks` row per planned tick (DESIGN decision 3). Pure: the ledger's answer and the
 //! current instant come in as arguments.
+//!
+//! # One boundary between catch-up and the live loop
+//! Given a *decision instant* `at` (a scheduler's "now" less its grace), every tick of a schedule
+//! is on exactly one side of it:
+//!
+//! - **late**: its due time (fire time plus the jitter offset) is at or before `at`. Only
+//!   [`plan_catch_up`] decides late ticks, per the catch-up policy.
+//! - **live**: its due time is after `at`, even when its fire time has already passed (a jitter
+//!   offset of 3 minutes makes the 02:30 tick due at 02:33; a scheduler started at 02:31 owns it).
+//!   The live loop enqueues live ticks when they fall due, starting from [`next_live_tick`].
+//!
+//! [`live_after`] is that boundary as a fire time, and both sides use it, so there is neither a
+//! gap between them (a tick nobody decides and that leaves no row) nor an overlap.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -10,7 +23,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::policy::{CatchUp, TickDecision};
-use super::spec::{ScheduleSpec, sub_saturating};
+use super::spec::{ScheduleSpec, Tick, sub_saturating};
 
 /// The most missed ticks a plan lists; older ones are summarised in [`CatchUpPlan::omitted`].
 pub const MAX_LISTED_MISSED: usize = 1000;
@@ -45,6 +58,44 @@ pub struct OmittedTicks {
     pub before: DateTime<Utc>,
 }
 
+/// The newest fire time that is late at the decision instant `at`: a tick whose fire time is at
+/// or before the result is due at or before `at`. Ticks after it are live.
+#[must_use]
+pub fn newest_late_fire(spec: &ScheduleSpec, at: DateTime<Utc>) -> DateTime<Utc> {
+    sub_saturating(at, spec.jitter_offset())
+}
+
+/// Where the live loop of a scheduler takes over from catch-up: it decides every tick whose fire
+/// time is strictly after the result.
+///
+/// `last_seen` is the newest fire time a scheduler already decided (the ledger's), `at` the
+/// decision instant. When the ledger is behind `at`, [`plan_catch_up`] decides every tick up to
+/// [`newest_late_fire`] and the live loop continues from there; when it is ahead (another replica
+/// already decided later ticks), the live loop continues after `last_seen`. A schedule the
+/// ledger has never seen (`None`) owes nothing before `at`, but every tick not yet due, whatever
+/// its fire time, is live.
+#[must_use]
+pub fn live_after(
+    spec: &ScheduleSpec,
+    last_seen: Option<DateTime<Utc>>,
+    at: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let newest_late = newest_late_fire(spec, at);
+    last_seen.map_or(newest_late, |last_seen| last_seen.max(newest_late))
+}
+
+/// The first tick the live loop decides (see [`live_after`]): with `last_seen = None`, the
+/// earliest tick whose due time is after `at`. `upkeepctl schedules next` starts its preview
+/// here, and the scheduler seeds its due heap here.
+#[must_use]
+pub fn next_live_tick(
+    spec: &ScheduleSpec,
+    last_seen: Option<DateTime<Utc>>,
+    at: DateTime<Utc>,
+) -> Option<Tick> {
+    spec.next_tick_after(live_after(spec, last_seen, at))
+}
+
 /// Plans what to record for the ticks of `spec` that fell due after `last_seen` (the newest
 /// nominal fire time in the ledger) and by `now`.
 ///
@@ -73,7 +124,7 @@ pub fn plan_catch_up(
     let Some(last_seen) = last_seen else {
         return CatchUpPlan::default();
     };
-    let newest_late = sub_saturating(now, spec.jitter_offset());
+    let newest_late = newest_late_fire(spec, now);
     if newest_late <= last_seen {
         return CatchUpPlan::default();
     }
@@ -201,6 +252,139 @@ mod tests {
             window,
             cap,
         )
+    }
+
+    /// The start instants of the property below: every second of two minutes around `around`.
+    fn starts_around(around: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> {
+        (-60..60).map(move |s| around + TimeDelta::seconds(s))
+    }
+
+    /// Checks, for one schedule and one start, that catch-up and the live loop split the ticks
+    /// between them with no gap and no overlap, on the due-time boundary.
+    fn assert_one_boundary(
+        spec: &ScheduleSpec,
+        period: TimeDelta,
+        last_seen: Option<DateTime<Utc>>,
+        start: DateTime<Utc>,
+    ) {
+        let grace = TimeDelta::seconds(2);
+        let at = start - grace;
+        let horizon = start + period * 3;
+        let plan = plan_catch_up(spec, last_seen, at, CatchUp::All, 48 * HOUR, 100_000);
+        assert_eq!(plan.omitted, None);
+        let mut live = Vec::new();
+        let mut tick = next_live_tick(spec, last_seen, at);
+        while let Some(next) = tick.filter(|t| t.fire_at <= horizon) {
+            live.push(next);
+            tick = spec.next_tick_after(next.fire_at);
+        }
+        let context = || {
+            format!(
+                "{} jitter {:?} last_seen {last_seen:?} start {start}",
+                spec.name(),
+                spec.jitter()
+            )
+        };
+        for planned in &plan.ticks {
+            assert!(
+                spec.due_at(planned.fire_at) <= at,
+                "planned tick not yet due: {planned:?}, {}",
+                context()
+            );
+        }
+        for tick in &live {
+            assert!(
+                tick.due_at > at,
+                "live tick already late: {tick:?}, {}",
+                context()
+            );
+        }
+        // Every tick owed: after the ledger's newest, or (new schedule) every tick not yet due.
+        let from = last_seen.unwrap_or(start - period * 3);
+        let expected: Vec<DateTime<Utc>> = spec
+            .fires_between(from, horizon, 100_000)
+            .into_iter()
+            .filter(|&fire_at| last_seen.is_some() || spec.due_at(fire_at) > at)
+            .collect();
+        let decided: Vec<DateTime<Utc>> = plan
+            .ticks
+            .iter()
+            .map(|t| t.fire_at)
+            .chain(live.iter().map(|t| t.fire_at))
+            .collect();
+        assert_eq!(decided, expected, "gap or duplicate: {}", context());
+    }
+
+    #[test]
+    fn catch_up_and_the_live_loop_decide_every_tick_once_whatever_the_start_second() {
+        let berlin: Tz = "Europe/Berlin".parse().expect("zone");
+        // Mid-hour, an hour boundary, a day boundary, and both DST transitions of Berlin
+        // (01:00 UTC on 2026-03-29 and 2026-10-25).
+        let arounds = [
+            utc(2026, 6, 1, 10, 17, 0),
+            utc(2026, 6, 1, 11, 0, 0),
+            utc(2026, 6, 2, 0, 0, 0),
+            utc(2026, 3, 29, 1, 0, 0),
+            utc(2026, 10, 25, 1, 0, 0),
+        ];
+        // (cron, its period): jitter goes up to the period.
+        let crons = [
+            ("0 * * * * *", 60),
+            ("*/20 * * * * *", 20),
+            ("0 0 * * * *", 3600),
+        ];
+        for tz in [Tz::UTC, berlin] {
+            for (cron, period) in crons {
+                for jitter in [0, 1, period - 1, period] {
+                    for name in ["backup.run", "bench-00042"] {
+                        let spec = ScheduleSpec::new(
+                            name,
+                            CronExpr::parse(cron).expect("valid"),
+                            tz,
+                            Duration::from_secs(jitter),
+                        );
+                        for around in arounds {
+                            for start in starts_around(around) {
+                                let period = TimeDelta::from_std(Duration::from_secs(period))
+                                    .expect("small");
+                                let before = spec.next_fire_after(start - period * 3);
+                                assert_one_boundary(&spec, period, None, start);
+                                assert_one_boundary(&spec, period, before, start);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_tick_whose_fire_time_passed_but_due_time_has_not_is_live() {
+        // The example: 02:30 backup, jitter 5 min, restarted at 02:31.
+        let spec = ScheduleSpec::parse(
+            "backup.run",
+            "0 30 2 * * *",
+            "UTC",
+            Duration::from_secs(300),
+        )
+        .expect("valid");
+        let offset = TimeDelta::from_std(spec.jitter_offset()).expect("small");
+        let fire_at = utc(2026, 6, 1, 2, 30, 0);
+        let start = fire_at + offset - TimeDelta::seconds(1);
+        assert_eq!(
+            next_live_tick(&spec, None, start).map(|t| t.fire_at),
+            Some(fire_at)
+        );
+        let yesterday = Some(fire_at - TimeDelta::days(1));
+        assert_eq!(
+            next_live_tick(&spec, yesterday, start).map(|t| t.fire_at),
+            Some(fire_at)
+        );
+        assert!(
+            plan_catch_up(&spec, yesterday, start, CatchUp::All, HOUR, 10)
+                .ticks
+                .is_empty()
+        );
     }
 
     #[test]

@@ -57,7 +57,10 @@ mod preview;
 mod spec;
 mod zone;
 
-pub use catch_up::{CatchUpPlan, MAX_LISTED_MISSED, OmittedTicks, PlannedTick, plan_catch_up};
+pub use catch_up::{
+    CatchUpPlan, MAX_LISTED_MISSED, OmittedTicks, PlannedTick, live_after, newest_late_fire,
+    next_live_tick, plan_catch_up,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use cron_expr::{CronExpr, DstRule};
 pub use policy::{CatchUp, Overlap, TickDecision};

@@ -6,6 +6,7 @@
 //! - [`log_cursors`]: `logs.scan_errors` cursors, per-run counts and known signatures.
 //! - [`disk_samples`]: `system.disk` samples for the trend, and the server's own paths.
 //! - [`ticks`]: `schedule_ticks`, one row per expected tick of a schedule.
+//! - [`replicas`]: `scheduler_replicas`, each live scheduler replica's last sign and horizon.
 //! - [`schedules`]: `schedules` as reconciled from the config, and the `schedule_events` audit.
 //! - [`reports`]: health-report queries against target databases (read-only, with timeouts),
 //!   and `report_snapshots` in upkeep's own.
@@ -25,6 +26,7 @@ pub mod health;
 pub mod log_cursors;
 pub mod oauth_tokens;
 pub mod reconcile;
+pub mod replicas;
 pub mod reports;
 pub mod runs;
 pub mod schedules;

@@ -195,7 +195,12 @@ pub async fn reclaim_missed_for_backfill(
     .await?)
 }
 
-/// The newest tick's fire time of each of `schedules` that has any, in one statement.
+/// The newest fire time a scheduler decided (any decision but `manual` and `backfill`) of each
+/// of `schedules` that has one, in one statement: where catch-up starts after a downtime.
+///
+/// Operator ticks are left out: a `manual` tick at "now" or a backfill of part of a downtime
+/// does not mean a scheduler saw the ticks before it, and counting them would hide those ticks
+/// from catch-up (they would get no row).
 ///
 /// # Errors
 /// [`Error::Database`] on a database error.
@@ -209,6 +214,7 @@ pub async fn last_fire_times(
     let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
         "SELECT n.name, t.fire_at FROM unnest($1::text[]) AS n(name) \
            JOIN LATERAL (SELECT fire_at FROM schedule_ticks WHERE schedule = n.name \
+                            AND decision NOT IN ('manual', 'backfill') \
                           ORDER BY fire_at DESC LIMIT 1) AS t ON true",
     )
     .bind(schedules)
@@ -234,32 +240,46 @@ pub async fn confirm_tick(pool: &PgPool, tick_id: i64, job_id: JobId) -> Result<
     Ok(result.rows_affected() == 1)
 }
 
-/// Claims that imply an enqueue but were never confirmed, claimed before `older_than`, oldest
-/// first, at most `limit` (clamped to 1..=10000).
+/// Claims of `schedules` that imply an enqueue but were never confirmed, claimed before
+/// `older_than`, in `(claimed_at, id)` order starting strictly after `after` (`None`: from the
+/// oldest), at most `limit` (clamped to 1..=10000).
+///
+/// The caller pages through them with `after` = the last row's `(claimed_at, id)`, so rows it
+/// cannot act on (their enqueue fails every time) do not keep it from reaching the others;
+/// claims of schedules it does not run are not listed at all.
 ///
 /// # Errors
 /// [`Error::Database`] on a database error.
 pub async fn unconfirmed_ticks(
     pool: &PgPool,
+    schedules: &[String],
     older_than: DateTime<Utc>,
+    after: Option<(DateTime<Utc>, i64)>,
     limit: i64,
 ) -> Result<Vec<TickRow>, Error> {
+    let (after_at, after_id) = after.map_or((None, None), |(at, id)| (Some(at), Some(id)));
     Ok(sqlx::query_as::<_, TickRow>(
         "SELECT id, schedule, fire_at, decision, job_id, claimed_by, claimed_at, enqueued_at, \
          note FROM schedule_ticks \
          WHERE enqueued_at IS NULL \
            AND decision IN ('enqueued', 'caught_up', 'manual', 'backfill') \
            AND claimed_at < $1 \
-         ORDER BY claimed_at LIMIT $2",
+           AND schedule = ANY($2) \
+           AND ($3::timestamptz IS NULL OR (claimed_at, id) > ($3, $4)) \
+         ORDER BY claimed_at, id LIMIT $5",
     )
     .bind(older_than)
+    .bind(schedules)
+    .bind(after_at)
+    .bind(after_id)
     .bind(limit.clamp(1, 10_000))
     .fetch_all(pool)
     .await?)
 }
 
 /// The retention of `schedule_ticks`: deletes ticks that fired before `cutoff`, except the newest
-/// tick of each schedule (catch-up after downtime starts from it), in batches of at most
+/// tick of each schedule and its newest tick decided by a scheduler (catch-up after downtime
+/// starts from that one, see [`last_fire_times`]), in batches of at most
 /// `batch_limit` rows, each its own short statement; returns how many were deleted.
 /// `batch_limit` is clamped to 1..=100000.
 ///
@@ -280,6 +300,10 @@ pub async fn delete_ticks_older_than(
                  WHERE t.schedule = s.name AND t.fire_at < $1 \
                    AND t.fire_at < (SELECT max(m.fire_at) FROM schedule_ticks m \
                                     WHERE m.schedule = s.name) \
+                   AND t.fire_at <> COALESCE((SELECT max(m.fire_at) FROM schedule_ticks m \
+                                    WHERE m.schedule = s.name \
+                                      AND m.decision NOT IN ('manual', 'backfill')), \
+                                    '-infinity') \
                  ORDER BY t.fire_at LIMIT $2) old \
              LIMIT $2 \
          ), gone AS ( \

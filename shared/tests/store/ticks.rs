@@ -117,15 +117,20 @@ async fn unconfirmed_ticks_are_enqueue_claims_older_than_the_cutoff_until_confir
     }
     let cutoff = chrono::Utc::now() + Duration::seconds(1);
 
-    let before = ticks::unconfirmed_ticks(&pool, cutoff, 100).await.unwrap();
-    let none_yet = ticks::unconfirmed_ticks(&pool, claimed[0].claimed_at, 100)
+    let nightly = ["nightly".to_owned()];
+    let before = ticks::unconfirmed_ticks(&pool, &nightly, cutoff, None, 100)
+        .await
+        .unwrap();
+    let none_yet = ticks::unconfirmed_ticks(&pool, &nightly, claimed[0].claimed_at, None, 100)
         .await
         .unwrap();
     let job_id = JobId::new();
     let confirmed = ticks::confirm_tick(&pool, claimed[0].id, job_id)
         .await
         .unwrap();
-    let after = ticks::unconfirmed_ticks(&pool, cutoff, 100).await.unwrap();
+    let after = ticks::unconfirmed_ticks(&pool, &nightly, cutoff, None, 100)
+        .await
+        .unwrap();
     let missing = ticks::confirm_tick(&pool, -1, job_id).await.unwrap();
 
     let decisions: Vec<Decision> = before.iter().map(|row| row.decision).collect();
@@ -280,4 +285,91 @@ async fn retention_deletes_old_ticks_in_batches_but_keeps_each_schedules_newest(
         0,
         "a second pass finds nothing"
     );
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn the_straggler_scan_pages_past_claims_it_cannot_act_on(pool: PgPool) {
+    // 150 unconfirmed claims of a schedule no longer configured, then one of a configured one.
+    for second in 0..150 {
+        ticks::claim_tick(
+            &pool,
+            "removed",
+            t0() + Duration::seconds(second),
+            "enqueued",
+            "a",
+            None,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    }
+    let kept = ticks::claim_tick(&pool, "kept", t0(), "enqueued", "a", None)
+        .await
+        .unwrap()
+        .unwrap();
+    let cutoff = chrono::Utc::now() + Duration::seconds(1);
+    let configured = ["kept".to_owned()];
+    let first = ticks::unconfirmed_ticks(&pool, &configured, cutoff, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(first.iter().map(|r| r.id).collect::<Vec<_>>(), [kept.id]);
+
+    let both = ["kept".to_owned(), "removed".to_owned()];
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = ticks::unconfirmed_ticks(&pool, &both, cutoff, after, 40)
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some((last.claimed_at, last.id));
+        seen.extend(page.iter().map(|r| r.id));
+    }
+    assert_eq!(seen.len(), 151, "every claim once, in pages");
+    assert!(seen.contains(&kept.id));
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn catch_up_starts_after_the_newest_tick_a_scheduler_decided_not_an_operators(pool: PgPool) {
+    ticks::claim_tick(&pool, "nightly", t0(), "enqueued", "scheduler", None)
+        .await
+        .unwrap();
+    for (minutes, decision) in [(60, "manual"), (120, "backfill")] {
+        ticks::claim_tick(
+            &pool,
+            "nightly",
+            t0() + Duration::minutes(minutes),
+            decision,
+            "alice",
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let last = ticks::last_fire_times(&pool, &["nightly".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(last.get("nightly"), Some(&t0()));
+
+    // Retention keeps that tick even when an operator's tick is newer.
+    sqlx::query(
+        "INSERT INTO schedules (name, cron, timezone, kind, queue, catch_up, \
+         catch_up_window_ms, catch_up_max, overlap, config_hash) \
+         VALUES ('nightly', '0 0 * * * *', 'UTC', 'system.ping', 'reports', 'latest', 0, 1, \
+         'allow', 'h')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let deleted = ticks::delete_ticks_older_than(&pool, t0() + Duration::days(1), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted, 1,
+        "only the manual tick goes; the backfill is the newest"
+    );
+    let last = ticks::last_fire_times(&pool, &["nightly".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(last.get("nightly"), Some(&t0()));
 }
