@@ -4,6 +4,7 @@
 //! In the order a job meets them:
 //! - [`config`]: the typed `Settings` tree, loaded from `upkeep.toml` and the environment.
 //! - [`settings`]: what every subsystem's settings section shares (`Section`, `Problems`).
+//! - [`daemons`]: the `[worker]`, `[scheduler]`, `[maintenance]` and `[api]` sections.
 //! - [`job`]: ids, kinds, queue names, outcomes and handler errors.
 //! - [`schedule`]: cron expressions in a time zone, next fire times (pure, no IO).
 //! - [`queue`]: our Redis queue backend for apalis-core (enqueue, lease, ack, retry, dead letters).
@@ -14,6 +15,7 @@
 //! - [`shutdown`]: the signal every long-running loop watches.
 
 pub mod config;
+pub mod daemons;
 pub mod job;
 pub mod queue;
 pub mod reconcile;

@@ -52,6 +52,7 @@ mod catch_up;
 mod clock;
 mod cron_expr;
 mod policy;
+pub mod settings;
 mod spec;
 mod zone;
 
@@ -59,6 +60,7 @@ pub use catch_up::{CatchUpPlan, MAX_LISTED_MISSED, OmittedTicks, PlannedTick, pl
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use cron_expr::{CronExpr, DstRule};
 pub use policy::{CatchUp, Overlap, TickDecision};
+pub use settings::{ScheduleEntry, ScheduleSettings, default_overlap};
 pub use spec::{ScheduleSpec, Tick};
 pub use zone::parse_time_zone;
 
