@@ -23,10 +23,15 @@ use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretBox};
 use toml::{Table, Value};
 
-use crate::job::{self, QueueName};
+use crate::job::QueueName;
 use crate::queue::{Error as QueueError, Queue, RedisConn};
 use crate::settings::{Problems, Section, key_segment};
 use crate::telemetry::LogFormat;
+
+mod layers;
+
+pub use layers::Source;
+use layers::{GENERIC_PREFIX, NAMED_VARIABLES};
 
 pub use crate::daemons::{
     ApiSettings, MaintenanceSettings, ReconcileAction, SchedulerSettings, WorkerSettings,
@@ -240,11 +245,18 @@ impl Settings {
         loaded_from: Option<PathBuf>,
         env: &HashMap<String, String>,
     ) -> Result<Self, Error> {
-        let mut doc: Table = parse_toml(text, origin)?;
-        let mut ctx = Ctx::default();
-        apply_generic_overrides(&mut doc, env, &mut ctx);
-        apply_named_overrides(&mut doc, env, &mut ctx);
-        let settings = validate(&doc, &mut ctx, loaded_from, env);
+        let file = parse_toml(text, origin)?;
+        let layered = layers::layer(text, file, origin, env, TOP_KEYS);
+        let mut ctx = Ctx {
+            origins: layered.origins,
+            lines: layered.lines,
+            file: origin.to_owned(),
+            ..Ctx::default()
+        };
+        for (var, message) in layered.env_problems {
+            ctx.env_problem(&var, message);
+        }
+        let settings = validate(&layered.doc, &mut ctx, loaded_from, env);
         if ctx.problems.is_empty() {
             Ok(settings)
         } else {
@@ -372,7 +384,6 @@ fn parse_toml(text: &str, origin: &str) -> Result<Table, Error> {
 }
 
 const DEFAULT_CONFIG_FILE: &str = "upkeep.toml";
-const GENERIC_PREFIX: &str = "UPKEEP__";
 
 /// The top-level keys: one per section, plus `secret_key`.
 const TOP_KEYS: &[&str] = &[
@@ -389,66 +400,78 @@ const TOP_KEYS: &[&str] = &[
     "secret_key",
 ];
 
-/// The named variables of the public contract and the TOML path each one sets.
-const NAMED_VARIABLES: &[(&str, &str, &str)] = &[
-    ("DATABASE_URL", "database", "url"),
-    ("REDIS_URL", "redis", "url"),
-    ("UPKEEP_API_TOKEN", "api", "token"),
-    ("UPKEEP_API_ADDR", "api", "addr"),
-    ("UPKEEP_LOG_FORMAT", "telemetry", "format"),
-    ("UPKEEP_SECRET_KEY", "", "secret_key"),
-];
-
 fn is_config_variable(name: &str) -> bool {
     name == "UPKEEP_CONFIG"
         || name.starts_with(GENERIC_PREFIX)
-        || NAMED_VARIABLES.iter().any(|(var, _, _)| *var == name)
+        || NAMED_VARIABLES.iter().any(|(var, _)| *var == name)
 }
 
-/// Where an overridden setting came from, so problems name the variable the operator set.
-#[derive(Debug, Clone)]
-enum Origin {
-    /// A contract variable such as `DATABASE_URL`: problems are reported under its name.
-    Named(&'static str),
-    /// A `UPKEEP__...` variable: problems name the TOML path and the variable.
-    Generic(String),
-}
-
-/// Validation state: the problems found so far and the origins of overridden values.
+/// Validation state: the problems found so far, where overridden values came from and the
+/// line of each key of the file, so every problem names its source.
 #[derive(Debug, Default)]
 struct Ctx {
     problems: Vec<Problem>,
-    origins: HashMap<String, Origin>,
+    origins: HashMap<String, Source>,
+    lines: HashMap<String, usize>,
+    file: String,
+}
+
+/// A problem path without the entry names it shows: `schedules[2] ("nightly").cron` is the key
+/// `schedules[2].cron`.
+fn plain_path(path: &str) -> String {
+    match (path.find(" (\""), path.find("\")")) {
+        (Some(start), Some(end)) if end > start => {
+            format!("{}{}", &path[..start], &path[end + 2..])
+        }
+        _ => path.to_owned(),
+    }
 }
 
 impl Ctx {
-    /// The key as reported: the path, with the variable that set it (or under it) if any.
-    fn label(&self, path: &str) -> String {
-        let origin = self.origins.get(path).or_else(|| {
-            // A problem about a table (`kinds.nope`) set by a variable for one of its keys.
-            self.origins
-                .iter()
-                .filter(|(key, _)| {
-                    key.strip_prefix(path)
-                        .is_some_and(|rest| rest.starts_with(['.', '[']))
-                })
-                .map(|(_, origin)| origin)
-                .next()
-        });
-        match origin {
-            Some(Origin::Named(var)) if self.origins.contains_key(path) => (*var).to_owned(),
-            Some(Origin::Named(var)) => format!("{path} (from {var})"),
-            Some(Origin::Generic(var)) => format!("{path} (from {var})"),
-            None => path.to_owned(),
+    /// The origin of the value at `path`, or of one under it (a problem about the table
+    /// `kinds.nope` set by a variable for one of its keys).
+    fn origin(&self, path: &str) -> Option<(&Source, bool)> {
+        let path = plain_path(path);
+        let path = path.as_str();
+        if let Some(source) = self.origins.get(path) {
+            return Some((source, true));
+        }
+        self.origins
+            .iter()
+            .filter(|(key, _)| {
+                key.strip_prefix(path)
+                    .is_some_and(|rest| rest.starts_with(['.', '[']))
+            })
+            .map(|(_, source)| (source, false))
+            .next()
+    }
+
+    /// The line of `path` (or of its nearest written ancestor) in the file.
+    fn line(&self, path: &str) -> Option<usize> {
+        let mut path = plain_path(path);
+        loop {
+            if let Some(line) = self.lines.get(&path) {
+                return Some(*line);
+            }
+            let cut = path.rfind(['.', '['])?;
+            path.truncate(cut);
         }
     }
 
     fn problem(&mut self, path: &str, message: impl Into<String>) {
-        let key = self.label(path);
-        self.problems.push(Problem {
-            key,
-            message: message.into(),
-        });
+        let mut message = message.into();
+        let key = match self.origin(path) {
+            Some((Source::Named(var), true)) => (*var).to_owned(),
+            Some((Source::Named(var), false)) => format!("{path} (from {var})"),
+            Some((Source::Generic(var), _)) => format!("{path} (from {var})"),
+            _ => {
+                if let Some(line) = self.line(path) {
+                    message = format!("{message} (at {}:{line})", self.file);
+                }
+                path.to_owned()
+            }
+        };
+        self.problems.push(Problem { key, message });
     }
 
     fn env_problem(&mut self, var: &str, message: impl Into<String>) {
@@ -456,135 +479,6 @@ impl Ctx {
             key: var.to_owned(),
             message: message.into(),
         });
-    }
-}
-
-/// An environment value as TOML: integers and booleans are typed, anything else is a string
-/// (so `UPKEEP__QUEUES__REPORTS__CONCURRENCY=32` sets the integer 32).
-fn env_value(text: &str) -> Value {
-    if let Ok(n) = text.trim().parse::<i64>() {
-        return Value::Integer(n);
-    }
-    match text.trim() {
-        "true" => Value::Boolean(true),
-        "false" => Value::Boolean(false),
-        _ => Value::String(text.to_owned()),
-    }
-}
-
-fn apply_generic_overrides(doc: &mut Table, env: &HashMap<String, String>, ctx: &mut Ctx) {
-    let mut vars: Vec<(&String, &String)> = env
-        .iter()
-        .filter(|(name, _)| name.starts_with(GENERIC_PREFIX))
-        .collect();
-    vars.sort();
-    for (var, value) in vars {
-        let mut segments: Vec<String> = var[GENERIC_PREFIX.len()..]
-            .split("__")
-            .map(str::to_ascii_lowercase)
-            .collect();
-        if !TOP_KEYS.contains(&segments[0].as_str()) || segments.iter().any(String::is_empty) {
-            ctx.env_problem(
-                var,
-                format!(
-                    "unknown setting (expected UPKEEP__SECTION__KEY with a section of {})",
-                    TOP_KEYS.join(", ")
-                ),
-            );
-            continue;
-        }
-        if segments[0] == "kinds"
-            && let Some(kind) = segments.get_mut(1)
-            && let Some(spec) = job::CATALOG
-                .iter()
-                .find(|spec| spec.name == *kind || spec.name.replace('.', "_") == *kind)
-        {
-            // Environment variable names cannot hold dots, so `SYSTEM_PING` names `system.ping`.
-            spec.name.clone_into(kind);
-        }
-        match set_path(doc, &segments, env_value(value)) {
-            Ok(path) => {
-                ctx.origins.insert(path, Origin::Generic(var.clone()));
-            }
-            Err(message) => ctx.env_problem(var, message),
-        }
-    }
-}
-
-/// Sets the value at `segments` under `doc`, creating missing tables. A numeric segment
-/// indexes an existing array of tables (`schedules`, `0`, `enabled`). Returns the key path set,
-/// or why it cannot be set.
-fn set_path(doc: &mut Table, segments: &[String], value: Value) -> Result<String, String> {
-    let mut path = String::new();
-    let mut table = doc;
-    let (last, parents) = segments.split_last().ok_or("no key given")?;
-    let mut i = 0;
-    while i < parents.len() {
-        let name = &parents[i];
-        if !path.is_empty() {
-            path.push('.');
-        }
-        path.push_str(&key_segment(name));
-        let indexed = parents
-            .get(i + 1)
-            .is_some_and(|s| s.parse::<usize>().is_ok());
-        if indexed && !table.contains_key(name.as_str()) {
-            return Err(format!(
-                "{path}[{}] does not exist in the file (0 entries); the environment can change \
-                 entries, not add them",
-                parents[i + 1]
-            ));
-        }
-        let entry = table
-            .entry(name.clone())
-            .or_insert_with(|| Value::Table(Table::new()));
-        table = match entry {
-            Value::Table(inner) => inner,
-            Value::Array(items) => {
-                let Some(index) = parents.get(i + 1).and_then(|s| s.parse::<usize>().ok()) else {
-                    return Err(format!(
-                        "{path} is an array of tables: name the entry by its index, as in \
-                         UPKEEP__{}__0__KEY",
-                        name.to_ascii_uppercase()
-                    ));
-                };
-                let n_items = items.len();
-                let Some(Value::Table(inner)) = items.get_mut(index) else {
-                    return Err(format!(
-                        "{path}[{index}] does not exist in the file ({n_items} entries); the \
-                         environment can change entries, not add them"
-                    ));
-                };
-                path.push_str(&format!("[{index}]"));
-                i += 1;
-                inner
-            }
-            _ => return Err(format!("{path} is not a table")),
-        };
-        i += 1;
-    }
-    table.insert(last.clone(), value);
-    if path.is_empty() {
-        Ok(key_segment(last))
-    } else {
-        Ok(format!("{path}.{}", key_segment(last)))
-    }
-}
-
-fn apply_named_overrides(doc: &mut Table, env: &HashMap<String, String>, ctx: &mut Ctx) {
-    for (var, section, key) in NAMED_VARIABLES {
-        // An empty variable counts as unset: compose files often pass `${VAR:-}`.
-        let Some(value) = env.get(*var).filter(|value| !value.is_empty()) else {
-            continue;
-        };
-        let segments: Vec<String> = [*section, *key]
-            .iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| (*s).to_owned())
-            .collect();
-        if let Ok(path) = set_path(doc, &segments, Value::String(value.clone())) {
-            ctx.origins.insert(path, Origin::Named(var));
-        }
     }
 }
 
@@ -730,13 +624,10 @@ fn deserialize_at<T: serde::de::DeserializeOwned>(
     match serde_path_to_error::deserialize::<_, T>(value.clone()) {
         Ok(section) => Some(section),
         Err(error) => {
-            let at = error.path().to_string();
-            let key = if at == "." || at.is_empty() {
-                path.to_owned()
-            } else {
-                format!("{path}.{at}")
-            };
-            let normalized = normalize_indexes(&at);
+            let at = format_path(error.path());
+            let key = format!("{path}{at}");
+            let at = at.trim_start_matches('.');
+            let normalized = normalize_indexes(at);
             let secret = secret_keys.iter().any(|pattern| {
                 normalized == *pattern
                     || normalized
@@ -754,6 +645,23 @@ fn deserialize_at<T: serde::de::DeserializeOwned>(
             None
         }
     }
+}
+
+/// A deserialization path as written in problems: `.targets[0].url`, `."system.ping".timeout`.
+fn format_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            Segment::Map { key } => {
+                out.push('.');
+                out.push_str(&key_segment(key));
+            }
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Enum { .. } | Segment::Unknown => {}
+        }
+    }
+    out
 }
 
 /// `targets[3].url` as `targets[].url`, to compare with [`Section::SECRET_KEYS`] patterns.
@@ -905,7 +813,7 @@ mod tests {
     use secrecy::SecretString;
 
     use super::*;
-    use crate::job::JobKind;
+    use crate::job::{self, JobKind};
     use crate::schedule::{CatchUp, Overlap};
 
     fn env(vars: &[(&str, &str)]) -> HashMap<String, String> {
@@ -1630,6 +1538,74 @@ mod tests {
                 "error for {var}={value:?} was\n  {text}\nexpected it to contain\n  {expected}"
             );
         }
+    }
+
+    #[test]
+    fn an_array_entry_is_reached_by_its_index_from_the_environment() {
+        let settings = load(PING, &[("UPKEEP__SCHEDULES__0__ENABLED", "false")]).unwrap();
+        assert!(!settings.schedules[0].enabled);
+
+        let text = error_text(PING, &[("UPKEEP__SCHEDULES__0__CRON", "61 * * * * *")]);
+        assert!(
+            text.contains(
+                "schedules[0] (\"ping\").cron (from UPKEEP__SCHEDULES__0__CRON): invalid cron expression"
+            ),
+            "{text}"
+        );
+        let text = error_text(PING, &[("UPKEEP__SCHEDULES__3__ENABLED", "false")]);
+        assert!(
+            text.contains(
+                "UPKEEP__SCHEDULES__3__ENABLED: schedules[3] does not exist in the file (1 entries)"
+            ),
+            "{text}"
+        );
+        let text = error_text(PING, &[("UPKEEP__SCHEDULES__ENABLED", "false")]);
+        assert!(
+            text.contains("schedules (from UPKEEP__SCHEDULES__ENABLED): expected an array of tables ([[schedules]])"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_with_its_path() {
+        let text = error_text("[queues.reports]\nconcurrency = 2\ncolour = \"red\"\n", &[]);
+        assert!(
+            text.contains(
+                "queues.reports.colour: unknown field `colour`, expected one of `concurrency`"
+            ),
+            "{text}"
+        );
+        let text = error_text(&format!("{PING}retries = 3\n"), &[]);
+        assert!(
+            text.contains("schedules[0] (\"ping\").retries: unknown field `retries`"),
+            "{text}"
+        );
+        let text = error_text("[kinds.\"system.ping\"]\nretries = 3\n", &[]);
+        assert!(
+            text.contains("kinds.\"system.ping\".retries: unknown field `retries`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_problem_in_the_file_names_its_line_and_one_from_a_variable_names_the_variable() {
+        let text = error_text(
+            "[database]\nmax_connections = 5\n\n[queues.reports]\nconcurrency = 0\n",
+            &[("UPKEEP__QUEUES__LOGS__MAX_ATTEMPTS", "0")],
+        );
+
+        assert!(
+            text.contains(
+                "queues.reports.concurrency: must be between 1 and 10000, got 0 (at <string>:5)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "queues.logs.max_attempts (from UPKEEP__QUEUES__LOGS__MAX_ATTEMPTS): must be between 1 and 100, got 0;"
+            ) || text.ends_with("must be between 1 and 100, got 0"),
+            "{text}"
+        );
     }
 
     #[test]
