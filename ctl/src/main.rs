@@ -10,6 +10,7 @@ use upkeep_shared::queue::NewJob;
 use upkeep_shared::shutdown::Shutdown;
 use upkeep_shared::{JobKind, QueueName};
 
+mod config_cmd;
 mod reconcile;
 
 mod schedules;
@@ -68,6 +69,8 @@ enum Command {
     Reconcile(reconcile::ReconcileArgs),
     /// Schedules: health, next fire times, pause, resume, trigger, backfill.
     Schedules(schedules::SchedulesArgs),
+    /// Check the configuration, or show the effective one with each value's source.
+    Config(config_cmd::ConfigArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,6 +96,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Checking or showing the configuration must work when it is invalid, and touches no server.
+    if let Command::Config(args) = cli.command {
+        return config_cmd::run(args).unwrap_or_else(|error| {
+            eprintln!("upkeepctl: {error:#}");
+            ExitCode::FAILURE
+        });
+    }
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -143,6 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => upkeep_workers::bench::run(settings, args).await,
         Command::Reconcile(args) => reconcile::run(&settings, args).await,
         Command::Schedules(args) => schedules::run(settings, args).await,
+        Command::Config(_) => unreachable!("handled before the configuration is loaded"),
     }
 }
 

@@ -29,9 +29,11 @@ use crate::settings::{Problems, Section, key_segment};
 use crate::telemetry::LogFormat;
 
 mod layers;
+mod show;
 
 pub use layers::Source;
 use layers::{GENERIC_PREFIX, NAMED_VARIABLES};
+pub use show::{ShownSetting, check_and_report};
 
 pub use crate::daemons::{
     ApiSettings, MaintenanceSettings, ReconcileAction, SchedulerSettings, WorkerSettings,
@@ -245,6 +247,17 @@ impl Settings {
         loaded_from: Option<PathBuf>,
         env: &HashMap<String, String>,
     ) -> Result<Self, Error> {
+        Self::resolve(text, origin, loaded_from, env).map(|resolved| resolved.0)
+    }
+
+    /// Parses, layers and validates; also returns the merged document and the validation
+    /// state (sources, secret keys), which `config show` needs.
+    fn resolve(
+        text: &str,
+        origin: &str,
+        loaded_from: Option<PathBuf>,
+        env: &HashMap<String, String>,
+    ) -> Result<(Self, Table, Ctx), Error> {
         let file = parse_toml(text, origin)?;
         let layered = layers::layer(text, file, origin, env, TOP_KEYS);
         let mut ctx = Ctx {
@@ -258,11 +271,11 @@ impl Settings {
         }
         let settings = validate(&layered.doc, &mut ctx, loaded_from, env);
         if ctx.problems.is_empty() {
-            Ok(settings)
+            Ok((settings, layered.doc, ctx))
         } else {
             Err(Error::Invalid {
                 origin: origin.to_owned(),
-                problems: ctx.problems,
+                problems: std::mem::take(&mut ctx.problems),
             })
         }
     }
@@ -414,6 +427,8 @@ struct Ctx {
     origins: HashMap<String, Source>,
     lines: HashMap<String, usize>,
     file: String,
+    /// Every section's secret keys, with the section (`api.token`, `backups.databases[].url`).
+    secret_keys: Vec<String>,
 }
 
 /// A problem path without the entry names it shows: `schedules[2] ("nightly").cron` is the key
@@ -714,6 +729,7 @@ fn serde_section<T: Section>(
         Some(value) => {
             let mut value = value.clone();
             for pattern in T::SECRET_KEYS {
+                ctx.secret_keys.push(format!("{name}.{pattern}"));
                 let segments: Vec<&str> = pattern.split('.').collect();
                 resolve_secret(ctx, &mut value, name, &segments, env);
             }
@@ -1606,6 +1622,60 @@ mod tests {
             ) || text.ends_with("must be between 1 and 100, got 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn config_show_redacts_every_secret_and_names_each_source() {
+        let dir = std::env::temp_dir().join(format!("upkeep-show-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("upkeep.toml");
+        std::fs::write(
+            &path,
+            "[database]\nurl = \"postgres://app:hunter2-db@db:5432/app\"\n\n\
+             [redis]\ncluster_urls = [\"redis://:hunter2-cluster@c:7000\"]\n\
+             [api]\ntoken_env = \"MY_TOKEN\"\n",
+        )
+        .unwrap();
+        let key = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+
+        let shown = Settings::show(
+            Some(&path),
+            &env(&[
+                ("MY_TOKEN", "hunter2-token"),
+                ("UPKEEP_SECRET_KEY", &key),
+                ("UPKEEP__QUEUES__REPORTS__CONCURRENCY", "7"),
+            ]),
+        )
+        .expect("valid");
+        std::fs::remove_dir_all(dir).ok();
+
+        let text = serde_json::to_string(&shown).unwrap();
+        assert!(!text.contains("hunter2"), "secret shown: {text}");
+        assert!(!text.contains(&key), "secret key shown: {text}");
+        let get = |key: &str| {
+            shown
+                .iter()
+                .find(|s| s.key == key)
+                .unwrap_or_else(|| panic!("{key} not shown in {text}"))
+        };
+        let file = path.display().to_string();
+        assert_eq!(get("database.url").value, "postgres://***@db:5432/app");
+        assert_eq!(get("database.url").source, format!("{file}:2"));
+        assert_eq!(
+            get("redis.cluster_urls").value,
+            serde_json::json!(["redis://***@c:7000"])
+        );
+        assert_eq!(get("api.token").value, "***");
+        assert_eq!(get("secret_key").value, "***");
+        assert_eq!(get("secret_key").source, "env UPKEEP_SECRET_KEY");
+        assert_eq!(get("queues.reports.concurrency").value, 7);
+        assert_eq!(
+            get("queues.reports.concurrency").source,
+            "env UPKEEP__QUEUES__REPORTS__CONCURRENCY"
+        );
+        assert_eq!(get("queues.logs.lease").value, "30s");
+        assert_eq!(get("queues.logs.lease").source, "default");
+        assert_eq!(get("redis.url").value, "redis://127.0.0.1:6379/");
     }
 
     #[test]

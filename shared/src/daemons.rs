@@ -201,8 +201,8 @@ impl Section for MaintenanceSettings {
                 format!("{path}.ledger_retention"),
                 format!(
                     "must be longer than {path}.reconcile_grace ({}), got {}",
-                    humantime::format_duration(self.reconcile_grace),
-                    humantime::format_duration(self.ledger_retention)
+                    crate::settings::duration::format(self.reconcile_grace),
+                    crate::settings::duration::format(self.ledger_retention)
                 ),
             );
         }

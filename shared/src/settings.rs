@@ -207,12 +207,31 @@ pub mod duration {
     use serde::de::{self, Visitor};
     use serde::{Deserializer, Serializer};
 
-    /// Writes the duration as humantime text (`"5m"`).
+    /// Writes the duration in its largest exact unit (`"90d"`, `"5m"`, `"250ms"`).
     ///
     /// # Errors
     /// Only the serializer's own.
     pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+        serializer.serialize_str(&format(*value))
+    }
+
+    /// The duration in its largest exact unit: `90d`, `2h`, `5m`, `30s`, `250ms`; other
+    /// values in humantime's combined form (`1h 30m`).
+    #[must_use]
+    pub fn format(value: Duration) -> String {
+        let secs = value.as_secs();
+        let nanos = value.subsec_nanos();
+        if nanos == 0 {
+            for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+                if secs.is_multiple_of(size) && (secs > 0 || unit == "s") {
+                    return format!("{}{unit}", secs / size);
+                }
+            }
+        }
+        if secs < 60 && nanos.is_multiple_of(1_000_000) {
+            return format!("{}ms", value.as_millis());
+        }
+        humantime::format_duration(value).to_string()
     }
 
     /// Reads humantime text.
@@ -528,8 +547,8 @@ pub fn check_min_duration(
             key,
             format!(
                 "must be at least {}, got {}",
-                humantime::format_duration(min),
-                humantime::format_duration(value)
+                duration::format(min),
+                duration::format(value)
             ),
         );
     }

@@ -358,8 +358,8 @@ impl QueueSettings {
                 format!("{path}.backoff_max"),
                 format!(
                     "must be at least backoff_base ({}), got {}",
-                    humantime::format_duration(self.backoff_base),
-                    humantime::format_duration(self.backoff_max)
+                    crate::settings::duration::format(self.backoff_base),
+                    crate::settings::duration::format(self.backoff_max)
                 ),
             );
         }

@@ -254,7 +254,7 @@ fn resolve_one(
             key("jitter"),
             format!(
                 "must be at most 1h, got {}",
-                humantime::format_duration(entry.jitter)
+                crate::settings::duration::format(entry.jitter)
             ),
         );
     }
