@@ -28,9 +28,11 @@ use crate::queue::{Error as QueueError, Queue, RedisConn};
 use crate::settings::{Problems, Section, key_segment};
 use crate::telemetry::LogFormat;
 
+mod keys;
 mod layers;
 mod show;
 
+pub use keys::{accepted_keys, documented_keys, map_keys};
 pub use layers::Source;
 use layers::{GENERIC_PREFIX, NAMED_VARIABLES};
 pub use show::{ShownSetting, check_and_report};
@@ -1676,6 +1678,60 @@ mod tests {
         assert_eq!(get("queues.logs.lease").value, "30s");
         assert_eq!(get("queues.logs.lease").source, "default");
         assert_eq!(get("redis.url").value, "redis://127.0.0.1:6379/");
+    }
+
+    #[test]
+    fn the_accepted_keys_come_from_the_types() {
+        let keys = accepted_keys();
+
+        for key in [
+            "database.url",
+            "redis.cluster_urls",
+            "queues.*.lease",
+            "kinds.*.backoff_max",
+            "schedules[].cron",
+            "schedules[].args",
+            "api.token",
+            "secret_key",
+        ] {
+            assert!(keys.contains(key), "{key} missing from {keys:?}");
+        }
+        assert!(!keys.contains("queues.*"), "{keys:?}");
+        assert!(
+            !keys.iter().any(|k| k.starts_with("schedules[].args.")),
+            "{keys:?}"
+        );
+        assert_eq!(
+            map_keys(&keys),
+            ["kinds", "queues"].map(str::to_owned).into_iter().collect()
+        );
+    }
+
+    #[test]
+    fn the_example_config_documents_exactly_the_keys_the_settings_accept() {
+        let accepted = accepted_keys();
+        let documented = documented_keys(
+            include_str!("../../upkeep.example.toml"),
+            &map_keys(&accepted),
+            &accepted,
+        )
+        .expect("the example parses");
+
+        // A secret may be documented in its indirect form (`url_env`, `url_file`) instead.
+        let plain = |key: &String| {
+            key.strip_suffix("_env")
+                .or_else(|| key.strip_suffix("_file"))
+                .filter(|plain| accepted.contains(*plain))
+                .map_or_else(|| key.clone(), str::to_owned)
+        };
+        let documented: std::collections::BTreeSet<String> = documented.iter().map(plain).collect();
+        let undocumented: Vec<&String> = accepted.difference(&documented).collect();
+        let unknown: Vec<&String> = documented.difference(&accepted).collect();
+        assert!(
+            undocumented.is_empty() && unknown.is_empty(),
+            "upkeep.example.toml lacks {undocumented:?} and documents keys the settings do not \
+             accept: {unknown:?}"
+        );
     }
 
     #[test]
