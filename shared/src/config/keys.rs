@@ -155,7 +155,9 @@ fn normalised(path: &[Step]) -> String {
 /// anything else is prose).
 /// `maps` are the paths holding maps of tables, whose keys are names (`*`); `accepted` stops
 /// the walk at free-form leaves.
-#[must_use]
+///
+/// # Errors
+/// When the text, with those lines uncommented, is not TOML.
 pub fn documented_keys(
     text: &str,
     maps: &BTreeSet<String>,
