@@ -11,12 +11,14 @@
 //! - [`store`]: the Postgres ledger (`job_runs`, `schedules`, `schedule_ticks`, `findings`).
 //! - [`reconcile`]: the maintenance pass that finds jobs Redis lost but the ledger never saw
 //!   finish, and requeues or records them.
+//! - [`operator`]: what `upkeepctl` does (enqueue, stats, dead letters, recent runs).
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`shutdown`]: the signal every long-running loop watches.
 
 pub mod config;
 pub mod daemons;
 pub mod job;
+pub mod operator;
 pub mod queue;
 pub mod reconcile;
 pub mod schedule;
