@@ -284,22 +284,14 @@ impl Settings {
 }
 
 impl Default for Settings {
-    /// The built-in defaults: every queue of [`job::QUEUES`], no schedules, no secrets.
+    /// The built-in defaults: every section's `Default`, every queue of [`crate::job::QUEUES`],
+    /// no schedules, no secrets. Composed by the same `validate` as a loaded file (of an empty
+    /// document), so a new section needs no line here.
     fn default() -> Self {
-        Self {
-            database: DatabaseSettings::default(),
-            redis: RedisSettings::default(),
-            queues: crate::queue::settings::with_builtin_queues(BTreeMap::new()),
-            kinds: BTreeMap::new(),
-            schedules: Vec::new(),
-            worker: WorkerSettings::default(),
-            scheduler: SchedulerSettings::default(),
-            maintenance: MaintenanceSettings::default(),
-            api: ApiSettings::default(),
-            telemetry: TelemetrySettings::default(),
-            secret_key: None,
-            loaded_from: None,
-        }
+        let mut ctx = Ctx::default();
+        let settings = validate(&Table::new(), &mut ctx, None, &HashMap::new());
+        debug_assert!(ctx.problems.is_empty(), "{:?}", ctx.problems);
+        settings
     }
 }
 

@@ -243,3 +243,51 @@ fn report_failure(service: &str, origin: &str, error: &Error) -> ExitCode {
     }
     ExitCode::from(2)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sections_secret_keys_are_redacted_including_array_entries() {
+        let ctx = Ctx {
+            secret_keys: vec![
+                "backups.databases[].url".to_owned(),
+                "tokens.credentials[].client_secret".to_owned(),
+            ],
+            ..Ctx::default()
+        };
+        let shown = |key: &str, value: serde_json::Value| redact(&ctx, key, value);
+
+        assert_eq!(
+            shown(
+                "backups.databases[3].url",
+                serde_json::json!("postgres://app:hunter2@db/app")
+            ),
+            serde_json::json!("postgres://***@db/app")
+        );
+        assert_eq!(
+            shown(
+                "tokens.credentials[0].client_secret",
+                serde_json::json!("hunter2")
+            ),
+            serde_json::json!("***")
+        );
+        assert_eq!(
+            shown("secret_key", serde_json::json!("AAAA")),
+            serde_json::json!("***")
+        );
+        // The indirect form names a variable or a file, not the secret: shown as written.
+        assert_eq!(
+            shown(
+                "backups.databases[0].url_env",
+                serde_json::json!("APP_DB_URL")
+            ),
+            serde_json::json!("APP_DB_URL")
+        );
+        assert_eq!(
+            shown("backups.databases[0].name", serde_json::json!("app")),
+            serde_json::json!("app")
+        );
+    }
+}
