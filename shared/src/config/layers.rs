@@ -139,6 +139,8 @@ pub(super) fn layer(
         .collect();
     vars.sort();
     let mut indexed = Vec::new();
+    // Every key a variable set, to drop the file's indirect forms of it below.
+    let mut overridden: Vec<Vec<String>> = Vec::new();
     for (var, value) in vars {
         let mut segments: Vec<String> = var[GENERIC_PREFIX.len()..]
             .split("__")
@@ -170,6 +172,7 @@ pub(super) fn layer(
             continue;
         }
         origins.insert(dotted(&segments), Source::Generic(var.clone()));
+        overridden.push(segments.clone());
         figment = figment.merge(Layer {
             name: var.clone(),
             dict: nest(&segments, typed),
@@ -183,6 +186,7 @@ pub(super) fn layer(
         };
         let segments: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
         origins.insert(dotted(&segments), Source::Named(var));
+        overridden.push(segments.clone());
         figment = figment.merge(Layer {
             name: (*var).to_owned(),
             dict: nest(&segments, FigValue::from(value.clone())),
@@ -202,8 +206,19 @@ pub(super) fn layer(
         match set_path(&mut doc, &segments, value) {
             Ok(path) => {
                 origins.insert(path, Source::Generic(var));
+                overridden.push(segments);
             }
             Err(message) => env_problems.push((var, message)),
+        }
+    }
+    // A variable that sets a secret (`DATABASE_URL`) wins over the file's indirect form of it
+    // (`url_file = …`) as it wins over an inline value, instead of making two sources.
+    for segments in overridden {
+        if let Some((last, parents)) = segments.split_last()
+            && let Some(table) = table_at(&mut doc, parents)
+        {
+            table.remove(&format!("{last}_env"));
+            table.remove(&format!("{last}_file"));
         }
     }
     Layered {
@@ -271,6 +286,25 @@ fn set_path(doc: &mut Table, segments: &[String], value: Value) -> Result<String
     } else {
         format!("{path}.{}", key_segment(last))
     })
+}
+
+/// The table at `segments` (numeric segments index arrays of tables), if there is one.
+fn table_at<'t>(doc: &'t mut Table, segments: &[String]) -> Option<&'t mut Table> {
+    let mut current = doc;
+    let mut i = 0;
+    while i < segments.len() {
+        current = match current.get_mut(&segments[i])? {
+            Value::Table(inner) => inner,
+            Value::Array(items) => {
+                i += 1;
+                let index: usize = segments.get(i)?.parse().ok()?;
+                items.get_mut(index)?.as_table_mut()?
+            }
+            _ => return None,
+        };
+        i += 1;
+    }
+    Some(current)
 }
 
 /// The 1-based line of every key written in `text`, by key path (`queues.reports.lease`,

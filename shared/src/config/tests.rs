@@ -1141,3 +1141,48 @@ fn key_prefixes_refuse_hash_tag_and_separator_characters() {
         assert!(KeyPrefix::parse(bad).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn a_built_in_secret_is_read_from_its_file_or_variable_and_a_named_variable_still_wins() {
+    let dir = std::env::temp_dir().join(format!("upkeep-cred-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("db-url");
+    std::fs::write(&file, "postgres://app:pw@db:5432/app\n").unwrap();
+    let toml = format!(
+        "[database]\nurl_file = {:?}\n[api]\ntoken_env = \"API_TOKEN_VAR\"\n",
+        file.display().to_string()
+    );
+
+    let settings = load(&toml, &[("API_TOKEN_VAR", "t0ken")]).expect("valid");
+    let overridden = load(
+        &toml,
+        &[
+            ("API_TOKEN_VAR", "t0ken"),
+            ("DATABASE_URL", "postgres://env@db/other"),
+        ],
+    );
+    std::fs::remove_dir_all(dir).ok();
+
+    assert_eq!(
+        settings.database.url.expose_secret(),
+        "postgres://app:pw@db:5432/app"
+    );
+    assert_eq!(
+        settings.api.token.as_ref().map(ExposeSecret::expose_secret),
+        Some("t0ken")
+    );
+    // The named variable wins over the file's indirect form, as over an inline value.
+    assert_eq!(
+        overridden.expect("valid").database.url.expose_secret(),
+        "postgres://env@db/other"
+    );
+    // Within the file, two forms of one secret are refused rather than one silently chosen.
+    let text = error_text(
+        "[database]\nurl = \"postgres://a@db/x\"\nurl_env = \"X\"\n",
+        &[("X", "postgres://b@db/y")],
+    );
+    assert!(
+        text.contains("database.url: give only one of url, url_env and url_file"),
+        "{text}"
+    );
+}
