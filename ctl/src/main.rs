@@ -8,10 +8,12 @@ use upkeep_shared::config::Settings;
 use upkeep_shared::operator;
 
 mod config_cmd;
+mod cron;
 mod reconcile;
 mod up;
 
 mod schedules;
+mod tasks;
 
 /// Operate upkeep: migrate the ledger, enqueue jobs, read queue stats, run everything at once.
 #[derive(Debug, Parser)]
@@ -84,6 +86,10 @@ enum Command {
     Schedules(schedules::SchedulesArgs),
     /// Check the configuration, or show the effective one with each value's source.
     Config(config_cmd::ConfigArgs),
+    /// Check a cron expression before deploying it: `cron next "30 2 * * 1-5" --tz Europe/Berlin`.
+    Cron(cron::CronArgs),
+    /// The daily, weekly and monthly checklists with each item's status and evidence; ack.
+    Tasks(tasks::TasksArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +132,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Checking a line that is not configured yet needs no configuration at all.
+    if let Command::Cron(args) = &cli.command {
+        return cron::run(args);
+    }
     let settings = Settings::load().map_err(|e| anyhow::anyhow!("{e}"))?;
     let default_filter = match cli.command {
         Command::Up => settings.telemetry.filter.clone(),
@@ -188,6 +198,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reconcile(args) => reconcile::run(&settings, args).await,
         Command::Schedules(args) => schedules::run(settings, args).await,
         Command::Config(_) => unreachable!("handled before the configuration is loaded"),
+        Command::Cron(args) => cron::run(&args),
+        Command::Tasks(args) => tasks::run(settings, args).await,
     }
 }
 

@@ -26,6 +26,7 @@ use toml::{Table, Value};
 use crate::job::QueueName;
 use crate::queue::{Error as QueueError, Queue, RedisConn};
 use crate::settings::{Problems, key_segment};
+use crate::tasks::TasksSettings;
 use crate::telemetry::LogFormat;
 
 mod keys;
@@ -79,6 +80,8 @@ pub struct Settings {
     pub api: ApiSettings,
     /// Logging.
     pub telemetry: TelemetrySettings,
+    /// `[tasks]`: the checklist's time zone and item overrides.
+    pub tasks: TasksSettings,
     /// AES-256-GCM key for stored credentials. Defaults to none; only the token worker needs it.
     pub secret_key: Option<SecretKey>,
     /// The config file these settings came from; `None` for built-in defaults or a string.
@@ -407,6 +410,7 @@ const TOP_KEYS: &[&str] = &[
     "maintenance",
     "api",
     "telemetry",
+    "tasks",
     "secret_key",
 ];
 
@@ -557,6 +561,7 @@ fn validate(
         maintenance: serde_section(ctx, doc, "maintenance", env),
         api: serde_section(ctx, doc, "api", env),
         telemetry: serde_section(ctx, doc, "telemetry", env),
+        tasks: serde_section(ctx, doc, "tasks", env),
         secret_key: secret_key(ctx, doc),
         loaded_from,
     }

@@ -311,6 +311,64 @@ pub struct Finding {
     /// Optional structured detail.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub detail: serde_json::Value,
+    /// What the finding is about, when a code can apply to several things (a database, a
+    /// path, an index: `app`, `/var/lib/upkeep`, `app.public.orders_idx`). `(code, subject)` is
+    /// the identity of a condition: a later `ok` finding with the same pair resolves it (see
+    /// [`resolutions`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+impl Finding {
+    /// A finding with no detail and no subject.
+    pub fn new(code: impl Into<String>, severity: Severity, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            severity,
+            message: message.into(),
+            detail: serde_json::Value::Null,
+            subject: None,
+        }
+    }
+
+    /// The same finding about `subject`.
+    #[must_use]
+    pub fn with_subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    /// The same finding with structured `detail`.
+    #[must_use]
+    pub fn with_detail(mut self, detail: serde_json::Value) -> Self {
+        self.detail = detail;
+        self
+    }
+}
+
+/// The `ok` findings that close conditions a check no longer reports: one for each of `open`
+/// (the `(code, subject)` pairs still open from earlier runs of the same check, as
+/// `store::findings::open` returns them) that `current` has no warn or critical finding for.
+/// A check appends them to its outcome, so a condition that went away is resolved once instead
+/// of silently dropped, and is not reported again.
+#[must_use]
+pub fn resolutions(open: &[(String, Option<String>)], current: &[Finding]) -> Vec<Finding> {
+    open.iter()
+        .filter(|(code, subject)| {
+            !current.iter().any(|finding| {
+                finding.severity != Severity::Ok
+                    && &finding.code == code
+                    && &finding.subject == subject
+            })
+        })
+        .map(|(code, subject)| Finding {
+            code: code.clone(),
+            severity: Severity::Ok,
+            message: "resolved: no longer observed".to_owned(),
+            detail: serde_json::Value::Null,
+            subject: subject.clone(),
+        })
+        .collect()
 }
 
 /// What a successful attempt produced.
@@ -388,4 +446,45 @@ pub struct Job {
     pub schedule: Option<String>,
     /// The tick (fire time, unix milliseconds) that produced it, if any.
     pub tick_ms: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_condition_no_longer_reported_is_resolved_once_and_a_persisting_one_is_not() {
+        let open = vec![
+            ("disk.used_pct".to_owned(), Some("/data".to_owned())),
+            ("disk.used_pct".to_owned(), Some("/logs".to_owned())),
+            ("backup.stale".to_owned(), None),
+        ];
+        let current = vec![
+            Finding::new("disk.used_pct", Severity::Critical, "93% used").with_subject("/data"),
+            // An ok finding for /logs does not keep the condition open.
+            Finding::new("disk.used_pct", Severity::Ok, "40% used").with_subject("/logs"),
+        ];
+        let resolved = resolutions(&open, &current);
+        let pairs: Vec<(&str, Option<&str>, Severity)> = resolved
+            .iter()
+            .map(|f| (f.code.as_str(), f.subject.as_deref(), f.severity))
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![
+                ("disk.used_pct", Some("/logs"), Severity::Ok),
+                ("backup.stale", None, Severity::Ok),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_finding_without_subject_serializes_as_before() {
+        let finding = Finding::new("backup.stale", Severity::Warn, "old");
+        let json = serde_json::to_value(&finding).expect("serializes");
+        assert_eq!(
+            json,
+            serde_json::json!({"code": "backup.stale", "severity": "warn", "message": "old"})
+        );
+    }
 }

@@ -7,8 +7,9 @@ use std::process::{Command, Output};
 
 use upkeep_tests::cargo_bin;
 
-/// Every daemon binary; `upkeep-api` is a library served by `upkeepctl up`, without a main.
-const DAEMONS: [&str; 5] = [
+/// Every daemon binary.
+const DAEMONS: [&str; 6] = [
+    "upkeep-api",
     "upkeep-scheduler",
     "upkeep-worker-backup",
     "upkeep-worker-logs",

@@ -6,6 +6,7 @@
 //! parallel.
 
 mod check_config;
+mod cron_ctl;
 mod enqueue;
 mod harness;
 mod outages;

@@ -466,8 +466,8 @@ fn each_validation_error_names_its_key_and_the_bad_value() {
             "schedules[2] (\"nightly\").cron: invalid cron expression \"61 * * * * *\": second field \"61\": 61 is out of range 0-59",
         ),
         (
-            schedule("").replace("cron = \"0 0 2 * * *\"", "cron = \"0 2 * * *\""),
-            "schedules[2] (\"nightly\").cron: invalid cron expression \"0 2 * * *\": expected 6 fields",
+            schedule("").replace("cron = \"0 0 2 * * *\"", "cron = \"2 * * *\""),
+            "schedules[2] (\"nightly\").cron: invalid cron expression \"2 * * *\": expected 5 fields",
         ),
         (
             schedule("timezone = \"Mars/Olympus\""),

@@ -19,7 +19,7 @@ use crate::settings::Problems;
 pub struct ScheduleSettings {
     /// Unique name, 1 to 64 characters of `[a-z0-9_.-]`.
     pub name: String,
-    /// Cron expression with seconds (`sec min hour day month weekday`), see [`CronExpr`].
+    /// Cron expression (crontab(5) syntax, optionally with a leading seconds field), see [`CronExpr`].
     pub cron: CronExpr,
     /// IANA time zone the expression is read in. Defaults to UTC.
     pub timezone: chrono_tz::Tz,

@@ -1,6 +1,8 @@
 //! The Postgres ledger: the only module that issues SQL.
 //!
 //! - [`runs`]: `job_runs`, one row per attempt, and the `findings` each attempt reported.
+//! - [`findings`]: which `(code, subject)` conditions are open, so checks can resolve them.
+//! - [`tasks`]: the evidence of checklist items, their acknowledgements, and the audit trail.
 //! - [`ticks`]: `schedule_ticks`, one row per expected tick of a schedule.
 //! - [`schedules`]: `schedules` as reconciled from the config, and the `schedule_events` audit.
 //! - [`health`]: each schedule's last tick, last success, next fire, lag and skip counts, and
@@ -12,11 +14,13 @@
 //! tests in `shared/tests/store/` run every query against a real Postgres. Connection details
 //! come from [`DatabaseSettings`] (the `[database]` section, owned here); this module never reads the environment.
 
+pub mod findings;
 pub mod health;
 pub mod reconcile;
 pub mod runs;
 pub mod schedules;
 mod settings;
+pub mod tasks;
 pub mod ticks;
 
 use sqlx::PgPool;

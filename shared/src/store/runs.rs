@@ -455,10 +455,11 @@ WITH input AS (
     RETURNING job_id, attempt, kind, outcome, finished_at
 ), found AS (
     INSERT INTO findings (job_id, attempt, ordinal, kind, code, severity, message, detail,
-                          created_at)
+                          subject, created_at)
     SELECT w.job_id, w.attempt, f.ordinal::int4, w.kind, f.finding->>'code',
            f.finding->>'severity', COALESCE(f.finding->>'message', ''),
-           NULLIF(f.finding->'detail', 'null'::jsonb), COALESCE(w.finished_at, now())
+           NULLIF(f.finding->'detail', 'null'::jsonb), f.finding->>'subject',
+           COALESCE(w.finished_at, now())
     FROM written w
     CROSS JOIN LATERAL jsonb_array_elements(COALESCE(w.outcome->'findings', '[]'::jsonb))
         WITH ORDINALITY AS f(finding, ordinal)

@@ -57,6 +57,7 @@ pub(crate) fn succeeded_with_findings(
                 severity: *severity,
                 message: format!("{code} observed"),
                 detail: serde_json::json!({"value": 1}),
+                subject: None,
             })
             .collect(),
     });

@@ -6,6 +6,7 @@
 //! `DATABASE_URL=postgres://postgres@127.0.0.1:5432/upkeep cargo test -p upkeep-shared --test store`).
 //! One test binary for the whole store, per STYLE.md §10.
 
+mod findings;
 mod health;
 mod helpers;
 mod runs;
