@@ -3,17 +3,16 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use upkeep_shared::config::Settings;
-use upkeep_shared::queue::NewJob;
-use upkeep_shared::shutdown::Shutdown;
-use upkeep_shared::{JobKind, QueueName};
+use upkeep_shared::operator;
 
+mod config_cmd;
 mod cron;
 mod logs;
 mod reconcile;
 mod reports;
+mod up;
 
 mod schedules;
 mod tasks;
@@ -60,6 +59,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Recent attempts from the ledger, newest first (running ones first of all).
+    Runs {
+        /// Only this job kind, e.g. system.ping.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this status: running, succeeded, failed, abandoned or skipped.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many attempts (1 to 10000).
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Dead letters.
     Dead {
         #[command(subcommand)]
@@ -76,6 +90,8 @@ enum Command {
     Schedules(schedules::SchedulesArgs),
     /// Postgres health reports: show slow queries, bloat, index usage, connections; install views.
     Reports(reports::ReportsArgs),
+    /// Check the configuration, or show the effective one with each value's source.
+    Config(config_cmd::ConfigArgs),
     /// Check a cron expression before deploying it: `cron next "30 2 * * 1-5" --tz Europe/Berlin`.
     Cron(cron::CronArgs),
     /// The daily, weekly and monthly checklists with each item's status and evidence; ack.
@@ -111,6 +127,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Checking or showing the configuration must work when it is invalid, and touches no server.
+    if let Command::Config(args) = cli.command {
+        return config_cmd::run(args).unwrap_or_else(|error| {
+            eprintln!("upkeepctl: {error:#}");
+            ExitCode::FAILURE
+        });
+    }
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -137,7 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        Command::Up => up(settings).await,
+        Command::Up => up::run(settings).await,
         Command::Enqueue {
             kind,
             args,
@@ -146,26 +169,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             count,
             idempotency_key,
         } => {
-            enqueue(
-                &settings,
-                &kind,
-                &args,
+            let request = operator::EnqueueRequest {
+                kind,
+                args,
                 delay,
-                queue.as_deref(),
+                queue,
                 count,
                 idempotency_key,
-            )
-            .await
+            };
+            Ok(operator::enqueue(&settings, &request, |id| println!("{id}")).await?)
         }
-        Command::Stats { json } => stats(&settings, json).await,
+        Command::Stats { json } => {
+            let all = operator::stats(&settings).await?;
+            print_json_or(json, &serde_json::json!({ "queues": all }), || {
+                operator::render_stats(&all)
+            })
+        }
+        Command::Runs {
+            kind,
+            status,
+            limit,
+            json,
+        } => {
+            let runs =
+                operator::recent_runs(&settings, kind.as_deref(), status.as_deref(), limit).await?;
+            print_json_or(json, &runs, || operator::render_runs(&runs))
+        }
         Command::Dead { action, json } => match action.unwrap_or(DeadAction::List { limit: 50 }) {
-            DeadAction::List { limit } => dead_list(&settings, limit, json).await,
-            DeadAction::Retry { id } => dead_retry(&settings, &id).await,
+            DeadAction::List { limit } => {
+                let rows = operator::dead_letters(&settings, limit).await?;
+                print_json_or(json, &rows, || operator::render_dead_letters(&rows))
+            }
+            DeadAction::Retry { id } => {
+                let queue = operator::retry_dead(&settings, &id).await?;
+                println!("requeued {id} on {queue}");
+                Ok(())
+            }
         },
         Command::Bench(args) => upkeep_workers::bench::run(settings, args).await,
         Command::Reconcile(args) => reconcile::run(&settings, args).await,
         Command::Schedules(args) => schedules::run(settings, args).await,
         Command::Reports(args) => reports::run(&settings, args).await,
+        Command::Config(_) => unreachable!("handled before the configuration is loaded"),
         Command::Cron(args) => cron::run(&args),
         Command::Tasks(args) => tasks::run(settings, args).await,
         Command::Tokens(args) => tokens::run(&settings, args).await,
@@ -174,211 +219,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn up(settings: Settings) -> anyhow::Result<()> {
-    tracing::info!(settings = %settings.redacted_summary(), "upkeepctl up: scheduler and all workers");
-    let shutdown = Shutdown::new();
-    shutdown
-        .on_signals()
-        .context("installing signal handlers")?;
-    let queues: Vec<QueueName> = upkeep_shared::job::QUEUES
-        .iter()
-        .map(|q| QueueName::parse(q))
-        .collect::<Result<_, _>>()?;
-    let ctx = upkeep_workers::HandlerContext::connect_lazy(settings.clone())
-        .context("building the Postgres pool")?;
-    let registry = upkeep_workers::Registry::standard(&ctx);
-    let workers =
-        upkeep_workers::WorkerRuntime::build_with_pool(settings.clone(), queues, registry, ctx.db)
-            .await?;
-    let scheduler = upkeep_scheduler::Scheduler::build(settings).await?;
-    let mut workers_task = tokio::spawn(workers.run_until_stopped(shutdown.clone()));
-    let mut scheduler_task = tokio::spawn(scheduler.run_until_stopped(shutdown.clone()));
-    // Whichever ends first (normally both, after the signal) is reported; a component that
-    // ends on its own brings the rest down instead of vanishing silently.
-    let (first, name, other_name) = tokio::select! {
-        result = &mut workers_task => (result, "workers", "scheduler"),
-        result = &mut scheduler_task => (result, "scheduler", "workers"),
-    };
-    if !shutdown.is_triggered() {
-        tracing::error!(
-            component = name,
-            "component stopped on its own; stopping everything"
-        );
-        shutdown.trigger();
-    }
-    let second = if name == "workers" {
-        scheduler_task.await
-    } else {
-        workers_task.await
-    };
-    first
-        .with_context(|| format!("{name} task"))?
-        .with_context(|| format!("{name} failed"))?;
-    second
-        .with_context(|| format!("{other_name} task"))?
-        .with_context(|| format!("{other_name} failed"))?;
-    Ok(())
-}
-
-async fn enqueue(
-    settings: &Settings,
-    kind: &str,
-    args: &str,
-    delay: Option<Duration>,
-    queue: Option<&str>,
-    count: usize,
-    idempotency_key: Option<String>,
+fn print_json_or(
+    json: bool,
+    value: &impl serde::Serialize,
+    text: impl FnOnce() -> String,
 ) -> anyhow::Result<()> {
-    let kind = JobKind::parse_runnable(kind)?;
-    let args: serde_json::Value = serde_json::from_str(args)
-        .with_context(|| format!("--args is not valid JSON: {args:?}"))?;
-    kind.validate_args(&args)?;
-    let queue = match queue {
-        Some(name) => QueueName::parse(name).context("--queue")?,
-        None => kind.default_queue(),
-    };
-    // Like a schedule's queue: a job on a queue nobody configured is never run, and neither
-    // `stats` nor `dead` would ever show it.
-    if !settings.queues.contains_key(&queue) {
-        let configured: Vec<&str> = settings.queues.keys().map(QueueName::as_str).collect();
-        bail!(
-            "--queue: queue {:?} is not configured (configured: {}; add a [queues.{queue}] section)",
-            queue.as_str(),
-            configured.join(", ")
-        );
-    }
-    if count == 0 {
-        bail!("--count must be at least 1");
-    }
-    if count > 1 && idempotency_key.is_some() {
-        bail!(
-            "--idempotency-key and --count > 1 contradict each other: the key would keep one job"
-        );
-    }
-    let policy = settings.job_policy(&queue, kind.as_str());
-    let run_at_ms = delay.map(|d| chrono::Utc::now().timestamp_millis() + d.as_millis() as i64);
-    let handle = settings.open_queue(&queue)?;
-    upkeep_shared::queue::check_eviction_policy(&handle.conn())
-        .await
-        .log();
-    let mut n_left = count;
-    while n_left > 0 {
-        let n_batch = n_left.min(upkeep_shared::queue::ENQUEUE_CHUNK);
-        let batch: Vec<NewJob> = (0..n_batch)
-            .map(|_| {
-                let mut job = NewJob::new(kind.as_str(), args.clone(), policy.max_attempts);
-                job.run_at_ms = run_at_ms;
-                job.idempotency_key = idempotency_key.clone();
-                job
-            })
-            .collect();
-        let enqueued = handle.enqueue(&batch).await.with_context(|| {
-            let n_done = count - n_left;
-            if n_done == 0 {
-                "enqueueing into Redis".to_owned()
-            } else {
-                format!(
-                    "enqueueing into Redis; {n_done} of {count} jobs were enqueued before this                      failure (their ids are printed above), the other {n_left} were not"
-                )
-            }
-        })?;
-        for result in enqueued {
-            println!("{}", result.id());
-        }
-        n_left -= n_batch;
-    }
-    Ok(())
-}
-
-async fn stats(settings: &Settings, json: bool) -> anyhow::Result<()> {
-    let mut all = Vec::new();
-    for name in settings.queues.keys() {
-        let queue = settings.open_queue(name)?;
-        all.push(
-            queue
-                .stats()
-                .await
-                .with_context(|| format!("reading stats of {name}"))?,
-        );
-    }
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "queues": all }))?
-        );
-        return Ok(());
-    }
-    println!(
-        "{:<10} {:>8} {:>9} {:>8} {:>8} {:>6} {:>7} {:>10} {:>8} {:>11}",
-        "queue",
-        "pending",
-        "scheduled",
-        "running",
-        "retrying",
-        "dead",
-        "workers",
-        "succeeded",
-        "failed",
-        "oldest_age"
-    );
-    for s in all {
-        let total = |k: &str| s.totals.get(k).copied().unwrap_or(0);
-        println!(
-            "{:<10} {:>8} {:>9} {:>8} {:>8} {:>6} {:>7} {:>10} {:>8} {:>11}",
-            s.name,
-            s.pending,
-            s.scheduled,
-            s.running,
-            s.retrying,
-            s.dead,
-            s.workers,
-            total("succeeded"),
-            total("failed"),
-            s.oldest_pending_age_seconds
-                .map_or("-".to_owned(), |a| format!("{a:.1}s")),
-        );
-    }
-    Ok(())
-}
-
-async fn dead_list(settings: &Settings, limit: usize, json: bool) -> anyhow::Result<()> {
-    let mut rows = Vec::new();
-    for name in settings.queues.keys() {
-        let queue = settings.open_queue(name)?;
-        for record in queue.dead_letters(limit).await? {
-            rows.push(serde_json::json!({
-                "queue": name.as_str(),
-                "id": record.id,
-                "kind": record.fields.get("kind"),
-                "attempt": record.fields.get("attempt"),
-                "error": record.fields.get("err"),
-            }));
-        }
-    }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        println!("{}", serde_json::to_string_pretty(value)?);
     } else {
-        for row in rows {
-            println!(
-                "{}  {}  {}  attempts={}  {}",
-                row["queue"].as_str().unwrap_or(""),
-                row["id"].as_str().unwrap_or(""),
-                row["kind"].as_str().unwrap_or(""),
-                row["attempt"].as_str().unwrap_or(""),
-                row["error"].as_str().unwrap_or(""),
-            );
-        }
+        print!("{}", text());
     }
     Ok(())
-}
-
-async fn dead_retry(settings: &Settings, id: &str) -> anyhow::Result<()> {
-    for name in settings.queues.keys() {
-        let queue = settings.open_queue(name)?;
-        if queue.requeue_dead(id).await? {
-            println!("requeued {id} on {name}");
-            return Ok(());
-        }
-    }
-    bail!("{id} is not a dead letter of any configured queue")
 }

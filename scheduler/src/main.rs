@@ -8,6 +8,10 @@ use upkeep_shared::shutdown::Shutdown;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // `--check-config`: validate, print the problems, exit 0 or 2; connect to nothing.
+    if std::env::args().skip(1).any(|arg| arg == "--check-config") {
+        return upkeep_shared::config::check_and_report("upkeep-scheduler", None);
+    }
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

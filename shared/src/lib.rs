@@ -4,6 +4,7 @@
 //! In the order a job meets them:
 //! - [`config`]: the typed `Settings` tree, loaded from `upkeep.toml` and the environment.
 //! - [`settings`]: what every subsystem's settings section shares (`Section`, `Problems`).
+//! - [`daemons`]: the `[worker]`, `[scheduler]`, `[maintenance]` and `[api]` sections.
 //! - [`job`]: ids, kinds, queue names, outcomes and handler errors.
 //! - [`schedule`]: cron expressions in a time zone, next fire times (pure, no IO).
 //! - [`queue`]: our Redis queue backend for apalis-core (enqueue, lease, ack, retry, dead letters).
@@ -13,6 +14,7 @@
 //!   `system.disk`).
 //! - [`reconcile`]: the maintenance pass that finds jobs Redis lost but the ledger never saw
 //!   finish, and requeues or records them.
+//! - [`operator`]: what `upkeepctl` does (enqueue, stats, dead letters, recent runs).
 //! - [`tasks`]: the maintenance checklist as data, and each item's status in a period window.
 //! - [`outage`]: the one way every retrying loop logs and paces a dependency outage.
 //! - [`tokens`]: OAuth2 credentials kept fresh and encrypted at rest (`tokens.refresh`).
@@ -20,9 +22,11 @@
 //! - [`shutdown`]: the signal every long-running loop watches.
 
 pub mod config;
+pub mod daemons;
 pub mod disk;
 pub mod job;
 pub mod logs;
+pub mod operator;
 pub mod outage;
 pub mod queue;
 pub mod reconcile;

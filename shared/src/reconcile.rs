@@ -31,7 +31,8 @@ use std::time::Duration;
 use sqlx::PgPool;
 
 use crate::QueueName;
-use crate::config::{ReconcileAction, Settings};
+use crate::config::Settings;
+use crate::daemons::ReconcileAction;
 use crate::queue::{LostJob, RedisConn};
 use crate::store::reconcile::{self as ledger, Unfinished};
 

@@ -197,6 +197,363 @@ impl Serialize for ByteSize {
     }
 }
 
+/// Serde for a [`Duration`] written as text: `"250ms"`, `"30s"`, `"5m"`, `"1h"`, `"7d"`, or a
+/// combination (`"1h 30m"`). Use it as `#[serde(with = "crate::settings::duration")]`. It reads
+/// what `humantime_serde` reads, and its errors name the bad value and the accepted form.
+pub mod duration {
+    use std::fmt;
+    use std::time::Duration;
+
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    /// Writes the duration in its largest exact unit (`"90d"`, `"5m"`, `"250ms"`).
+    ///
+    /// # Errors
+    /// Only the serializer's own.
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format(*value))
+    }
+
+    /// The duration in its largest exact unit: `90d`, `2h`, `5m`, `30s`, `250ms`; other
+    /// values in humantime's combined form (`1h 30m`).
+    #[must_use]
+    pub fn format(value: Duration) -> String {
+        let secs = value.as_secs();
+        let nanos = value.subsec_nanos();
+        if nanos == 0 {
+            for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+                if secs.is_multiple_of(size) && (secs > 0 || unit == "s") {
+                    return format!("{}{unit}", secs / size);
+                }
+            }
+        }
+        if secs < 60 && nanos.is_multiple_of(1_000_000) {
+            return format!("{}ms", value.as_millis());
+        }
+        humantime::format_duration(value).to_string()
+    }
+
+    /// Reads humantime text.
+    ///
+    /// # Errors
+    /// When the value is not a string or not a duration; the message names the value.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        deserializer.deserialize_any(DurationVisitor)
+    }
+
+    pub(crate) struct DurationVisitor;
+
+    fn refuse<E: de::Error>(got: impl fmt::Display) -> E {
+        E::custom(format!(
+            "expected a duration such as \"250ms\", \"30s\", \"5m\" or \"7d\", got {got}"
+        ))
+    }
+
+    impl<'de> Visitor<'de> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration such as \"30s\"")
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
+            humantime::parse_duration(text.trim()).map_err(|_| refuse(format!("{text:?}")))
+        }
+
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<Duration, E> {
+            Err(refuse(n))
+        }
+
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<Duration, E> {
+            Err(refuse(n))
+        }
+
+        fn visit_f64<E: de::Error>(self, x: f64) -> Result<Duration, E> {
+            Err(refuse(x))
+        }
+
+        fn visit_bool<E: de::Error>(self, b: bool) -> Result<Duration, E> {
+            Err(refuse(b))
+        }
+
+        fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<Duration, A::Error> {
+            Err(refuse("a table"))
+        }
+
+        fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Duration, A::Error> {
+            Err(refuse("an array"))
+        }
+    }
+
+    /// The same for an `Option<Duration>` (absent or a duration):
+    /// `#[serde(default, with = "crate::settings::duration::option")]`.
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// Writes the duration, or nothing.
+        ///
+        /// # Errors
+        /// Only the serializer's own.
+        pub fn serialize<S: Serializer>(
+            value: &Option<Duration>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match value {
+                Some(value) => super::serialize(value, serializer),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        /// Reads a duration.
+        ///
+        /// # Errors
+        /// As [`super::deserialize`].
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<Duration>, D::Error> {
+            #[derive(Deserialize)]
+            struct Wrapped(#[serde(with = "super")] Duration);
+            Option::<Wrapped>::deserialize(deserializer).map(|w| w.map(|Wrapped(d)| d))
+        }
+    }
+}
+
+/// Serializes a secret as `"***"` (`None` stays absent), for showing settings: the value is
+/// never written anywhere. Use `#[serde(serialize_with = "crate::settings::redacted")]`.
+///
+/// # Errors
+/// Only the serializer's own.
+pub fn redacted<T, S: Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error>
+where
+    T: RedactedShape,
+{
+    value.serialize_redacted(serializer)
+}
+
+/// Serializes a URL secret with its credentials hidden by [`redact_url`] (host and path stay
+/// visible), for showing settings.
+///
+/// # Errors
+/// Only the serializer's own.
+pub fn redacted_url<T, S: Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error>
+where
+    T: RedactedShape,
+{
+    value.serialize_redacted_url(serializer)
+}
+
+/// The shapes a secret setting comes in: one secret, an optional one, or a list.
+pub trait RedactedShape {
+    /// Writes `***` in place of each secret.
+    ///
+    /// # Errors
+    /// Only the serializer's own.
+    fn serialize_redacted<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error>;
+    /// Writes each secret as a URL with its credentials hidden.
+    ///
+    /// # Errors
+    /// Only the serializer's own.
+    fn serialize_redacted_url<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error>;
+}
+
+impl RedactedShape for secrecy::SecretString {
+    fn serialize_redacted<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+
+    fn serialize_redacted_url<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use secrecy::ExposeSecret as _;
+        serializer.serialize_str(&redact_url(self.expose_secret()))
+    }
+}
+
+impl<T: RedactedShape> RedactedShape for Option<T> {
+    fn serialize_redacted<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Some(value) => value.serialize_redacted(serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    fn serialize_redacted_url<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Some(value) => value.serialize_redacted_url(serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+}
+
+impl<T: RedactedShape> RedactedShape for Vec<T> {
+    fn serialize_redacted<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq as _;
+        let mut seq = serializer.serialize_seq(Some(self.len()))?;
+        for item in self {
+            seq.serialize_element(&Redacted(item, false))?;
+        }
+        seq.end()
+    }
+
+    fn serialize_redacted_url<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq as _;
+        let mut seq = serializer.serialize_seq(Some(self.len()))?;
+        for item in self {
+            seq.serialize_element(&Redacted(item, true))?;
+        }
+        seq.end()
+    }
+}
+
+struct Redacted<'a, T>(&'a T, bool);
+
+impl<T: RedactedShape> Serialize for Redacted<'_, T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.1 {
+            self.0.serialize_redacted_url(serializer)
+        } else {
+            self.0.serialize_redacted(serializer)
+        }
+    }
+}
+
+/// What a redacted secret is shown as.
+pub const REDACTED: &str = "***";
+
+/// A TOML key as written in a dotted path: bare when it can be (`reports`), quoted otherwise
+/// (`"system.ping"`), so problem paths can be pasted back into the file.
+#[must_use]
+pub fn key_segment(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+    if bare {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    }
+}
+
+/// `url` with its userinfo replaced by `***` and secret query parameters (`password`,
+/// `sslpassword`, `sentinel_password`) masked, for logs and error messages. A URL with several
+/// hosts (`redis+sentinel://:pw@a:26379,b:26379/m`) is redacted the same way. Text that does
+/// not parse as a URL but might hold a secret is replaced by its length.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    let opaque = || format!("<{} characters, not shown>", url.chars().count());
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        if let Some(redacted) = redact_host_list_url(url) {
+            return redacted;
+        }
+        let suspicious = url.contains('@') || url.to_ascii_lowercase().contains("password");
+        return if suspicious { opaque() } else { url.to_owned() };
+    };
+    if parsed.cannot_be_a_base() {
+        return if url.contains('@') {
+            opaque()
+        } else {
+            url.to_owned()
+        };
+    }
+    let mut changed = false;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        if parsed.set_password(None).is_err() || parsed.set_username("***").is_err() {
+            return opaque();
+        }
+        changed = true;
+    }
+    let secret_params = parsed.query_pairs().any(|(name, _)| is_secret_param(&name));
+    if secret_params {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if is_secret_param(&name) {
+                    "***".to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (name.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+        changed = true;
+    }
+    if parsed.fragment().is_some() {
+        parsed.set_fragment(None);
+        changed = true;
+    }
+    if changed {
+        parsed.to_string()
+    } else {
+        url.to_owned()
+    }
+}
+
+/// Redacts `scheme://[userinfo@]authority[/path][?query]` by hand, for URLs the `url` crate
+/// refuses because their authority is a host list. `None` when the text is not shaped like
+/// that, or when an `@` after the authority leaves unclear where the userinfo ends.
+fn redact_host_list_url(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return None;
+    }
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    if tail.contains('@') {
+        return None;
+    }
+    let hosts = match authority.rfind('@') {
+        Some(at) => format!("***@{}", &authority[at + 1..]),
+        None => authority.to_owned(),
+    };
+    let tail = tail.split('#').next().unwrap_or("");
+    let redacted_tail = match tail.split_once('?') {
+        None => tail.to_owned(),
+        Some((path, query)) => {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) if is_secret_param(name) => format!("{name}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", pairs.join("&"))
+        }
+    };
+    Some(format!("{scheme}://{hosts}{redacted_tail}"))
+}
+
+fn is_secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    // "pass" also covers `passwd` and misspellings such as `sentinel_pass`.
+    name.contains("pass") || name.contains("secret") || name.contains("token")
+}
+
+/// Records a problem at `key` when `value` is shorter than `min`, naming both.
+pub fn check_min_duration(
+    problems: &mut Problems,
+    key: String,
+    value: std::time::Duration,
+    min: std::time::Duration,
+) {
+    if value < min {
+        problems.push(
+            key,
+            format!(
+                "must be at least {}, got {}",
+                duration::format(min),
+                duration::format(value)
+            ),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,3 +49,33 @@ pub fn init(service: &str, default_filter: &str, format: LogFormat) {
         tracing::debug!(service, "telemetry initialised");
     }
 }
+
+/// The `[telemetry]` section.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// Log line format. Defaults to `pretty`; `UPKEEP_LOG_FORMAT` overrides it.
+    pub format: LogFormat,
+    /// Default `tracing` filter when `RUST_LOG` is unset. Defaults to `info`.
+    pub filter: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+impl crate::settings::Section for TelemetrySettings {
+    fn validate(&self, path: &str, problems: &mut crate::settings::Problems) {
+        if let Err(e) = EnvFilter::try_new(&self.filter) {
+            problems.push(
+                format!("{path}.filter"),
+                format!("invalid tracing filter {:?}: {e}", self.filter),
+            );
+        }
+    }
+}

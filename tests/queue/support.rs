@@ -8,9 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use apalis_core::error::WorkerError;
-use apalis_core::worker::builder::WorkerBuilder;
-use apalis_core::worker::context::WorkerContext;
+use apalis::prelude::{WorkerBuilder, WorkerContext, WorkerError};
 use futures::future::BoxFuture;
 use tower::limit::ConcurrencyLimitLayer;
 use upkeep_shared::queue::{

@@ -108,3 +108,43 @@ async fn bad_input_at_enqueue_exits_non_zero_naming_the_problem_and_enqueues_not
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+#[tokio::test]
+async fn upkeepctl_runs_lists_recent_attempts_from_the_ledger_filtered_by_kind_and_status() {
+    let deployment = Deployment::new().await;
+    let mut worker = deployment.start("upkeep-worker-reports", [] as [&str; 0]);
+    wait_for_worker(&mut worker, "reports");
+    let ok = deployment.enqueue("system.ping", r#"{"sleep_ms":1}"#, &[]);
+    let failing = deployment.enqueue("system.ping", r#"{"fail":true}"#, &["--count", "1"]);
+    let mut ledger = deployment.ledger().await;
+    wait_for_status(&mut ledger, ok[0], "succeeded", Duration::from_secs(15)).await;
+    wait_for_status(&mut ledger, failing[0], "failed", Duration::from_secs(15)).await;
+
+    let all: serde_json::Value =
+        serde_json::from_str(&deployment.ctl_ok(["runs", "--kind", "system.ping", "--json"]))
+            .expect("runs --json prints JSON");
+    let failed: serde_json::Value = serde_json::from_str(
+        &deployment.ctl_ok(["runs", "--status", "failed", "--limit", "1", "--json"]),
+    )
+    .expect("runs --json prints JSON");
+    let table = deployment.ctl_ok(["runs"]);
+
+    let ids = |runs: &serde_json::Value| -> Vec<String> {
+        runs.as_array()
+            .expect("an array of runs")
+            .iter()
+            .map(|run| run["job_id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert!(ids(&all).contains(&ok[0].to_string()), "{all:#}");
+    assert!(ids(&all).contains(&failing[0].to_string()), "{all:#}");
+    assert_eq!(ids(&failed), [failing[0].to_string()], "{failed:#}");
+    assert_eq!(failed[0]["status"], "failed", "{failed:#}");
+    assert!(
+        table.contains(&ok[0].to_string()) && table.contains("succeeded"),
+        "{table}"
+    );
+
+    let refused = deployment.run("upkeepctl", ["runs", "--status", "sleeping"]);
+    refused.assert_failure_naming(&["--status", "sleeping", "succeeded"]);
+}

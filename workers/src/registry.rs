@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use apalis_core::task::data::Data;
+use apalis::prelude::Data;
 use futures::future::BoxFuture;
 use sqlx::PgPool;
 use tracing::Instrument;

@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use apalis_core::monitor::Monitor;
-use apalis_core::worker::builder::WorkerBuilder;
+use apalis::prelude::{Monitor, WorkerBuilder};
 use sqlx::PgPool;
 use tower::limit::ConcurrencyLimitLayer;
 use upkeep_shared::QueueName;

@@ -6,7 +6,21 @@ use upkeep_shared::config::Settings;
 use upkeep_shared::shutdown::Shutdown;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    // `--check-config`: validate, print the problems, exit 0 or 2; connect to nothing.
+    if std::env::args().skip(1).any(|arg| arg == "--check-config") {
+        return upkeep_shared::config::check_and_report("upkeep-api", None);
+    }
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("upkeep-api: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let settings = Settings::load().map_err(|e| anyhow::anyhow!("{e}"))?;
     upkeep_shared::telemetry::init(
         "upkeep-api",

@@ -126,7 +126,7 @@ mod ledger;
 mod memory;
 mod restore;
 mod sentinel;
-mod settings;
+pub mod settings;
 
 use std::time::Duration;
 
@@ -143,6 +143,7 @@ pub use ledger::{Attempt, AttemptStatus, History, Ledger, NextState, NoLedger, R
 pub use memory::{EvictionPolicy, check_eviction_policy};
 pub use restore::LostJob;
 pub use sentinel::{DEFAULT_SENTINEL_PORT, SENTINEL_SCHEME, SentinelUrl};
+pub use settings::{JobPolicy, KeyPrefix, KindSettings, QueueSettings, RedisSettings};
 
 /// Errors of the queue layer.
 #[derive(Debug, thiserror::Error)]

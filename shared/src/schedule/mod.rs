@@ -54,6 +54,7 @@ mod clock;
 mod cron_expr;
 mod policy;
 mod preview;
+pub mod settings;
 mod spec;
 mod zone;
 
@@ -65,6 +66,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use cron_expr::{CronExpr, DstRule};
 pub use policy::{CatchUp, Overlap, TickDecision};
 pub use preview::{DstEvent, PreviewedFire, describe_dst_rule, preview_fires};
+pub use settings::{ScheduleEntry, ScheduleSettings, default_overlap};
 pub use spec::{ScheduleSpec, Tick};
 pub use zone::parse_time_zone;
 

@@ -18,7 +18,7 @@
 //! runs on `(job_id, attempt)`, ticks on `(schedule, fire_at)`. Queries are checked at run time
 //! (`sqlx::query`, not the `query!` macros), so the workspace builds without a database; the
 //! tests in `shared/tests/store/` run every query against a real Postgres. Connection details
-//! come from [`crate::config::DatabaseSettings`]; this module never reads the environment.
+//! come from [`DatabaseSettings`] (the `[database]` section, owned here); this module never reads the environment.
 
 pub mod disk_samples;
 pub mod findings;
@@ -30,12 +30,13 @@ pub mod replicas;
 pub mod reports;
 pub mod runs;
 pub mod schedules;
+mod settings;
 pub mod tasks;
 pub mod ticks;
 
 use sqlx::PgPool;
 
-use crate::config::DatabaseSettings;
+pub use settings::DatabaseSettings;
 
 /// All migrations, embedded once; every binary and test uses this.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 
 use super::Error;
-use crate::config::ScheduleSettings;
+use crate::schedule::ScheduleSettings;
 
 /// What [`reconcile`] changed, by schedule name (each list sorted).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
