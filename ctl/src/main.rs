@@ -10,6 +10,7 @@ use upkeep_shared::queue::NewJob;
 use upkeep_shared::shutdown::Shutdown;
 use upkeep_shared::{JobKind, QueueName};
 
+mod backups;
 mod reconcile;
 
 mod schedules;
@@ -68,6 +69,8 @@ enum Command {
     Reconcile(reconcile::ReconcileArgs),
     /// Schedules: health, next fire times, pause, resume, trigger, backfill.
     Schedules(schedules::SchedulesArgs),
+    /// Backups: list (catalog beside disk), verify, restore, prune --dry-run.
+    Backups(backups::BackupsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => upkeep_workers::bench::run(settings, args).await,
         Command::Reconcile(args) => reconcile::run(&settings, args).await,
         Command::Schedules(args) => schedules::run(settings, args).await,
+        Command::Backups(args) => backups::run(&settings, args).await,
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Settings {
     pub maintenance: MaintenanceSettings,
     /// The HTTP API.
     pub api: ApiSettings,
+    /// `[backups]`: the backup worker's directory, databases and retention.
+    pub backups: crate::backup::BackupSettings,
     /// Logging.
     pub telemetry: TelemetrySettings,
     /// AES-256-GCM key for stored credentials. Defaults to none; only the token worker needs it.
@@ -518,6 +520,7 @@ impl Default for Settings {
             worker: WorkerSettings::default(),
             scheduler: SchedulerSettings::default(),
             maintenance: MaintenanceSettings::default(),
+            backups: crate::backup::BackupSettings::default(),
             api: ApiSettings::default(),
             telemetry: TelemetrySettings::default(),
             secret_key: None,
@@ -895,6 +898,7 @@ const TOP_KEYS: &[&str] = &[
     "worker",
     "scheduler",
     "maintenance",
+    "backups",
     "api",
     "telemetry",
     "secret_key",
@@ -1407,6 +1411,7 @@ fn validate(
     let scheduler = validate_scheduler(ctx, doc);
     let maintenance = validate_maintenance(ctx, doc);
     let api = validate_api(ctx, doc);
+    let backups = serde_section(ctx, doc, "backups", env);
     let telemetry = validate_telemetry(ctx, doc);
     let secret_key =
         root.opt_string(ctx, "secret_key", true)
@@ -1426,6 +1431,7 @@ fn validate(
         worker,
         scheduler,
         maintenance,
+        backups,
         api,
         telemetry,
         secret_key,
@@ -1437,8 +1443,6 @@ fn validate(
 /// when absent), after resolving the indirect forms of its secret keys, then runs its
 /// `validate`. Every problem lands in `ctx` with its full key path; on a type error the
 /// section's defaults stand in so the other sections are still checked.
-// Used by the feature sections as they land; until then only by the tests.
-#[cfg_attr(not(test), allow(dead_code))]
 fn serde_section<T: Section>(
     ctx: &mut Ctx,
     doc: &Table,

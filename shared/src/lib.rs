@@ -8,11 +8,13 @@
 //! - [`schedule`]: cron expressions in a time zone, next fire times (pure, no IO).
 //! - [`queue`]: our Redis queue backend for apalis-core (enqueue, lease, ack, retry, dead letters).
 //! - [`store`]: the Postgres ledger (`job_runs`, `schedules`, `schedule_ticks`, `findings`).
+//! - [`backup`]: the backup worker's dumps, catalog, verification and retention.
 //! - [`reconcile`]: the maintenance pass that finds jobs Redis lost but the ledger never saw
 //!   finish, and requeues or records them.
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`shutdown`]: the signal every long-running loop watches.
 
+pub mod backup;
 pub mod config;
 pub mod job;
 pub mod queue;

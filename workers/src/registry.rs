@@ -67,10 +67,19 @@ impl Registry {
     /// `has_handler` flags (a unit test checks it).
     #[must_use]
     pub fn standard(ctx: &HandlerContext) -> Self {
-        let _ = ctx;
         let mut registry = Self::default();
         registry.insert("system.ping", |job| {
             Box::pin(crate::handlers::ping::run(job))
+        });
+        let c = ctx.clone();
+        registry.insert("backup.run", move |job| {
+            let c = c.clone();
+            Box::pin(async move { crate::handlers::backup::run(&c, job).await })
+        });
+        let c = ctx.clone();
+        registry.insert("backup.verify", move |job| {
+            let c = c.clone();
+            Box::pin(async move { crate::handlers::backup::verify(&c, job).await })
         });
         registry
     }

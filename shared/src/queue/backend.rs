@@ -938,7 +938,7 @@ where
                             AttemptStatus::Failed,
                             started_at_ms,
                             finished_at_ms,
-                            None,
+                            error.outcome().cloned(),
                             Some(error.to_string()),
                             Some(next_state),
                         ),

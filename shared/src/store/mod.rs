@@ -1,5 +1,6 @@
 //! The Postgres ledger: the only module that issues SQL.
 //!
+//! - [`backups`]: the backup catalog and the one-runner-per-database lock.
 //! - [`runs`]: `job_runs`, one row per attempt, and the `findings` each attempt reported.
 //! - [`findings`]: which `(code, subject)` conditions are open, so checks can resolve them.
 //! - [`ticks`]: `schedule_ticks`, one row per expected tick of a schedule.
@@ -13,6 +14,7 @@
 //! tests in `shared/tests/store/` run every query against a real Postgres. Connection details
 //! come from [`crate::config::DatabaseSettings`]; this module never reads the environment.
 
+pub mod backups;
 pub mod findings;
 pub mod health;
 pub mod reconcile;

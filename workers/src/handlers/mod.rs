@@ -1,4 +1,5 @@
-//! Job handlers, one module per job family. Only `system.ping` exists so far; the maintenance
-//! kinds arrive with their own issues and are refused at enqueue until then.
+//! Job handlers, one module per job family. Maintenance kinds without a module here arrive with
+//! their own issues and are refused at enqueue until then.
 
+pub mod backup;
 pub mod ping;
