@@ -6,6 +6,7 @@
 //! parallel.
 
 mod enqueue;
+mod backup;
 mod harness;
 mod outages;
 mod retention;

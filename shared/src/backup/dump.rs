@@ -459,8 +459,6 @@ async fn dump_into(
         .fetch_one(&mut snapshot_conn)
         .await
         .map_err(target_err)?;
-    let (table_count, row_counts) = count_rows(&mut snapshot_conn).await.map_err(target_err)?;
-
     let data_name = match request.format {
         DumpFormat::Custom => format!("{stem}.dump"),
         DumpFormat::Directory => format!("{stem}.dir"),
@@ -471,27 +469,34 @@ async fn dump_into(
         .arg("--no-password")
         .arg(format!("--snapshot={snapshot}"))
         .arg(format!("--dbname={}", request.target.url));
-    let files = match request.format {
-        DumpFormat::Custom => {
-            command.arg("--format=custom");
-            let sum = stream_to_file(command, &tools.pg_dump, &data_tmp).await?;
-            vec![FileSum {
-                name: data_name.clone(),
-                size: sum.0,
-                sha256: sum.1,
-            }]
-        }
-        DumpFormat::Directory => {
-            command
-                .arg("--format=directory")
-                .arg(format!("--jobs={}", request.jobs))
-                .arg(format!("--file={}", data_tmp.display()));
-            run_tool(command, &tools.pg_dump).await?;
-            let files = hash_directory(&data_tmp, &data_name).await?;
-            fsync_dir(&data_tmp).await?;
-            files
+    let dump = async {
+        match request.format {
+            DumpFormat::Custom => {
+                command.arg("--format=custom");
+                let (size, sha256) = stream_to_file(command, &tools.pg_dump, &data_tmp).await?;
+                Ok(vec![FileSum {
+                    name: data_name.clone(),
+                    size,
+                    sha256,
+                }])
+            }
+            DumpFormat::Directory => {
+                command
+                    .arg("--format=directory")
+                    .arg(format!("--jobs={}", request.jobs))
+                    .arg(format!("--file={}", data_tmp.display()));
+                run_tool(command, &tools.pg_dump).await?;
+                let files = hash_directory(&data_tmp, &data_name).await?;
+                fsync_dir(&data_tmp).await?;
+                Ok::<_, Error>(files)
+            }
         }
     };
+    // Counted while pg_dump streams, in the snapshot it dumps; pg_dump's own failure (with its
+    // stderr) is reported first when both fail.
+    let (files, counts) = tokio::join!(dump, count_rows(&mut snapshot_conn));
+    let files = files?;
+    let (table_count, row_counts) = counts.map_err(target_err)?;
     // The snapshot may end once pg_dump has finished.
     let _ = snapshot_conn.close().await;
     let size: u64 = files.iter().map(|f| f.size).sum();
