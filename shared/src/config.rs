@@ -2630,8 +2630,11 @@ mod tests {
                 "schedules[2] (\"nightly\").timezone: unknown time zone \"Mars/Olympus\"",
             ),
             (
-                schedule("").replace("kind = \"system.ping\"\n\n", "kind = \"backup.run\"\n"),
-                "schedules[2] (\"nightly\").kind: job kind \"backup.run\" has no handler",
+                schedule("").replace(
+                    "kind = \"system.ping\"\n\n",
+                    "kind = \"jobs.failed_review\"\n",
+                ),
+                "schedules[2] (\"nightly\").kind: job kind \"jobs.failed_review\" has no handler",
             ),
             (
                 schedule("").replace("kind = \"system.ping\"\n\n", "kind = \"backup.nope\"\n"),

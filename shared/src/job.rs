@@ -307,6 +307,11 @@ impl BackupRunArgs {
         if args.is_null() {
             return Ok(Self::default());
         }
+        if !args.is_object() {
+            return Err(JobError::Invalid(
+                "bad args for backup.run: args must be a JSON object".to_owned(),
+            ));
+        }
         serde_json::from_value(args.clone())
             .map_err(|e| JobError::Invalid(format!("bad args for backup.run: {e}")))
     }
@@ -330,6 +335,11 @@ impl BackupVerifyArgs {
     /// # Errors
     /// A message naming the missing, unexpected or wrongly typed field.
     pub fn from_value(args: &serde_json::Value) -> Result<Self, JobError> {
+        if !args.is_object() {
+            return Err(JobError::Invalid(
+                "bad args for backup.verify: args must be a JSON object with \"mode\"".to_owned(),
+            ));
+        }
         serde_json::from_value(args.clone())
             .map_err(|e| JobError::Invalid(format!("bad args for backup.verify: {e}")))
     }

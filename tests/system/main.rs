@@ -5,8 +5,8 @@
 //! has a database and a Redis key prefix of its own (`support::Deployment`), so they run in
 //! parallel.
 
-mod enqueue;
 mod backup;
+mod enqueue;
 mod harness;
 mod outages;
 mod retention;

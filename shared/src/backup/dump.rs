@@ -683,7 +683,9 @@ pub async fn restore(
     }
 }
 
-/// The user tables of a database and exact row counts of its largest ones.
+/// The user tables of a database and exact row counts of its largest ones (those the role may
+/// read: a failed count would abort the transaction whose snapshot pg_dump imports, and hide
+/// pg_dump's own error).
 ///
 /// # Errors
 /// When a query fails.
@@ -700,6 +702,7 @@ pub async fn count_rows(
     let largest: Vec<(String, String)> = sqlx::query_as(
         "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+           AND has_table_privilege(c.oid, 'SELECT') \
            AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' \
          ORDER BY pg_total_relation_size(c.oid) DESC, 1, 2 LIMIT $1",
     )

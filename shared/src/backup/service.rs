@@ -513,10 +513,21 @@ impl BackupService {
         let mut reports = Vec::new();
         for target in self.targets(database)? {
             let started = Instant::now();
+            // The database's lock, so retention cannot delete a backup while it is read.
+            let lock = match catalog::try_lock(&self.db, &target.name).await? {
+                Some(lock) => lock,
+                None => {
+                    let mut report = DatabaseReport::new(&target.name, "skipped");
+                    report.error = Some("another runner holds this database".to_owned());
+                    reports.push(report);
+                    continue;
+                }
+            };
             let mut report = match mode {
                 VerifyMode::FullRead => self.verify_full_read(&target.name).await,
                 VerifyMode::Restore => self.verify_restore(target).await,
             };
+            lock.release().await;
             report.seconds = started.elapsed().as_secs_f64();
             reports.push(report);
         }
@@ -663,7 +674,13 @@ impl BackupService {
         create_database(&source, into, false).await?;
         let tools = Tools::select(&self.settings.pg_bin_dir, major_of(&row.server_version));
         let target_db = source.with_database(into);
-        dump::restore(&tools, Path::new(&row.path), &target_db, 2, progress).await?;
+        // A custom archive streamed from a pipe has no data offsets: restore it with one job.
+        let jobs = if row.format == DumpFormat::Directory.as_str() {
+            2
+        } else {
+            1
+        };
+        dump::restore(&tools, Path::new(&row.path), &target_db, jobs, progress).await?;
         check_counts(&target_db, &row).await?;
         Ok(row)
     }
