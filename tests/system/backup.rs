@@ -612,3 +612,98 @@ async fn the_free_space_pre_flight_fails_before_dumping_when_less_than_one_and_a
     assert!(setup.tmp_files().is_empty());
     setup.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_stale_is_raised_without_any_backup_and_resolved_by_the_next_good_one_whose_retention_deletes_the_old()
+ {
+    let setup = Setup::new(
+        "[backups.retention]\nkeep_last = 1\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\nmin_keep = 1\n",
+    )
+    .await;
+    let mut worker = setup
+        .deployment
+        .start("upkeep-worker-backup", Vec::<&str>::new());
+    wait_for_worker(&mut worker, "backups");
+    let mut ledger = setup.deployment.ledger().await;
+    // The daily full read notices that there is no good backup at all, though no backup job ran.
+    let check = setup
+        .deployment
+        .enqueue("backup.verify", r#"{"mode": "full_read"}"#, &[])[0];
+    wait_for_status(&mut ledger, check, "succeeded", JOB_TIMEOUT).await;
+    assert_eq!(
+        findings_of(&setup.deployment, check).await,
+        vec![(
+            "backup.stale".to_owned(),
+            "critical".to_owned(),
+            Some("app".to_owned())
+        )]
+    );
+    let first = setup.backup_now().await;
+    wait_for_status(&mut ledger, first, "succeeded", JOB_TIMEOUT).await;
+    assert_eq!(
+        findings_of(&setup.deployment, first).await,
+        vec![(
+            "backup.stale".to_owned(),
+            "ok".to_owned(),
+            Some("app".to_owned())
+        )],
+        "the good backup resolves the stale condition once"
+    );
+    let first_files = setup.final_files();
+    let second = setup.backup_now().await;
+    wait_for_status(&mut ledger, second, "succeeded", JOB_TIMEOUT).await;
+    assert!(
+        findings_of(&setup.deployment, second).await.is_empty(),
+        "resolved conditions are not repeated"
+    );
+    let catalog = setup.catalog().await;
+    assert_eq!(catalog.len(), 2);
+    assert!(
+        catalog[0].2.is_some(),
+        "the older backup is marked deleted: {catalog:?}"
+    );
+    assert!(catalog[1].2.is_none());
+    let files = setup.final_files();
+    assert_eq!(files.len(), 3);
+    assert!(
+        files.iter().all(|f| !first_files.contains(f)),
+        "the old backup's files are gone: {files:?}"
+    );
+    let plan: serde_json::Value =
+        serde_json::from_str(
+            &setup
+                .deployment
+                .ctl_ok(["backups", "prune", "--dry-run", "--json"]),
+        )
+        .expect("plan json");
+    assert_eq!(
+        plan[0]["plan"]["decisions"][0]["keep"][0], "newest_good",
+        "{plan:#}"
+    );
+    setup.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dump_below_min_size_fails_with_backup_too_small_and_leaves_no_final_file() {
+    let setup = Setup::new("min_size = \"100MiB\"").await;
+    let mut worker = setup
+        .deployment
+        .start("upkeep-worker-backup", Vec::<&str>::new());
+    wait_for_worker(&mut worker, "backups");
+    let mut ledger = setup.deployment.ledger().await;
+    let job = setup.backup_now().await;
+    wait_for_status(&mut ledger, job, "failed", JOB_TIMEOUT).await;
+    let findings = findings_of(&setup.deployment, job).await;
+    assert!(
+        findings.contains(&(
+            "backup.too_small".to_owned(),
+            "critical".to_owned(),
+            Some("app".to_owned())
+        )),
+        "{findings:?}"
+    );
+    assert!(setup.final_files().is_empty(), "{:?}", setup.final_files());
+    assert!(setup.tmp_files().is_empty());
+    assert!(setup.catalog().await.is_empty());
+    setup.cleanup().await;
+}

@@ -142,6 +142,9 @@ impl Plan {
     }
 }
 
+/// The calendar bucket (year and day, ISO week or month) a commit time falls in.
+type BucketOf = fn(&DateTime<Utc>) -> (i32, u32);
+
 /// Plans retention for one database's backups at `now`.
 #[must_use]
 pub fn plan(candidates: &[Candidate], policy: &Policy, now: DateTime<Utc>) -> Plan {
@@ -166,7 +169,7 @@ pub fn plan(candidates: &[Candidate], policy: &Policy, now: DateTime<Utc>) -> Pl
     for &i in good.iter().take(policy.keep_last as usize) {
         keep[i].insert(Rule::Last);
     }
-    let buckets: [(Rule, u32, fn(&DateTime<Utc>) -> (i32, u32)); 3] = [
+    let buckets: [(Rule, u32, BucketOf); 3] = [
         (Rule::Daily, policy.keep_daily, |t| (t.year(), t.ordinal())),
         (Rule::Weekly, policy.keep_weekly, |t| {
             let week = t.iso_week();
