@@ -3108,11 +3108,26 @@ mod tests {
     fn the_example_and_demo_configs_are_valid() {
         let example = load(include_str!("../../upkeep.example.toml"), &[])
             .unwrap_or_else(|e| panic!("upkeep.example.toml: {e}"));
-        let demo = load(include_str!("../../deploy/demo.toml"), &[])
-            .unwrap_or_else(|e| panic!("deploy/demo.toml: {e}"));
+        // The demo backs up its own database, named by DATABASE_URL (url_env).
+        let demo = load(
+            include_str!("../../deploy/demo.toml"),
+            &[("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/upkeep")],
+        )
+        .unwrap_or_else(|e| panic!("deploy/demo.toml: {e}"));
 
         assert_eq!(example.schedules.len(), 1);
-        assert_eq!(demo.schedules.len(), 1);
+        assert_eq!(demo.schedules.len(), 4);
+        assert_eq!(demo.backups.databases[0].name, "upkeep");
+        let kinds: Vec<&str> = demo.schedules.iter().map(|s| s.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "system.ping",
+                "backup.run",
+                "backup.verify",
+                "backup.verify"
+            ]
+        );
         let ping = &demo.schedules[0];
         assert_eq!(ping.name, "ping-every-5s");
         assert_eq!(ping.cron.as_str(), "*/5 * * * * *");
