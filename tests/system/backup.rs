@@ -707,3 +707,59 @@ async fn a_dump_below_min_size_fails_with_backup_too_small_and_leaves_no_final_f
     assert!(setup.catalog().await.is_empty());
     setup.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_directory_format_backup_dumped_with_two_jobs_restores_the_same_contents_and_is_copied() {
+    let setup = Setup::new("").await;
+    let copies = tempfile::Builder::new()
+        .prefix("upkeep-copies-")
+        .tempdir()
+        .expect("tempdir");
+    setup.deployment.write_config(&format!(
+        "[backups]\ndirectory = \"{}\"\ncopy_to = [\"{}\"]\n[[backups.databases]]\nname = \"app\"\nurl_env = \"BACKUP_SOURCE_URL\"\nformat = \"directory\"\njobs = 2\n",
+        setup.backups.path().display(),
+        copies.path().display()
+    ));
+    let mut worker = setup
+        .deployment
+        .start("upkeep-worker-backup", Vec::<&str>::new());
+    wait_for_worker(&mut worker, "backups");
+    let mut ledger = setup.deployment.ledger().await;
+    let job = setup.backup_now().await;
+    wait_for_status(&mut ledger, job, "succeeded", JOB_TIMEOUT).await;
+    let files = setup.final_files();
+    assert!(files.iter().any(|f| f.ends_with(".dir")), "{files:?}");
+    let (id, format, copied): (i64, String, serde_json::Value) =
+        sqlx::query_as("SELECT id, format, copies FROM backups")
+            .fetch_one(&mut ledger)
+            .await
+            .expect("catalog row");
+    assert_eq!(format, "directory");
+    let copied: Vec<&str> = copied
+        .as_array()
+        .expect("copies")
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    assert!(
+        copied.iter().any(|c| c.ends_with(".manifest.json")),
+        "{copied:?}"
+    );
+    assert!(copied.iter().all(|c| Path::new(c).exists()), "{copied:?}");
+
+    let restored = format!("{}_dir", db_name(&setup.source_url));
+    ctl(
+        &setup.deployment,
+        &["backups", "restore", &id.to_string(), "--into", &restored],
+    )
+    .assert_success();
+    let mut restored_url = url::Url::parse(&setup.source_url).expect("url");
+    restored_url.set_path(&format!("/{restored}"));
+    assert_eq!(
+        table_digest(restored_url.as_str(), "items").await,
+        table_digest(&setup.source_url, "items").await
+    );
+    ctl(&setup.deployment, &["backups", "verify", &id.to_string()]).assert_success();
+    drop_database(&restored).await;
+    setup.cleanup().await;
+}
