@@ -63,7 +63,7 @@ bare_dump() {
 }
 # A warm-up dump first, so neither measured run pays for a cold page cache; then bare, upkeep,
 # bare again, and the ratio against the mean of the two bare runs.
-"$PG_BIN/pg_dump" -Fc -f /dev/null "$SOURCE_URL"
+"$PG_BIN/pg_dump" -Fc "$SOURCE_URL" >/dev/null
 bare1=$(bare_dump)
 bare_bytes=$(stat -c %s "$WORK/bare.dump")
 rm -f "$WORK/bare.dump"
