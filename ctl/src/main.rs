@@ -11,9 +11,11 @@ use upkeep_shared::shutdown::Shutdown;
 use upkeep_shared::{JobKind, QueueName};
 
 mod backups;
+mod cron;
 mod reconcile;
 
 mod schedules;
+mod tasks;
 
 /// Operate upkeep: migrate the ledger, enqueue jobs, read queue stats, run everything at once.
 #[derive(Debug, Parser)]
@@ -71,6 +73,10 @@ enum Command {
     Schedules(schedules::SchedulesArgs),
     /// Backups: list (catalog beside disk), verify, restore, prune --dry-run.
     Backups(backups::BackupsArgs),
+    /// Check a cron expression before deploying it: `cron next "30 2 * * 1-5" --tz Europe/Berlin`.
+    Cron(cron::CronArgs),
+    /// The daily, weekly and monthly checklists with each item's status and evidence; ack.
+    Tasks(tasks::TasksArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +112,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Checking a line that is not configured yet needs no configuration at all.
+    if let Command::Cron(args) = &cli.command {
+        return cron::run(args);
+    }
     let settings = Settings::load().map_err(|e| anyhow::anyhow!("{e}"))?;
     let default_filter = match cli.command {
         Command::Up => settings.telemetry.filter.clone(),
@@ -147,6 +157,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reconcile(args) => reconcile::run(&settings, args).await,
         Command::Schedules(args) => schedules::run(settings, args).await,
         Command::Backups(args) => backups::run(&settings, args).await,
+        Command::Cron(args) => cron::run(&args),
+        Command::Tasks(args) => tasks::run(settings, args).await,
     }
 }
 

@@ -30,6 +30,9 @@ enum SchedulesAction {
     Next {
         /// The schedule.
         name: String,
+        /// Start after this instant, same forms as backfill's (default: now).
+        #[arg(long, value_parser = parse_instant)]
+        from: Option<DateTime<Utc>>,
         /// How many fire times.
         #[arg(short = 'n', long = "count", default_value_t = 10)]
         n: usize,
@@ -85,8 +88,8 @@ pub(crate) async fn run(settings: Settings, args: SchedulesArgs) -> anyhow::Resu
                 print_health(&health);
             }
         }
-        SchedulesAction::Next { name, n } => {
-            let rows = operator.preview(&name, now, n)?;
+        SchedulesAction::Next { name, from, n } => {
+            let rows = operator.preview(&name, from.unwrap_or(now), n)?;
             if json {
                 print_json(&rows)?;
             } else {
@@ -232,7 +235,7 @@ fn short(at: DateTime<Utc>) -> String {
 }
 
 /// `$USER@hostname`, or what of it is known.
-fn default_actor() -> String {
+pub(crate) fn default_actor() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
@@ -240,7 +243,8 @@ fn default_actor() -> String {
     format!("{user}@{host}")
 }
 
-fn parse_instant(text: &str) -> Result<DateTime<Utc>, String> {
+/// An instant given on the command line: RFC 3339, or a wall time in UTC.
+pub(crate) fn parse_instant(text: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(instant) = DateTime::parse_from_rfc3339(text) {
         return Ok(instant.to_utc());
     }

@@ -29,6 +29,7 @@ use crate::job::{self, JobKind, QueueName};
 use crate::queue::SentinelUrl;
 use crate::schedule::{self, CatchUp, CronExpr, Overlap};
 use crate::settings::{Problems, Section};
+use crate::tasks::TasksSettings;
 use crate::telemetry::LogFormat;
 
 /// Every setting of every binary. Each binary reads only the sections it needs.
@@ -60,6 +61,8 @@ pub struct Settings {
     pub backups: crate::backup::BackupSettings,
     /// Logging.
     pub telemetry: TelemetrySettings,
+    /// `[tasks]`: the checklist's time zone and item overrides.
+    pub tasks: TasksSettings,
     /// AES-256-GCM key for stored credentials. Defaults to none; only the token worker needs it.
     pub secret_key: Option<SecretKey>,
     /// The config file these settings came from; `None` for built-in defaults or a string.
@@ -160,7 +163,7 @@ pub struct JobPolicy {
 pub struct ScheduleSettings {
     /// Unique name, 1 to 64 characters of `[a-z0-9_.-]`.
     pub name: String,
-    /// Cron expression with seconds (`sec min hour day month weekday`), see [`CronExpr`].
+    /// Cron expression (crontab(5) syntax, optionally with a leading seconds field), see [`CronExpr`].
     pub cron: CronExpr,
     /// IANA time zone the expression is read in. Defaults to UTC.
     pub timezone: chrono_tz::Tz,
@@ -523,6 +526,7 @@ impl Default for Settings {
             backups: crate::backup::BackupSettings::default(),
             api: ApiSettings::default(),
             telemetry: TelemetrySettings::default(),
+            tasks: TasksSettings::default(),
             secret_key: None,
             loaded_from: None,
         }
@@ -901,6 +905,7 @@ const TOP_KEYS: &[&str] = &[
     "backups",
     "api",
     "telemetry",
+    "tasks",
     "secret_key",
 ];
 const DATABASE_KEYS: &[&str] = &[
@@ -1400,8 +1405,6 @@ fn validate(
         table: Some(doc),
     };
     root.check_keys(ctx, TOP_KEYS);
-    // The feature sections (`serde_section`) resolve their indirect secrets from `env`.
-    let _ = env;
     let database = validate_database(ctx, doc);
     let redis = validate_redis(ctx, doc);
     let queues = validate_queues(ctx, doc);
@@ -1413,6 +1416,7 @@ fn validate(
     let api = validate_api(ctx, doc);
     let backups = serde_section(ctx, doc, "backups", env);
     let telemetry = validate_telemetry(ctx, doc);
+    let tasks = serde_section(ctx, doc, "tasks", env);
     let secret_key =
         root.opt_string(ctx, "secret_key", true)
             .and_then(|text| match SecretKey::parse(text) {
@@ -1434,6 +1438,7 @@ fn validate(
         backups,
         api,
         telemetry,
+        tasks,
         secret_key,
         loaded_from,
     }
@@ -1483,7 +1488,6 @@ fn serde_section<T: Section>(
 /// Replaces `KEY_env = "VAR"` and `KEY_file = "PATH"` by `KEY = <the secret>` at the key that
 /// `segments` (a [`Section::SECRET_KEYS`] entry, split on `.`) names under `value`. Problems
 /// name the key and the variable or file, never the secret.
-#[cfg_attr(not(test), allow(dead_code))]
 fn resolve_secret(
     ctx: &mut Ctx,
     value: &mut Value,
@@ -2622,8 +2626,8 @@ mod tests {
                 "schedules[2] (\"nightly\").cron: invalid cron expression \"61 * * * * *\": second field \"61\": 61 is out of range 0-59",
             ),
             (
-                schedule("").replace("cron = \"0 0 2 * * *\"", "cron = \"0 2 * * *\""),
-                "schedules[2] (\"nightly\").cron: invalid cron expression \"0 2 * * *\": expected 6 fields",
+                schedule("").replace("cron = \"0 0 2 * * *\"", "cron = \"2 * * *\""),
+                "schedules[2] (\"nightly\").cron: invalid cron expression \"2 * * *\": expected 5 fields",
             ),
             (
                 schedule("timezone = \"Mars/Olympus\""),

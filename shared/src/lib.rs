@@ -11,6 +11,7 @@
 //! - [`backup`]: the backup worker's dumps, catalog, verification and retention.
 //! - [`reconcile`]: the maintenance pass that finds jobs Redis lost but the ledger never saw
 //!   finish, and requeues or records them.
+//! - [`tasks`]: the maintenance checklist as data, and each item's status in a period window.
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`shutdown`]: the signal every long-running loop watches.
 
@@ -23,6 +24,7 @@ pub mod schedule;
 pub mod settings;
 pub mod shutdown;
 pub mod store;
+pub mod tasks;
 pub mod telemetry;
 
 pub use job::{Finding, Job, JobError, JobId, JobKind, Outcome, QueueName, Severity};

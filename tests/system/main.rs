@@ -6,6 +6,7 @@
 //! parallel.
 
 mod backup;
+mod cron_ctl;
 mod enqueue;
 mod harness;
 mod outages;

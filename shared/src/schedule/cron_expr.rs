@@ -1,27 +1,49 @@
-//! [`CronExpr`]: a validated cron expression with seconds, kept with its source text.
+//! [`CronExpr`]: a validated cron expression with crontab(5) semantics, kept with its source text.
 //!
-//! Parsing and field matching are the `cron` crate's; this module adds clear errors and the list
-//! of local wall-clock times an expression matches. Turning those into instants in a zone is
-//! [`super::spec`]'s job. No IO.
+//! This module parses the five crontab fields (with an optional leading seconds field and an
+//! optional trailing year) and the `@daily`-style shorthands, and finds the local wall-clock
+//! times an expression matches by walking the calendar. Turning those into instants in a zone,
+//! with upkeep's DST policy, is [`super::spec`]'s job. No IO.
+//!
+//! The matcher is our own rather than the `cron` crate's: that crate follows Quartz (day of
+//! week 1 = Sunday, no 0, day-of-month AND day-of-week, no five-field lines), and translating
+//! crontab lines into it would still leave the day-of-month / day-of-week rule to patch up.
+
+mod field;
 
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{NaiveDateTime, TimeDelta};
-use cron::{Schedule, TimeUnitSpec};
+use chrono::{Datelike, NaiveDate, NaiveDateTime, TimeDelta, Timelike};
 use serde::{Deserialize, Serialize};
 
+use self::field::{
+    DAY_OF_MONTH, DAY_OF_WEEK, FieldSpec, HOUR, MINUTE, MONTH, SECOND, ValueSet, YEAR,
+};
 use super::ScheduleError;
 
-/// A parsed cron expression: `sec min hour day-of-month month day-of-week [year]`.
+/// A parsed cron expression with crontab(5) semantics.
 ///
-/// Six fields, or seven with a trailing year (1970–2100), or one of the shorthands `@yearly`,
-/// `@monthly`, `@weekly`, `@daily`, `@hourly`. Fields take `*`, `?` (day fields), lists `1,15`,
-/// ranges `1-5`, steps `*/10`, and names (`Jan`, `Mon`).
+/// Accepted forms:
+/// - five fields, as in a crontab: `minute hour day-of-month month day-of-week`
+///   (`30 2 * * 1-5`); the seconds are 0;
+/// - six fields with a leading seconds field: `second minute hour day-of-month month
+///   day-of-week` (`0 30 2 * * 1-5`);
+/// - seven fields, the six plus a trailing year 1970–2100 (`0 0 12 1 1 * 2030`);
+/// - the shorthands `@yearly` (= `@annually`), `@monthly`, `@weekly`, `@daily` (= `@midnight`)
+///   and `@hourly`.
 ///
-/// Beware the numeric day of week: it counts from **1 = Sunday** to 7 = Saturday (the `cron`
-/// crate follows Quartz, not Vixie cron where 1 = Monday and 0 = Sunday). Prefer names:
-/// `0 0 5 * * Mon`.
+/// A field is a list (`1,15`) of `*`, values and ranges (`1-5`), each with an optional step
+/// (`*/15`, `1-5/2`, `10/20` = `10-59/20`). Months and days of week also take three-letter names
+/// (`Jan`, `Mon-Fri`), in any case. The day of week runs 0–7 where **both 0 and 7 are Sunday**
+/// and 1 is Monday. `?` is accepted in the day fields as a synonym of `*`.
+///
+/// When both day-of-month and day-of-week are restricted, a day matches if **either** matches
+/// (`0 0 1 * Mon` fires on the 1st and on every Monday). A day field that begins with `*`
+/// (`*`, `*/2`) counts as unrestricted, as in Vixie cron and cronie, and the two then combine
+/// with AND (`0 0 */2 * Mon` fires on Mondays with an odd day of month).
+///
+/// An expression that can never fire (`0 0 30 2 *`: there is no 30 February) is refused.
 ///
 /// Serialises as its source text; deserialising parses and validates.
 #[derive(Clone, Serialize, Deserialize)]
@@ -30,7 +52,7 @@ pub struct CronExpr {
     /// The expression as written (trimmed), for display and for the ledger.
     source: String,
     /// The parsed form, evaluated on naive (zone-less) local wall-clock times.
-    schedule: Schedule,
+    fields: Fields,
 }
 
 /// How a schedule treats daylight-saving transitions; decided by its hour field.
@@ -48,41 +70,73 @@ pub enum DstRule {
     Cadence,
 }
 
+/// The seven fields as value sets, and how the two day fields combine.
+#[derive(Debug, Clone)]
+struct Fields {
+    seconds: ValueSet,
+    minutes: ValueSet,
+    hours: ValueSet,
+    days_of_month: ValueSet,
+    months: ValueSet,
+    /// Sunday is 0 (a 7 in the expression is stored as 0).
+    days_of_week: ValueSet,
+    /// Every year 1970–2100 when the expression has no year field.
+    years: ValueSet,
+    days: DayRule,
+}
+
+/// crontab(5)'s rule for the two day fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DayRule {
+    /// At least one of the fields begins with `*`: a day must match both (so, in effect, the
+    /// other one).
+    Both,
+    /// Both fields are restricted: a day matches if either does.
+    Either,
+}
+
+/// The first and last years fire times are computed for.
+pub(crate) const FIRST_YEAR: i32 = 1970;
+pub(crate) const LAST_YEAR: i32 = 2100;
+
 impl CronExpr {
-    /// Parses and validates a cron expression with seconds.
+    /// Parses and validates a cron expression (five fields, six with seconds, seven with a
+    /// year, or a shorthand; see [`CronExpr`]).
+    ///
+    /// This is also the check that an expression can fire at all: one whose day-of-month,
+    /// month, day-of-week and year fields admit no date between 1970 and 2100 is refused.
     ///
     /// # Errors
     /// [`ScheduleError::InvalidCron`], naming the expression, when it has the wrong number of
-    /// fields or a field the `cron` crate rejects.
+    /// fields, a field that is malformed or out of range (naming the field and its range), or
+    /// when it can never fire (the reason then begins with "can never fire").
     pub fn parse(expr: &str) -> Result<Self, ScheduleError> {
         let source = expr.trim();
         let invalid = |reason: String| ScheduleError::InvalidCron {
             expr: expr.to_owned(),
             reason,
         };
-        if !source.starts_with('@') {
-            let n_fields = source.split_whitespace().count();
-            if n_fields == 5 {
+        let expanded = expand_shorthand(source).map_err(invalid)?;
+        let texts: Vec<&str> = expanded.split_whitespace().collect();
+        let (seconds, rest) = match texts.len() {
+            5 => ("0", &texts[..]),
+            6 | 7 => (texts[0], &texts[1..]),
+            n_fields => {
                 return Err(invalid(format!(
-                    "expected 6 fields (second minute hour day-of-month month day-of-week) \
-                     and an optional year, found 5; add a seconds field, e.g. \"0 {source}\""
+                    "expected 5 fields (minute hour day-of-month month day-of-week), 6 with a \
+                     leading second, or 7 with a trailing year; found {n_fields}"
                 )));
             }
-            if !(6..=7).contains(&n_fields) {
-                return Err(invalid(format!(
-                    "expected 6 fields (second minute hour day-of-month month day-of-week) \
-                     and an optional year, found {n_fields}"
-                )));
-            }
-        }
-        if !source.starts_with('@') {
-            check_ranges(source).map_err(invalid)?;
-        }
-        let schedule = Schedule::from_str(source).map_err(|error| invalid(reason_of(&error)))?;
-        Ok(Self {
+        };
+        let fields = Fields::parse(seconds, rest).map_err(invalid)?;
+        let cron = Self {
             source: source.to_owned(),
-            schedule,
-        })
+            fields,
+        };
+        if cron.first_local_match().is_none() {
+            return Err(invalid(cron.never_fires_reason(rest)));
+        }
+        Ok(cron)
     }
 
     /// The expression as written (without surrounding whitespace).
@@ -94,29 +148,170 @@ impl CronExpr {
     /// How this expression behaves across daylight-saving transitions.
     #[must_use]
     pub fn dst_rule(&self) -> DstRule {
-        if self.schedule.hours().is_all() {
+        if self.fields.hours.holds_all(HOUR.min, HOUR.max) {
             DstRule::Cadence
         } else {
             DstRule::WallClock
         }
     }
 
+    /// Whether the expression matches the local wall-clock time `local` (a whole second).
+    #[must_use]
+    pub fn matches_local(&self, local: NaiveDateTime) -> bool {
+        self.next_local_at_or_after(local) == Some(truncate_to_second(local))
+    }
+
     /// The first local wall-clock time strictly after `local` that the expression matches, or
     /// `None` when there is none before the end of 2100.
-    ///
-    /// The evaluation is on naive times: the `cron` crate is given UTC, which has neither gaps nor
-    /// folds, so it walks the calendar fields and nothing else.
     pub(crate) fn next_local_after(&self, local: NaiveDateTime) -> Option<NaiveDateTime> {
-        self.schedule
-            .after(&local.and_utc())
-            .next()
-            .map(|matched| matched.naive_utc())
+        let next_second = truncate_to_second(local).checked_add_signed(TimeDelta::seconds(1))?;
+        self.fields.next_at_or_after(next_second)
     }
 
     /// The first local time at or after `local` (a whole second) that the expression matches.
     pub(crate) fn next_local_at_or_after(&self, local: NaiveDateTime) -> Option<NaiveDateTime> {
-        self.next_local_after(local.checked_sub_signed(TimeDelta::seconds(1))?)
+        self.fields.next_at_or_after(truncate_to_second(local))
     }
+
+    /// The first local time the expression matches in the years fire times are computed for.
+    fn first_local_match(&self) -> Option<NaiveDateTime> {
+        let start = NaiveDate::from_ymd_opt(FIRST_YEAR, 1, 1)?.and_hms_opt(0, 0, 0)?;
+        self.fields.next_at_or_after(start)
+    }
+
+    /// Why no date matches: the day fields (and the year field when there is one) as written.
+    fn never_fires_reason(&self, texts: &[&str]) -> String {
+        let (day_of_month, month, day_of_week) = (texts[2], texts[3], texts[4]);
+        let mut reason =
+            format!("can never fire: no date has day-of-month {day_of_month:?} in month {month:?}");
+        if !self.fields.days_of_week.holds_all(0, 6) {
+            reason.push_str(&format!(" on day-of-week {day_of_week:?}"));
+        }
+        match texts.get(5) {
+            Some(year) => reason.push_str(&format!(" in year {year:?}")),
+            None => reason.push_str(&format!(" between {FIRST_YEAR} and {LAST_YEAR}")),
+        }
+        reason
+    }
+}
+
+impl Fields {
+    /// `rest` is minute, hour, day-of-month, month, day-of-week and perhaps year.
+    fn parse(seconds: &str, rest: &[&str]) -> Result<Self, String> {
+        let days = if FieldSpec::is_star(rest[2]) || FieldSpec::is_star(rest[4]) {
+            DayRule::Both
+        } else {
+            DayRule::Either
+        };
+        Ok(Self {
+            seconds: SECOND.parse(seconds)?,
+            minutes: MINUTE.parse(rest[0])?,
+            hours: HOUR.parse(rest[1])?,
+            days_of_month: DAY_OF_MONTH.parse(rest[2])?,
+            months: MONTH.parse(rest[3])?,
+            days_of_week: DAY_OF_WEEK.parse(rest[4])?,
+            years: match rest.get(5) {
+                Some(years) => YEAR.parse(years)?,
+                None => ValueSet::full(&YEAR),
+            },
+            days,
+        })
+    }
+
+    fn matches_day(&self, date: NaiveDate) -> bool {
+        let day_of_month = self.days_of_month.contains(date.day());
+        let day_of_week = self
+            .days_of_week
+            .contains(date.weekday().num_days_from_sunday());
+        match self.days {
+            DayRule::Both => day_of_month && day_of_week,
+            DayRule::Either => day_of_month || day_of_week,
+        }
+    }
+
+    /// The first whole-second local time at or after `start` (a whole second) that matches.
+    ///
+    /// Walks years, months and days, skipping whole units that cannot match, then finds the
+    /// time of day on the first matching day. A year without a match costs at most 366 cheap
+    /// day tests, so even an expression whose next match is decades away is found quickly.
+    fn next_at_or_after(&self, start: NaiveDateTime) -> Option<NaiveDateTime> {
+        let midnight = |date: NaiveDate| (date, (0, 0, 0));
+        let (mut date, mut time) = (start.date(), (start.hour(), start.minute(), start.second()));
+        if date.year() < FIRST_YEAR {
+            (date, time) = midnight(NaiveDate::from_ymd_opt(FIRST_YEAR, 1, 1)?);
+        }
+        loop {
+            let year = date.year();
+            if year > LAST_YEAR {
+                return None;
+            }
+            let year_value = u32::try_from(year).ok()?;
+            if !self.years.contains(year_value) {
+                let next_year = self.years.next_at_or_after(year_value + 1)?;
+                (date, time) = midnight(NaiveDate::from_ymd_opt(
+                    i32::try_from(next_year).ok()?,
+                    1,
+                    1,
+                )?);
+                continue;
+            }
+            if !self.months.contains(date.month()) {
+                (date, time) = midnight(match self.months.next_at_or_after(date.month() + 1) {
+                    Some(month) => NaiveDate::from_ymd_opt(year, month, 1)?,
+                    None => NaiveDate::from_ymd_opt(year + 1, 1, 1)?,
+                });
+                continue;
+            }
+            if self.matches_day(date)
+                && let Some((hour, minute, second)) = self.time_at_or_after(time)
+            {
+                return date.and_hms_opt(hour, minute, second);
+            }
+            (date, time) = midnight(date.succ_opt()?);
+        }
+    }
+
+    /// The first matching time of day at or after `(hour, minute, second)`, on the same day.
+    fn time_at_or_after(&self, (hour, minute, second): (u32, u32, u32)) -> Option<(u32, u32, u32)> {
+        if self.hours.contains(hour) {
+            if self.minutes.contains(minute)
+                && let Some(second) = self.seconds.next_at_or_after(second)
+                && second <= SECOND.max
+            {
+                return Some((hour, minute, second));
+            }
+            if let Some(minute) = self.minutes.next_at_or_after(minute + 1)
+                && minute <= MINUTE.max
+            {
+                return Some((hour, minute, self.seconds.first()));
+            }
+        }
+        let hour = self.hours.next_at_or_after(hour + 1)?;
+        (hour <= HOUR.max).then(|| (hour, self.minutes.first(), self.seconds.first()))
+    }
+}
+
+/// `@daily` and friends as the five-field lines they stand for; anything else unchanged.
+fn expand_shorthand(source: &str) -> Result<&str, String> {
+    if !source.starts_with('@') {
+        return Ok(source);
+    }
+    match source.to_ascii_lowercase().as_str() {
+        "@yearly" | "@annually" => Ok("0 0 1 1 *"),
+        "@monthly" => Ok("0 0 1 * *"),
+        "@weekly" => Ok("0 0 * * 0"),
+        "@daily" | "@midnight" => Ok("0 0 * * *"),
+        "@hourly" => Ok("0 * * * *"),
+        _ => Err(format!(
+            "unknown shorthand {source:?} (expected @yearly, @annually, @monthly, @weekly, \
+             @daily, @midnight or @hourly)"
+        )),
+    }
+}
+
+fn truncate_to_second(local: NaiveDateTime) -> NaiveDateTime {
+    // Setting the nanoseconds to zero is always valid.
+    local.with_nanosecond(0).unwrap_or(local)
 }
 
 impl fmt::Display for CronExpr {
@@ -159,66 +354,6 @@ impl TryFrom<String> for CronExpr {
 impl From<CronExpr> for String {
     fn from(expr: CronExpr) -> Self {
         expr.source
-    }
-}
-
-/// The fields in order, with their ranges as the `cron` crate accepts them.
-const FIELDS: [(&str, u32, u32); 7] = [
-    ("second", 0, 59),
-    ("minute", 0, 59),
-    ("hour", 0, 23),
-    ("day-of-month", 1, 31),
-    ("month", 1, 12),
-    ("day-of-week", 1, 7),
-    ("year", 1970, 2100),
-];
-
-/// Checks every number of every field against its range, so an out-of-range value is reported
-/// by field name and range (the `cron` crate's own message for `60` in the seconds field says
-/// "Seconds must be less than 59", which is wrong). Names (`MON`, `JAN`), `*`, `?` and `L`
-/// are left to the crate.
-fn check_ranges(source: &str) -> Result<(), String> {
-    for (text, (name, min, max)) in source.split_whitespace().zip(FIELDS) {
-        for part in text.split(',') {
-            let (range, step) = match part.split_once('/') {
-                Some((range, step)) => (range, Some(step)),
-                None => (part, None),
-            };
-            if let Some(step) = step
-                && let Ok(step) = step.parse::<u32>()
-                && step == 0
-            {
-                return Err(format!("{name} field {text:?}: a step of 0 never advances"));
-            }
-            for value in range.split('-') {
-                if let Ok(value) = value.parse::<u32>()
-                    && !(min..=max).contains(&value)
-                {
-                    return Err(format!(
-                        "{name} field {text:?}: {value} is out of range {min}-{max}"
-                    ));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The `cron` crate's error text is the expression, a caret line and (sometimes) a sentence.
-/// Keep the sentence, or the caret's column when there is none, so messages stay on one line.
-fn reason_of(error: &cron::error::Error) -> String {
-    let text = error.to_string();
-    let lines: Vec<&str> = text.lines().collect();
-    if let Some(sentence) = lines.get(2..).and_then(|rest| {
-        let joined = rest.join(" ");
-        let joined = joined.trim().to_owned();
-        (!joined.is_empty()).then_some(joined)
-    }) {
-        return sentence;
-    }
-    match lines.get(1).and_then(|caret| caret.find('^')) {
-        Some(column) => format!("syntax error at column {}", column + 1),
-        None => "syntax error".to_owned(),
     }
 }
 
@@ -273,15 +408,11 @@ mod tests {
     }
 
     #[test]
-    fn a_five_field_expression_is_rejected_with_a_hint_to_add_seconds() {
-        let reason = reason("30 2 * * *");
-        assert!(reason.contains("found 5"), "{reason}");
-        assert!(reason.contains("\"0 30 2 * * *\""), "{reason}");
-    }
-
-    #[test]
-    fn an_expression_with_too_many_fields_is_rejected() {
-        assert!(reason("* * * * * * * *").contains("found 8"));
+    fn an_expression_with_too_few_or_too_many_fields_is_rejected() {
+        assert!(reason("* * * * * * * *").contains("found 8"), "8 fields");
+        let four = reason("2 * * *");
+        assert!(four.contains("expected 5 fields"), "{four}");
+        assert!(four.contains("found 4"), "{four}");
     }
 
     #[test]
@@ -324,7 +455,16 @@ mod tests {
             ),
             (
                 "0 0 0 * * 8",
-                "day-of-week field \"8\": 8 is out of range 1-7",
+                "day-of-week field \"8\": 8 is out of range 0-7",
+            ),
+            (
+                "0 0 * * 8",
+                "day-of-week field \"8\": 8 is out of range 0-7",
+            ),
+            ("60 * * * *", "minute field \"60\": 60 is out of range 0-59"),
+            (
+                "0 0 0 1 1 * 2101",
+                "year field \"2101\": 2101 is out of range 1970-2100",
             ),
             (
                 "*/0 * * * * *",
@@ -335,7 +475,11 @@ mod tests {
             assert!(message.contains(expected), "{expr}: {message}");
         }
         // In range, with steps, lists and names: accepted.
-        for expr in ["59 59 23 31 12 7", "*/15 0-59/5 1,2,3 * JAN-DEC MON-FRI"] {
+        for expr in [
+            "59 59 23 31 12 7",
+            "*/15 0-59/5 1,2,3 * JAN-DEC MON-FRI",
+            "0 0 * * 0-7",
+        ] {
             CronExpr::parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
         }
     }
@@ -355,13 +499,223 @@ mod tests {
         );
     }
 
+    /// The weekdays (Monday = 1 … Sunday = 7) of the next `n` matches after `from`.
+    fn weekdays(expr: &str, from: NaiveDateTime, n: usize) -> Vec<u32> {
+        let expr = CronExpr::parse(expr).unwrap_or_else(|e| panic!("{e}"));
+        std::iter::successors(expr.next_local_after(from), |&at| expr.next_local_after(at))
+            .take(n)
+            .map(|at| at.weekday().number_from_monday())
+            .collect()
+    }
+
     #[test]
-    fn numeric_day_of_week_one_is_sunday() {
-        let expr = CronExpr::parse("0 0 5 * * 1").expect("valid");
-        // 2026-05-31 is a Sunday.
+    fn one_to_five_in_the_day_of_week_field_is_monday_to_friday() {
+        // Issue #20: under the Quartz numbering this fired on Sundays and never on Fridays.
+        // 2026-11-29 is a Sunday.
+        let from = naive(2026, 11, 29, 0, 0, 0);
         assert_eq!(
-            expr.next_local_after(naive(2026, 5, 30, 0, 0, 0)),
-            Some(naive(2026, 5, 31, 5, 0, 0))
+            weekdays("0 30 2 * * 1-5", from, 10),
+            [1, 2, 3, 4, 5, 1, 2, 3, 4, 5]
+        );
+        assert_eq!(weekdays("30 2 * * Mon-Fri", from, 5), [1, 2, 3, 4, 5]);
+        let expr = CronExpr::parse("0 30 2 * * 1-5").expect("valid");
+        assert_eq!(
+            expr.next_local_after(from),
+            Some(naive(2026, 11, 30, 2, 30, 0)),
+            "the first fire is Monday 30 November, not Sunday 29 November"
+        );
+    }
+
+    #[test]
+    fn seven_and_zero_in_the_day_of_week_field_are_both_sunday() {
+        // Issue #20: `7` fired on Saturdays and `0` was refused.
+        let from = naive(2026, 11, 24, 0, 0, 0);
+        for expr in ["0 0 4 * * 7", "0 0 4 * * 0", "0 4 * * Sun", "0 4 * * 7"] {
+            assert_eq!(weekdays(expr, from, 4), [7, 7, 7, 7], "{expr}");
+            let cron = CronExpr::parse(expr).expect("valid");
+            assert_eq!(
+                cron.next_local_after(from),
+                Some(naive(2026, 11, 29, 4, 0, 0)),
+                "{expr}: Sunday 29 November"
+            );
+        }
+        assert_eq!(weekdays("0 0 * * 6-7", from, 4), [6, 7, 6, 7]);
+    }
+
+    #[test]
+    fn a_restricted_day_of_month_and_day_of_week_fire_when_either_matches() {
+        // Issue #20: this fired only when the 1st was a Monday. 2026-12-01 is a Tuesday.
+        let expr = CronExpr::parse("0 0 0 1 * Mon").expect("valid");
+        let fires: Vec<NaiveDateTime> =
+            std::iter::successors(expr.next_local_after(naive(2026, 11, 29, 0, 0, 0)), |&at| {
+                expr.next_local_after(at)
+            })
+            .take(6)
+            .collect();
+        assert_eq!(
+            fires,
+            [
+                naive(2026, 11, 30, 0, 0, 0), // Monday
+                naive(2026, 12, 1, 0, 0, 0),  // the 1st, a Tuesday
+                naive(2026, 12, 7, 0, 0, 0),  // Monday
+                naive(2026, 12, 14, 0, 0, 0),
+                naive(2026, 12, 21, 0, 0, 0),
+                naive(2026, 12, 28, 0, 0, 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_day_field_beginning_with_a_star_combines_with_the_other_by_and() {
+        // As in Vixie cron and cronie: `*/2` counts as unrestricted, so the day must also be a
+        // Monday. Mondays with an odd day of month after 2026-11-29: 7, 21 December, 11 January.
+        let expr = CronExpr::parse("0 0 */2 * Mon").expect("valid");
+        let fires: Vec<NaiveDateTime> =
+            std::iter::successors(expr.next_local_after(naive(2026, 11, 29, 0, 0, 0)), |&at| {
+                expr.next_local_after(at)
+            })
+            .take(3)
+            .collect();
+        assert_eq!(
+            fires,
+            [
+                naive(2026, 12, 7, 0, 0, 0),
+                naive(2026, 12, 21, 0, 0, 0),
+                naive(2027, 1, 11, 0, 0, 0),
+            ]
+        );
+        // Only Mondays: `*` and `?` in the day-of-month field change nothing.
+        for expr in ["0 0 * * Mon", "0 0 0 ? * Mon"] {
+            assert_eq!(weekdays(expr, naive(2026, 11, 29, 0, 0, 0), 3), [1, 1, 1]);
+        }
+    }
+
+    #[test]
+    fn a_five_field_crontab_line_is_accepted_with_seconds_zero() {
+        // Issue #20: the checklist's own form was refused.
+        let five = CronExpr::parse("0 2 * * *").expect("a crontab line");
+        assert_eq!(five.as_str(), "0 2 * * *");
+        assert_eq!(
+            five.next_local_after(naive(2026, 11, 29, 10, 0, 0)),
+            Some(naive(2026, 11, 30, 2, 0, 0))
+        );
+        let six = CronExpr::parse("0 0 2 * * *").expect("the same line with seconds");
+        let mut at = naive(2026, 11, 1, 0, 0, 0);
+        for _ in 0..40 {
+            let next = five.next_local_after(at);
+            assert_eq!(next, six.next_local_after(at));
+            at = next.expect("daily");
+        }
+        assert_eq!(five.dst_rule(), DstRule::WallClock);
+        assert_eq!(
+            CronExpr::parse("*/5 * * * *").expect("valid").dst_rule(),
+            DstRule::Cadence
+        );
+    }
+
+    #[test]
+    fn every_shorthand_means_its_crontab_line() {
+        let from = naive(2026, 11, 29, 10, 11, 12);
+        for (shorthand, line) in [
+            ("@yearly", "0 0 1 1 *"),
+            ("@annually", "0 0 1 1 *"),
+            ("@monthly", "0 0 1 * *"),
+            ("@weekly", "0 0 * * 0"),
+            ("@daily", "0 0 * * *"),
+            ("@midnight", "0 0 * * *"),
+            ("@hourly", "0 * * * *"),
+            ("@HOURLY", "0 * * * *"),
+        ] {
+            let shorthand_expr = CronExpr::parse(shorthand).expect("valid");
+            let line_expr = CronExpr::parse(line).expect("valid");
+            assert_eq!(shorthand_expr.as_str(), shorthand);
+            let mut at = from;
+            for _ in 0..5 {
+                let next = shorthand_expr.next_local_after(at);
+                assert_eq!(next, line_expr.next_local_after(at), "{shorthand}");
+                at = next.expect("fires");
+            }
+        }
+        let weekly = CronExpr::parse("@weekly").expect("valid");
+        assert_eq!(
+            weekly.next_local_after(from),
+            Some(naive(2026, 12, 6, 0, 0, 0)),
+            "Sunday midnight"
+        );
+        assert!(reason("@reboot").contains("unknown shorthand \"@reboot\""));
+    }
+
+    #[test]
+    fn an_expression_that_can_never_fire_is_refused() {
+        for (expr, expected) in [
+            (
+                "0 0 30 2 *",
+                "can never fire: no date has day-of-month \"30\" in month \"2\" between 1970 and 2100",
+            ),
+            (
+                "0 0 0 31 4,6,9,11 *",
+                "can never fire: no date has day-of-month \"31\" in month \"4,6,9,11\"",
+            ),
+            (
+                "0 0 0 29 Feb * 2027",
+                "can never fire: no date has day-of-month \"29\" in month \"Feb\" in year \"2027\"",
+            ),
+            (
+                "0 0 0 */40 2 Mon 2028",
+                "no date has day-of-month \"*/40\" in month \"2\" on day-of-week \"Mon\" in year \"2028\"",
+            ),
+        ] {
+            let message = reason(expr);
+            assert!(message.contains(expected), "{expr}: {message}");
+        }
+        // Rare but possible: 29 February (leap years), the 31st (some months), and a restricted
+        // day of week, which makes any day of month possible.
+        for expr in [
+            "0 0 29 2 *",
+            "0 0 31 * *",
+            "0 0 30 2 Mon",
+            "0 0 0 29 2 * 2028",
+        ] {
+            CronExpr::parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        }
+        let leap = CronExpr::parse("0 0 29 2 *").expect("valid");
+        assert_eq!(
+            leap.next_local_after(naive(2026, 11, 29, 0, 0, 0)),
+            Some(naive(2028, 2, 29, 0, 0, 0))
+        );
+    }
+
+    #[test]
+    fn matches_are_found_decades_ahead_and_end_with_2100() {
+        // `*/40` is the 1st only, and ANDed with Monday: 1 February 2027, then 2038.
+        let expr = CronExpr::parse("0 0 */40 2 Mon").expect("valid");
+        assert_eq!(
+            expr.next_local_after(naive(2026, 11, 29, 0, 0, 0)),
+            Some(naive(2027, 2, 1, 0, 0, 0))
+        );
+        assert_eq!(
+            expr.next_local_after(naive(2027, 2, 1, 0, 0, 0)),
+            Some(naive(2038, 2, 1, 0, 0, 0))
+        );
+        let daily = CronExpr::parse("@daily").expect("valid");
+        assert_eq!(daily.next_local_after(naive(2100, 12, 31, 0, 0, 0)), None);
+        assert_eq!(
+            daily.next_local_after(naive(1900, 6, 1, 0, 0, 0)),
+            Some(naive(1970, 1, 1, 0, 0, 0))
+        );
+    }
+
+    #[test]
+    fn a_fractional_start_moves_to_the_next_whole_second() {
+        let every_second = CronExpr::parse("* * * * * *").expect("valid");
+        let start = naive(2026, 6, 1, 23, 59, 59) + TimeDelta::milliseconds(300);
+        assert_eq!(
+            every_second.next_local_after(start),
+            Some(naive(2026, 6, 2, 0, 0, 0))
+        );
+        assert_eq!(
+            every_second.next_local_at_or_after(naive(2026, 6, 1, 23, 59, 59)),
+            Some(naive(2026, 6, 1, 23, 59, 59))
         );
     }
 
@@ -382,7 +736,7 @@ mod tests {
         assert_eq!(json, "\"0 */15 * * * *\"");
         let back: CronExpr = serde_json::from_str(&json).expect("deserialises");
         assert_eq!(back, expr);
-        let error = serde_json::from_str::<CronExpr>("\"0 0 2 * *\"").expect_err("5 fields");
-        assert!(error.to_string().contains("0 0 2 * *"), "{error}");
+        let error = serde_json::from_str::<CronExpr>("\"0 2 * *\"").expect_err("4 fields");
+        assert!(error.to_string().contains("0 2 * *"), "{error}");
     }
 }

@@ -7,16 +7,17 @@
 //! between 09:59 and 10:01?" for any date.
 //!
 //! # Fire times
-//! A [`ScheduleSpec`] is a [`CronExpr`] (six fields with seconds, optionally a year) evaluated in
-//! an IANA zone ([`chrono_tz::Tz`], default UTC in configuration). Fire times are computed by
-//! walking the cron fields over *local wall-clock* times and mapping each match to an instant;
-//! they are returned in UTC. A tick's identity is its nominal fire time (`schedule_ticks.fire_at`).
+//! A [`ScheduleSpec`] is a [`CronExpr`] (crontab(5) syntax: five fields, or six with leading
+//! seconds, optionally a year; see its documentation) evaluated in an IANA zone
+//! ([`chrono_tz::Tz`], default UTC in configuration). Fire times are computed by walking the
+//! cron fields over *local wall-clock* times and mapping each match to an instant; they are
+//! returned in UTC. A tick's identity is its nominal fire time (`schedule_ticks.fire_at`).
+//! [`preview_fires`] lists them for operators, marking the ones a DST transition decided.
 //!
 //! # Daylight saving time (DESIGN decision 5, refined for cadences)
-//! The `cron` crate on its own, given a `DateTime<Tz>`, skips local times that fall in a
-//! spring-forward gap and fires twice on local times repeated by a fall-back; started inside the
-//! repeated hour it even returns instants *before* its starting point. So upkeep maps local times
-//! itself, with one rule per kind of schedule ([`DstRule`], chosen by the hour field):
+//! A naive evaluation in a zone skips local times that fall in a spring-forward gap and fires
+//! twice on local times repeated by a fall-back. So upkeep maps local times itself, with one
+//! rule per kind of schedule ([`DstRule`], chosen by the hour field):
 //!
 //! - **Wall-clock schedules** (the hour field names hours: `0 30 2 * * *`, `0 0 1-5 * * *`,
 //!   `0 0 */6 * * *`, `@daily`) follow decision 5 exactly. A local time that does not exist fires
@@ -52,6 +53,7 @@ mod catch_up;
 mod clock;
 mod cron_expr;
 mod policy;
+mod preview;
 mod spec;
 mod zone;
 
@@ -59,13 +61,15 @@ pub use catch_up::{CatchUpPlan, MAX_LISTED_MISSED, OmittedTicks, PlannedTick, pl
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use cron_expr::{CronExpr, DstRule};
 pub use policy::{CatchUp, Overlap, TickDecision};
+pub use preview::{DstEvent, PreviewedFire, describe_dst_rule, preview_fires};
 pub use spec::{ScheduleSpec, Tick};
 pub use zone::parse_time_zone;
 
 /// Why a schedule's configuration was rejected. Every message names the offending input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScheduleError {
-    /// The cron expression has the wrong number of fields or a field out of range.
+    /// The cron expression has the wrong number of fields, a malformed field, a field out of
+    /// range, or can never fire.
     #[error("invalid cron expression {expr:?}: {reason}")]
     InvalidCron {
         /// The expression as given.
@@ -104,7 +108,9 @@ mod tests {
             ("catch_up.rs", include_str!("catch_up.rs")),
             ("clock.rs", include_str!("clock.rs")),
             ("cron_expr.rs", include_str!("cron_expr.rs")),
+            ("cron_expr/field.rs", include_str!("cron_expr/field.rs")),
             ("policy.rs", include_str!("policy.rs")),
+            ("preview.rs", include_str!("preview.rs")),
             ("spec.rs", include_str!("spec.rs")),
             ("zone.rs", include_str!("zone.rs")),
         ];

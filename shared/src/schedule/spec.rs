@@ -114,7 +114,7 @@ impl ScheduleSpec {
     }
 
     /// The first nominal fire time strictly after `after`, or `None` when the expression has no
-    /// more matches (the `cron` crate stops at the end of 2100).
+    /// more matches (fire times are computed for the years 1970 to 2100).
     ///
     /// Fire times are evaluated in the schedule's zone with upkeep's DST policy (see
     /// [`crate::schedule`]) and returned in UTC. Successive calls, each starting from the
@@ -124,7 +124,7 @@ impl ScheduleSpec {
         if after.year() > LAST_CRON_YEAR {
             return None;
         }
-        // There are no fire times before the `cron` crate's first year, and clamping keeps the
+        // There are no fire times before the first year matched (1970), and clamping keeps the
         // local-time conversion below away from the ends of chrono's range.
         let after = after.max(before_first_cron_year());
         let local = after.with_timezone(&self.tz).naive_local();
@@ -256,10 +256,10 @@ impl ScheduleSpec {
     }
 }
 
-/// The `cron` crate's last year; there are no fire times after it.
-const LAST_CRON_YEAR: i32 = 2100;
+/// The last year matched; there are no fire times after it.
+const LAST_CRON_YEAR: i32 = super::cron_expr::LAST_YEAR;
 
-/// An instant before the first local time the `cron` crate can match (1970-01-01 in any zone).
+/// An instant before the first local time an expression can match (1970-01-01 in any zone).
 fn before_first_cron_year() -> DateTime<Utc> {
     DateTime::<Utc>::UNIX_EPOCH - TimeDelta::days(2)
 }
@@ -732,7 +732,7 @@ mod tests {
     }
 
     #[test]
-    fn fire_times_stay_within_the_cron_crate_s_years() {
+    fn fire_times_stay_within_the_years_1970_to_2100() {
         let daily = spec("0 0 0 * * *", Tz::UTC);
         assert_eq!(daily.next_fire_after(utc(2100, 12, 31, 0, 0, 0)), None);
         assert_eq!(daily.next_fire_after(utc(2500, 1, 1, 0, 0, 0)), None);
@@ -740,7 +740,7 @@ mod tests {
         assert_eq!(
             spec("0 0 0 * * *", Asia::Tokyo).next_fire_after(DateTime::<Utc>::MIN_UTC),
             Some(utc(1969, 12, 31, 15, 0, 0)),
-            "midnight on 1970-01-01 in Tokyo, the cron crate's first match"
+            "midnight on 1970-01-01 in Tokyo, the first year matched"
         );
         let once = spec("0 0 12 1 1 * 2027", Tz::UTC);
         assert_eq!(once.next_fire_after(utc(2027, 6, 1, 0, 0, 0)), None);

@@ -3,6 +3,7 @@
 //! - [`backups`]: the backup catalog and the one-runner-per-database lock.
 //! - [`runs`]: `job_runs`, one row per attempt, and the `findings` each attempt reported.
 //! - [`findings`]: which `(code, subject)` conditions are open, so checks can resolve them.
+//! - [`tasks`]: the evidence of checklist items, their acknowledgements, and the audit trail.
 //! - [`ticks`]: `schedule_ticks`, one row per expected tick of a schedule.
 //! - [`schedules`]: `schedules` as reconciled from the config, and the `schedule_events` audit.
 //! - [`health`]: each schedule's last tick, last success, next fire, lag and skip counts, and
@@ -20,6 +21,7 @@ pub mod health;
 pub mod reconcile;
 pub mod runs;
 pub mod schedules;
+pub mod tasks;
 pub mod ticks;
 
 use sqlx::PgPool;

@@ -1,0 +1,41 @@
+//! `GET /api/v1/queues/stats`: every queue's depths, counters and latency, from the backend's
+//! O(1) counters (one script call per queue; no history is scanned).
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use crate::auth::{Caller, Role};
+use crate::{ApiError, AppState};
+
+/// The stats of every configured queue.
+pub(crate) async fn stats(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Read)?;
+    let mut queues = Vec::with_capacity(state.queues.len());
+    for queue in state.queues.iter() {
+        let stats = queue
+            .stats()
+            .await
+            .map_err(|_| ApiError::Unavailable("redis"))?;
+        let total = |name: &str| stats.totals.get(name).copied().unwrap_or(0);
+        queues.push(json!({
+            "name": stats.name,
+            "pending": stats.pending,
+            "scheduled": stats.scheduled,
+            "running": stats.running,
+            "retrying": stats.retrying,
+            "dead": stats.dead,
+            "workers": stats.workers,
+            "oldest_pending_age_seconds": stats.oldest_pending_age_seconds.unwrap_or(0.0),
+            "succeeded_total": total("succeeded"),
+            "failed_total": total("failed"),
+        }));
+    }
+    Ok(Json(json!({
+        "queues": queues,
+        "generated_at": chrono::Utc::now(),
+    })))
+}
