@@ -23,5 +23,12 @@ cargo build --release -p upkeepctl -p upkeep-workers -p upkeep-scheduler
 
 echo "run: upkeepctl migrate" >&2
 target/release/upkeepctl migrate
+if [[ "$UPKEEP_CONFIG" == deploy/demo.toml ]]; then
+    # The demo backs up its own database at once, so a newcomer sees a real backup, its
+    # verification and its catalog row (`upkeepctl backups list`) without waiting for the cron.
+    echo "run: enqueue backup.run now and a restore test in 2 minutes" >&2
+    target/release/upkeepctl enqueue backup.run
+    target/release/upkeepctl enqueue backup.verify --args '{"mode": "restore"}' --delay 2m
+fi
 echo "run: upkeepctl up (config $UPKEEP_CONFIG)" >&2
 exec target/release/upkeepctl up "$@"

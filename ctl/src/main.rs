@@ -8,6 +8,7 @@ use upkeep_shared::config::Settings;
 use upkeep_shared::operator;
 
 mod config_cmd;
+mod backups;
 mod cron;
 mod logs;
 mod reconcile;
@@ -92,6 +93,8 @@ enum Command {
     Reports(reports::ReportsArgs),
     /// Check the configuration, or show the effective one with each value's source.
     Config(config_cmd::ConfigArgs),
+    /// Backups: list (catalog beside disk), verify, restore, prune --dry-run.
+    Backups(backups::BackupsArgs),
     /// Check a cron expression before deploying it: `cron next "30 2 * * 1-5" --tz Europe/Berlin`.
     Cron(cron::CronArgs),
     /// The daily, weekly and monthly checklists with each item's status and evidence; ack.
@@ -211,6 +214,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Schedules(args) => schedules::run(settings, args).await,
         Command::Reports(args) => reports::run(&settings, args).await,
         Command::Config(_) => unreachable!("handled before the configuration is loaded"),
+        Command::Backups(args) => backups::run(&settings, args).await,
         Command::Cron(args) => cron::run(&args),
         Command::Tasks(args) => tasks::run(settings, args).await,
         Command::Tokens(args) => tokens::run(&settings, args).await,

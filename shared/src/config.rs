@@ -82,6 +82,8 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// `[tasks]`: the checklist's time zone and item overrides.
     pub tasks: TasksSettings,
+    /// `[backups]`: where dumps go, which databases, and the retention policy.
+    pub backups: crate::backup::BackupSettings,
     /// `[reports]`: the Postgres health reports' target databases and thresholds.
     pub reports: crate::reports::ReportsSettings,
     /// `[logs]`: rotation targets and error-scan sources.
@@ -422,6 +424,7 @@ const TOP_KEYS: &[&str] = &[
     "api",
     "telemetry",
     "tasks",
+    "backups",
     "reports",
     "logs",
     "disk",
@@ -578,6 +581,7 @@ fn validate(
         api: serde_section(ctx, doc, "api", env),
         telemetry: serde_section(ctx, doc, "telemetry", env),
         tasks: serde_section(ctx, doc, "tasks", env),
+        backups: serde_section(ctx, doc, "backups", env),
         reports: serde_section(ctx, doc, "reports", env),
         logs: serde_section(ctx, doc, "logs", env),
         disk: serde_section(ctx, doc, "disk", env),

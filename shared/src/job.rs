@@ -115,12 +115,12 @@ pub const CATALOG: &[KindSpec] = &[
     KindSpec {
         name: "backup.run",
         default_queue: "backups",
-        has_handler: false,
+        has_handler: true,
     },
     KindSpec {
         name: "backup.verify",
         default_queue: "backups",
-        has_handler: false,
+        has_handler: true,
     },
     KindSpec {
         name: "logs.rotate",
@@ -234,6 +234,8 @@ impl JobKind {
     pub fn validate_args(self, args: &serde_json::Value) -> Result<(), JobError> {
         match self.0.name {
             "system.ping" => PingArgs::from_value(args).map(|_| ()),
+            "backup.run" => BackupRunArgs::from_value(args).map(|_| ()),
+            "backup.verify" => BackupVerifyArgs::from_value(args).map(|_| ()),
             "db.slow_queries" | "db.bloat" | "db.index_usage" => {
                 ReportArgs::from_value(self.0.name, args).map(|_| ())
             }
@@ -325,6 +327,62 @@ impl ReportArgs {
         }
         serde_json::from_value(args.clone())
             .map_err(|e| JobError::Invalid(format!("bad args for {kind}: {e}")))
+    }
+}
+
+/// Arguments of `backup.run`: one configured database, or all of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRunArgs {
+    /// The `[[backups.databases]]` name; absent: every configured database.
+    #[serde(default)]
+    pub database: Option<String>,
+}
+
+impl BackupRunArgs {
+    /// Decodes `backup.run` arguments; `null` means every database.
+    ///
+    /// # Errors
+    /// A message naming the unexpected or wrongly typed field.
+    pub fn from_value(args: &serde_json::Value) -> Result<Self, JobError> {
+        if args.is_null() {
+            return Ok(Self::default());
+        }
+        if !args.is_object() {
+            return Err(JobError::Invalid(
+                "bad args for backup.run: args must be a JSON object".to_owned(),
+            ));
+        }
+        serde_json::from_value(args.clone())
+            .map_err(|e| JobError::Invalid(format!("bad args for backup.run: {e}")))
+    }
+}
+
+/// Arguments of `backup.verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupVerifyArgs {
+    /// `full_read` (checksum and `pg_restore -f /dev/null` of every kept backup) or `restore`
+    /// (the newest backup into a scratch database).
+    pub mode: crate::backup::VerifyMode,
+    /// The `[[backups.databases]]` name; absent: every configured database.
+    #[serde(default)]
+    pub database: Option<String>,
+}
+
+impl BackupVerifyArgs {
+    /// Decodes `backup.verify` arguments.
+    ///
+    /// # Errors
+    /// A message naming the missing, unexpected or wrongly typed field.
+    pub fn from_value(args: &serde_json::Value) -> Result<Self, JobError> {
+        if !args.is_object() {
+            return Err(JobError::Invalid(
+                "bad args for backup.verify: args must be a JSON object with \"mode\"".to_owned(),
+            ));
+        }
+        serde_json::from_value(args.clone())
+            .map_err(|e| JobError::Invalid(format!("bad args for backup.verify: {e}")))
     }
 }
 
@@ -443,6 +501,15 @@ pub enum JobError {
     /// Input was rejected before any work was done.
     #[error("{0}")]
     Invalid(String),
+    /// Failed permanently after observing something worth recording: the attempt's row keeps
+    /// `outcome` (its findings, such as `backup.failed` with the tool's stderr) beside the error.
+    #[error("{message}")]
+    Reported {
+        /// Why it failed.
+        message: String,
+        /// What the attempt observed before failing.
+        outcome: Box<Outcome>,
+    },
 }
 
 impl JobError {
@@ -451,6 +518,23 @@ impl JobError {
         Self::Retryable {
             message: message.into(),
             retry_after: None,
+        }
+    }
+
+    /// A permanent failure that keeps `outcome` (findings) in the attempt's row.
+    pub fn reported(message: impl Into<String>, outcome: Outcome) -> Self {
+        Self::Reported {
+            message: message.into(),
+            outcome: Box::new(outcome),
+        }
+    }
+
+    /// The outcome a failed attempt still records, if the handler gave one.
+    #[must_use]
+    pub fn outcome(&self) -> Option<&Outcome> {
+        match self {
+            Self::Reported { outcome, .. } => Some(outcome),
+            _ => None,
         }
     }
 

@@ -12,6 +12,7 @@
 //! - [`reports`]: Postgres health reports: the views' SQL, settings, findings (pure).
 //! - [`logs`], [`disk`]: log rotation, the error-log scan and the disk check (`logs.*`,
 //!   `system.disk`).
+//! - [`backup`]: the backup worker's dumps, catalog, verification and retention.
 //! - [`reconcile`]: the maintenance pass that finds jobs Redis lost but the ledger never saw
 //!   finish, and requeues or records them.
 //! - [`operator`]: what `upkeepctl` does (enqueue, stats, dead letters, recent runs).
@@ -21,6 +22,7 @@
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`shutdown`]: the signal every long-running loop watches.
 
+pub mod backup;
 pub mod config;
 pub mod daemons;
 pub mod disk;

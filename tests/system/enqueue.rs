@@ -58,8 +58,8 @@ const BAD_ENQUEUES: &[BadEnqueue] = &[
         names: &["system.ping", "JSON object"],
     },
     BadEnqueue {
-        args: &["backup.run", "--args", r#"{"database":"app"}"#],
-        names: &["\"backup.run\" has no handler"],
+        args: &["backup.verify", "--args", r#"{"mode":"sideways"}"#],
+        names: &["bad args for backup.verify", "sideways"],
     },
     BadEnqueue {
         args: &["system.ping", "--queue", "Bad Queue!"],

@@ -6,6 +6,7 @@
 //! parallel.
 
 mod check_config;
+mod backup;
 mod cron_ctl;
 mod disk;
 mod enqueue;

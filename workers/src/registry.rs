@@ -115,6 +115,16 @@ impl Registry {
             let c = c.clone();
             Box::pin(async move { crate::handlers::disk::run(&c, job).await })
         });
+        let c = ctx.clone();
+        registry.insert("backup.run", move |job| {
+            let c = c.clone();
+            Box::pin(async move { crate::handlers::backup::run(&c, job).await })
+        });
+        let c = ctx.clone();
+        registry.insert("backup.verify", move |job| {
+            let c = c.clone();
+            Box::pin(async move { crate::handlers::backup::verify(&c, job).await })
+        });
         registry
     }
 

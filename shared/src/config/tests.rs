@@ -474,8 +474,11 @@ fn each_validation_error_names_its_key_and_the_bad_value() {
             "schedules[2] (\"nightly\").timezone: unknown time zone \"Mars/Olympus\"",
         ),
         (
-            schedule("").replace("kind = \"system.ping\"\n\n", "kind = \"backup.run\"\n"),
-            "schedules[2] (\"nightly\").kind: job kind \"backup.run\" has no handler",
+            schedule("").replace(
+                "kind = \"system.ping\"\n\n",
+                "kind = \"backup.verify\"\nargs = { mode = \"sideways\" }\n",
+            ),
+            "schedules[2] (\"nightly\").args: bad args for backup.verify: unknown variant `sideways`",
         ),
         (
             schedule("").replace("kind = \"system.ping\"\n\n", "kind = \"backup.nope\"\n"),
@@ -1130,8 +1133,10 @@ fn the_example_and_demo_configs_are_valid() {
     .unwrap_or_else(|e| panic!("deploy/demo.toml: {e}"));
 
     assert_eq!(example.schedules.len(), 1);
-    // The ping, the report schedules, the token refresh, and the log and disk schedules.
-    assert_eq!(demo.schedules.len(), 10);
+    // The ping, the report schedules, the token refresh, the log and disk schedules, and the
+    // backup schedules.
+    assert_eq!(demo.schedules.len(), 13);
+    assert_eq!(demo.backups.databases[0].name, "upkeep");
     assert_eq!(demo.reports.databases[0].name, "upkeep");
     assert!(
         demo.schedules

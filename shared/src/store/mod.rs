@@ -1,5 +1,6 @@
 //! The Postgres ledger: the only module that issues SQL.
 //!
+//! - [`backups`]: the backup catalog and the one-runner-per-database lock.
 //! - [`runs`]: `job_runs`, one row per attempt, and the `findings` each attempt reported.
 //! - [`findings`]: which `(code, subject)` conditions are open, so checks can resolve them.
 //! - [`tasks`]: the evidence of checklist items, their acknowledgements, and the audit trail.
@@ -21,6 +22,7 @@
 //! come from [`DatabaseSettings`] (the `[database]` section, owned here); this module never reads the environment.
 
 pub mod disk_samples;
+pub mod backups;
 pub mod findings;
 pub mod health;
 pub mod log_cursors;

@@ -254,12 +254,17 @@ where
                         job_id = %job.id, job_kind = %job.kind, queue = %job.queue, attempt = job.attempt,
                         max_attempts = job.max_attempts, next_state = next_state.as_str(), error = %error, "attempt failed"
                     );
+                    // A handler that reported findings with its failure (a failed backup's
+                    // stderr and `backup.failed`) keeps them on the failed attempt's row.
+                    let mut row = AttemptRow::new(&job, worker, AttemptStatus::Failed)
+                        .between(started_at_ms, finished_at_ms)
+                        .error(error.to_string())
+                        .next_state(next_state);
+                    if let Some(outcome) = error.outcome() {
+                        row = row.outcome(outcome.clone());
+                    }
                     (
-                        AttemptRow::new(&job, worker, AttemptStatus::Failed)
-                            .between(started_at_ms, finished_at_ms)
-                            .error(error.to_string())
-                            .next_state(next_state)
-                            .build(),
+                        row.build(),
                         verdict,
                         Err(Box::new(error) as BoxDynError),
                     )
