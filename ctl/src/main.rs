@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 use upkeep_shared::config::Settings;
 use upkeep_shared::operator;
 
-mod config_cmd;
 mod backups;
+mod config_cmd;
 mod cron;
 mod logs;
 mod reconcile;

@@ -526,8 +526,8 @@ async fn a_worker_killed_mid_dump_leaves_no_final_file_and_no_row_and_the_next_r
     wait_for_worker(&mut doomed, "backups");
     setup.backup_now().await;
     crate::support::eventually(
-        Duration::from_secs(30),
         "a partial dump under .tmp",
+        Duration::from_secs(30),
         async || {
             let partial = std::fs::read_dir(setup.app_dir().join(".tmp"))
                 .ok()?

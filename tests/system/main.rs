@@ -5,8 +5,8 @@
 //! has a database and a Redis key prefix of its own (`support::Deployment`), so they run in
 //! parallel.
 
-mod check_config;
 mod backup;
+mod check_config;
 mod cron_ctl;
 mod disk;
 mod enqueue;

@@ -21,8 +21,8 @@
 //! tests in `shared/tests/store/` run every query against a real Postgres. Connection details
 //! come from [`DatabaseSettings`] (the `[database]` section, owned here); this module never reads the environment.
 
-pub mod disk_samples;
 pub mod backups;
+pub mod disk_samples;
 pub mod findings;
 pub mod health;
 pub mod log_cursors;

@@ -263,11 +263,7 @@ where
                     if let Some(outcome) = error.outcome() {
                         row = row.outcome(outcome.clone());
                     }
-                    (
-                        row.build(),
-                        verdict,
-                        Err(Box::new(error) as BoxDynError),
-                    )
+                    (row.build(), verdict, Err(Box::new(error) as BoxDynError))
                 }
             };
             if let Some(tag) = tag {
