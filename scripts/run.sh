@@ -30,5 +30,14 @@ if [[ "$UPKEEP_CONFIG" == deploy/demo.toml ]]; then
     target/release/upkeepctl enqueue backup.run
     target/release/upkeepctl enqueue backup.verify --args '{"mode": "restore"}' --delay 2m
 fi
+if [[ "$UPKEEP_CONFIG" == deploy/demo.toml ]]; then
+    # The demo's log rotation and error scan work on the demo's own log: everything upkeep
+    # prints is appended (O_APPEND, as the demo's copytruncate target declares) to
+    # /tmp/upkeep-demo/upkeep.log as well as shown here. tee ignores Ctrl-C so the last lines
+    # of the graceful stop still reach the file.
+    mkdir -p /tmp/upkeep-demo
+    export UPKEEP_LOG_FORMAT="${UPKEEP_LOG_FORMAT:-json}"
+    exec > >(tee -ia /tmp/upkeep-demo/upkeep.log) 2>&1
+fi
 echo "run: upkeepctl up (config $UPKEEP_CONFIG)" >&2
 exec target/release/upkeepctl up "$@"
