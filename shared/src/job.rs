@@ -481,6 +481,11 @@ pub struct Outcome {
     /// Observations, ok to critical.
     #[serde(default)]
     pub findings: Vec<Finding>,
+    /// The handler did nothing because the work belongs to someone else right now (another
+    /// worker holds the database's backup lock): the attempt is recorded as `skipped`, not
+    /// `succeeded`, so it never counts as evidence that the work was done.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
 }
 
 /// How a handler failed, saying what should happen next. The worker turns this into a state

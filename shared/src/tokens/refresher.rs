@@ -200,6 +200,7 @@ impl Refresher {
             summary,
             metrics,
             findings,
+            ..Outcome::default()
         })
     }
 

@@ -60,6 +60,7 @@ pub(crate) fn succeeded_with_findings(
                 subject: None,
             })
             .collect(),
+        skipped: false,
     });
     record
 }

@@ -122,7 +122,10 @@ async fn finish(
             tracing::warn!(error = %error, "cannot read open backup findings; none resolved this time")
         }
     }
-    outcome.summary = if n_skipped > 0 && n_committed == 0 && n_failed == 0 {
+    // Nothing was done here because other runners hold every database: the attempt is
+    // recorded as `skipped`, which no task list counts as a backup.
+    outcome.skipped = n_skipped > 0 && n_committed == 0 && n_failed == 0;
+    outcome.summary = if outcome.skipped {
         format!("skipped: {}", lines.join("; "))
     } else {
         lines.join("; ")

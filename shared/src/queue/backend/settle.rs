@@ -226,11 +226,19 @@ where
             let worker = shared.options.worker_id.as_str();
             let (attempt, verdict, response) = match result {
                 Ok(outcome) => (
-                    AttemptRow::new(&job, worker, AttemptStatus::Succeeded)
-                        .between(started_at_ms, finished_at_ms)
-                        .outcome(outcome.clone())
-                        .next_state(NextState::Done)
-                        .build(),
+                    AttemptRow::new(
+                        &job,
+                        worker,
+                        if outcome.skipped {
+                            AttemptStatus::Skipped
+                        } else {
+                            AttemptStatus::Succeeded
+                        },
+                    )
+                    .between(started_at_ms, finished_at_ms)
+                    .outcome(outcome.clone())
+                    .next_state(NextState::Done)
+                    .build(),
                     Verdict::Done,
                     Ok(outcome),
                 ),
