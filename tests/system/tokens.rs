@@ -809,12 +809,24 @@ async fn many_refresh_cycles_with_workers_killed_at_random_never_get_the_grant_r
     }
     let mut final_worker = setup.worker();
     let mut ledger = setup.deployment.ledger().await;
-    sqlx::query("UPDATE oauth_tokens SET expires_at = now(), next_attempt_at = NULL")
-        .execute(&mut ledger)
-        .await
-        .unwrap();
-    let ids = setup.enqueue("{}", 1);
-    setup.outcomes(&ids, Duration::from_secs(30)).await;
+    // One more refresh by a worker nobody kills proves the stored refresh token is live. A
+    // refresh may meet a transient failure on the loaded machine (it then keeps the old tokens
+    // and succeeds with a finding), so force a refresh until the stored access token is the
+    // newest the endpoint issued; a dead refresh token would instead end in needs_reauth.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        sqlx::query("UPDATE oauth_tokens SET expires_at = now(), next_attempt_at = NULL")
+            .execute(&mut ledger)
+            .await
+            .unwrap();
+        let ids = setup.enqueue("{}", 1);
+        setup.outcomes(&ids, Duration::from_secs(30)).await;
+        let newest = endpoint.with("crm", |grant| grant.access_tokens.last().cloned().unwrap());
+        let stored = setup.deployment.ctl_ok(["tokens", "get", "crm"]);
+        if stored.trim() == newest || Instant::now() > deadline {
+            break;
+        }
+    }
 
     // Assert: never revoked, and the stored refresh token is still the live one.
     let (n_cycles, n_grace, revoked) =
