@@ -29,6 +29,20 @@ pub trait Section: serde::de::DeserializeOwned + Default {
     fn validate(&self, path: &str, problems: &mut Problems);
 }
 
+/// Test support: parses `toml_text` as section `S` and returns its validation problems as the
+/// operator would read them (`path.key: message`).
+#[cfg(test)]
+pub(crate) fn problems_of<S: Section>(path: &str, toml_text: &str) -> Vec<String> {
+    let settings: S = toml::from_str(toml_text).expect("the section deserializes");
+    let mut problems = Problems::default();
+    settings.validate(path, &mut problems);
+    problems
+        .into_vec()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
 /// One invalid setting: where it is and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {

@@ -771,32 +771,31 @@ async fn create_database(server: &Target, name: &str, drop_first: bool) -> Resul
     if drop_first {
         drop_database(server, name).await?;
     }
-    let mut conn = server.connect().await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE DATABASE {}",
-        dump::quote_ident(name)
-    )))
-    .execute(&mut conn)
+    execute_ddl(
+        server,
+        format!("CREATE DATABASE {}", dump::quote_ident(name)),
+    )
     .await
-    .map_err(|source| Error::Target {
-        url: server.redacted().to_owned(),
-        source,
-    })?;
-    Ok(())
 }
 
 async fn drop_database(server: &Target, name: &str) -> Result<(), Error> {
-    let mut conn = server.connect().await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
+    let statement = format!(
         "DROP DATABASE IF EXISTS {} WITH (FORCE)",
         dump::quote_ident(name)
-    )))
-    .execute(&mut conn)
-    .await
-    .map_err(|source| Error::Target {
-        url: server.redacted().to_owned(),
-        source,
-    })?;
+    );
+    execute_ddl(server, statement).await
+}
+
+/// Runs one statement built from quoted identifiers on the server's maintenance connection.
+async fn execute_ddl(server: &Target, statement: String) -> Result<(), Error> {
+    let mut conn = server.connect().await?;
+    sqlx::query(sqlx::AssertSqlSafe(statement))
+        .execute(&mut conn)
+        .await
+        .map_err(|source| Error::Target {
+            url: server.redacted().to_owned(),
+            source,
+        })?;
     Ok(())
 }
 

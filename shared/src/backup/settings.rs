@@ -235,14 +235,7 @@ mod tests {
     use super::*;
 
     fn problems_of(toml_text: &str) -> Vec<String> {
-        let settings: BackupSettings = toml::from_str(toml_text).expect("deserializes");
-        let mut problems = Problems::default();
-        settings.validate("backups", &mut problems);
-        problems
-            .into_vec()
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+        crate::settings::problems_of::<BackupSettings>("backups", toml_text)
     }
 
     #[test]

@@ -190,15 +190,8 @@ impl Section for ReportsSettings {
 mod tests {
     use super::*;
 
-    fn problems(toml: &str) -> Vec<String> {
-        let settings: ReportsSettings = toml::from_str(toml).expect("deserializes");
-        let mut problems = Problems::default();
-        settings.validate("reports", &mut problems);
-        problems
-            .into_vec()
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+    fn problems(toml_text: &str) -> Vec<String> {
+        crate::settings::problems_of::<ReportsSettings>("reports", toml_text)
     }
 
     #[test]

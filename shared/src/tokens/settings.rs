@@ -248,15 +248,8 @@ fn parse_owner(text: &str) -> Result<(u32, Option<u32>), String> {
 mod tests {
     use super::*;
 
-    fn problems_of(toml: &str) -> Vec<String> {
-        let settings: TokenSettings = toml::from_str(toml).expect("deserializes");
-        let mut problems = Problems::default();
-        settings.validate("tokens", &mut problems);
-        problems
-            .into_vec()
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+    fn problems_of(toml_text: &str) -> Vec<String> {
+        crate::settings::problems_of::<TokenSettings>("tokens", toml_text)
     }
 
     #[test]
