@@ -167,7 +167,7 @@ async fn findings_need_attention_until_acknowledged_and_the_ack_is_audited(pool:
     assert_eq!(
         audit,
         (
-            "default".to_owned(),
+            "env".to_owned(),
             "tasks.ack".to_owned(),
             id.to_owned(),
             "ok".to_owned()
