@@ -19,8 +19,8 @@ use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::http::request::Parts;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
-use upkeep_shared::api_access::{ENV_TOKEN_NAME, decode_digest};
 pub use upkeep_shared::api_access::ApiRole as Role;
+use upkeep_shared::api_access::{ENV_TOKEN_NAME, decode_digest};
 use upkeep_shared::daemons::ApiSettings;
 
 use crate::{ApiError, AppState};
@@ -279,8 +279,8 @@ mod tests {
              [[api.tokens]]\nname = \"ops\"\nrole = \"tokens\"\ntoken_env = \"OPS_TOKEN\"\n"
         );
         let env = Env::from([("OPS_TOKEN".to_owned(), "ops-secret".to_owned())]);
-        let settings = upkeep_shared::config::Settings::from_toml_str(&toml, &env)
-            .expect("valid settings");
+        let settings =
+            upkeep_shared::config::Settings::from_toml_str(&toml, &env).expect("valid settings");
         let access = Access::from_settings(&settings.api);
         let who = |secret: &str| access.identify(secret).map(|c| (c.name, c.role));
         assert_eq!(who("plain"), Some(("env".to_owned(), Role::Operate)));

@@ -44,7 +44,10 @@ impl Params {
         for (key, value) in self.pairs.drain(..) {
             if key == name {
                 if found.is_some() {
-                    return Err(ApiError::bad(name, format!("{name} is given more than once")));
+                    return Err(ApiError::bad(
+                        name,
+                        format!("{name} is given more than once"),
+                    ));
                 }
                 found = Some(value);
             } else {
@@ -52,6 +55,9 @@ impl Params {
             }
         }
         self.pairs = rest;
+        if found.as_deref().is_some_and(|value| value.contains('\0')) {
+            return Err(ApiError::bad(name, format!("{name} must not contain NUL")));
+        }
         Ok(found)
     }
 

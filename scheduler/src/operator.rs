@@ -225,7 +225,10 @@ impl Operator {
     ///
     /// # Errors
     /// As [`Operator::backfill`].
-    #[expect(clippy::too_many_arguments, reason = "backfill's arguments plus the callback")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "backfill's arguments plus the callback"
+    )]
     pub async fn backfill_with_progress(
         &self,
         name: &str,

@@ -86,7 +86,10 @@ pub fn validate(
                 format!("{ENV_TOKEN_NAME:?} is the name of UPKEEP_API_TOKEN's token; pick another"),
             );
         } else if !names.insert(name.to_owned()) {
-            problems.push(format!("{at}.name"), format!("duplicate token name {name:?}"));
+            problems.push(
+                format!("{at}.name"),
+                format!("duplicate token name {name:?}"),
+            );
         }
         match (&token.sha256, &token.token) {
             (Some(_), Some(_)) => problems.push(

@@ -149,8 +149,7 @@ pub fn check_job(settings: &Settings, job: &JobRequest) -> Result<(JobKind, Queu
     kind.validate_args(&job.args)
         .map_err(|e| Error::field("args", e))?;
     let queue = match &job.queue {
-        Some(name) => QueueName::parse(name)
-            .map_err(|e| Error::field("queue", e))?,
+        Some(name) => QueueName::parse(name).map_err(|e| Error::field("queue", e))?,
         None => kind.default_queue(),
     };
     // Like a schedule's queue: a job on a queue nobody configured is never run, and neither
@@ -391,7 +390,10 @@ pub async fn recent_runs(
 ) -> Result<Vec<RunRow>, Error> {
     let filter = RunFilter::parse(kind, status, limit)?;
     let pool = store::connect(&settings.database).await?;
-    Ok(store::runs::recent_runs(&pool, filter.kind.as_deref(), filter.status, filter.limit).await?)
+    Ok(
+        store::runs::recent_runs(&pool, filter.kind.as_deref(), filter.status, filter.limit)
+            .await?,
+    )
 }
 
 /// The most runs one page or listing holds.

@@ -45,8 +45,8 @@ pub(crate) async fn list(
     caller.require(Role::Read)?;
     let limit = params.int("limit", 1, 1000)?.unwrap_or(50);
     params.finish(&["limit"])?;
-    let dead = operator::dead_letters_in(&state.queues, usize::try_from(limit).unwrap_or(50))
-        .await?;
+    let dead =
+        operator::dead_letters_in(&state.queues, usize::try_from(limit).unwrap_or(50)).await?;
     Ok(Json(DeadList { dead }))
 }
 

@@ -9,10 +9,10 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use serde::Serialize;
 use serde_json::{Value, json};
+use upkeep_shared::JobId;
 use upkeep_shared::operator::{self, JobRequest};
 use upkeep_shared::queue::JobState;
 use upkeep_shared::store::runs::{self, RunRow};
-use upkeep_shared::JobId;
 use utoipa::ToSchema;
 
 use crate::audit::Mutation;

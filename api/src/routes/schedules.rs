@@ -239,7 +239,10 @@ async fn act(
 /// An `Operator` failure for a known schedule: a store or Redis error is ours (500, 503);
 /// anything else is the schedule's state refusing the action (409).
 fn operator_error(error: anyhow::Error) -> ApiError {
-    if error.downcast_ref::<upkeep_shared::store::Error>().is_some() {
+    if error
+        .downcast_ref::<upkeep_shared::store::Error>()
+        .is_some()
+    {
         ApiError::Internal(error)
     } else if error
         .downcast_ref::<upkeep_shared::queue::Error>()

@@ -66,7 +66,10 @@ async fn a_read_token_reads_everything_and_is_refused_every_mutation_with_403(po
             .await;
         let body = error_body(response, StatusCode::FORBIDDEN).await;
         assert!(
-            body["error"].as_str().expect("msg").contains("needs operate"),
+            body["error"]
+                .as_str()
+                .expect("msg")
+                .contains("needs operate"),
             "{body}"
         );
     }
@@ -75,7 +78,11 @@ async fn a_read_token_reads_everything_and_is_refused_every_mutation_with_403(po
             .fetch_all(&pool)
             .await
             .expect("audit");
-    assert_eq!(refused.len(), MUTATING_ROUTES.len(), "every refusal is audited");
+    assert_eq!(
+        refused.len(),
+        MUTATING_ROUTES.len(),
+        "every refusal is audited"
+    );
     assert!(
         refused
             .iter()
@@ -124,7 +131,10 @@ async fn mutating_calls_past_the_per_token_rate_are_429_with_retry_after(pool: P
         .expect("seconds");
     assert!((1..=30).contains(&retry_after), "{retry_after}");
     let body = error_body(limited, StatusCode::TOO_MANY_REQUESTS).await;
-    assert!(body["error"].as_str().expect("msg").contains("\"env\""), "{body}");
+    assert!(
+        body["error"].as_str().expect("msg").contains("\"env\""),
+        "{body}"
+    );
     // Another token has its own bucket; reads are not limited.
     let keeper = api
         .call(Method::POST, "/api/v1/jobs", Some(KEEPER_TOKEN), Some(ping))
@@ -136,12 +146,11 @@ async fn mutating_calls_past_the_per_token_rate_are_429_with_retry_after(pool: P
             StatusCode::OK
         );
     }
-    let results: Vec<String> = sqlx::query_scalar(
-        "SELECT left(result, 3) FROM audit_log WHERE actor = 'env' ORDER BY id",
-    )
-    .fetch_all(&pool)
-    .await
-    .expect("audit");
+    let results: Vec<String> =
+        sqlx::query_scalar("SELECT left(result, 3) FROM audit_log WHERE actor = 'env' ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .expect("audit");
     assert_eq!(results, vec!["ok", "ok", "429"]);
 }
 

@@ -22,8 +22,8 @@ fn documented(doc: &serde_json::Value) -> BTreeSet<(String, String)> {
 
 #[test]
 fn every_route_of_the_router_is_in_the_document_and_vice_versa() {
-    let doc = serde_json::to_value(<upkeep_api::ApiDoc as utoipa::OpenApi>::openapi())
-        .expect("document");
+    let doc =
+        serde_json::to_value(<upkeep_api::ApiDoc as utoipa::OpenApi>::openapi()).expect("document");
     let routes: BTreeSet<(String, String)> = upkeep_api::route_list()
         .into_iter()
         .map(|(method, path)| (method.to_string(), path.to_owned()))
@@ -31,8 +31,14 @@ fn every_route_of_the_router_is_in_the_document_and_vice_versa() {
     let documented = documented(&doc);
     let undocumented: Vec<_> = routes.difference(&documented).collect();
     let unrouted: Vec<_> = documented.difference(&routes).collect();
-    assert!(undocumented.is_empty(), "routes missing from the document: {undocumented:?}");
-    assert!(unrouted.is_empty(), "documented but not routed: {unrouted:?}");
+    assert!(
+        undocumented.is_empty(),
+        "routes missing from the document: {undocumented:?}"
+    );
+    assert!(
+        unrouted.is_empty(),
+        "documented but not routed: {unrouted:?}"
+    );
 }
 
 #[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
@@ -60,7 +66,9 @@ async fn the_served_document_lists_operations_the_server_answers(pool: PgPool) {
         let status = response.status();
         let body: serde_json::Value = response.json().await.expect("a JSON body");
         let fallback = status == StatusCode::NOT_FOUND
-            && body["error"].as_str().is_some_and(|e| e.starts_with("no route"));
+            && body["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("no route"));
         assert!(
             !fallback && status != StatusCode::METHOD_NOT_ALLOWED,
             "{method} {path}: {status} {body}"

@@ -23,7 +23,10 @@ async fn seed(pool: &PgPool, n: usize) {
                     RunStatus::Succeeded
                 },
                 1,
-                vec![Finding::new("disk.used_pct", Severity::Warn, "usage").with_subject(format!("/p{i}"))],
+                vec![
+                    Finding::new("disk.used_pct", Severity::Warn, "usage")
+                        .with_subject(format!("/p{i}")),
+                ],
             )
         })
         .collect();
@@ -58,7 +61,10 @@ async fn walk(api: &Api, pool: &PgPool, path: &str, key: &str, n_arriving: usize
 }
 
 async fn check(pool: &PgPool, table: &str, ids: &[i64]) {
-    assert!(ids.windows(2).all(|w| w[0] > w[1]), "strictly newest first: {ids:?}");
+    assert!(
+        ids.windows(2).all(|w| w[0] > w[1]),
+        "strictly newest first: {ids:?}"
+    );
     let unique: HashSet<i64> = ids.iter().copied().collect();
     assert_eq!(unique.len(), ids.len(), "no row twice");
     let first = ids[0];
@@ -69,7 +75,11 @@ async fn check(pool: &PgPool, table: &str, ids: &[i64]) {
     .fetch_all(pool)
     .await
     .expect("ids");
-    assert_eq!(ids, existing.as_slice(), "every row up to the first page, none skipped");
+    assert_eq!(
+        ids,
+        existing.as_slice(),
+        "every row up to the first page, none skipped"
+    );
 }
 
 #[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]

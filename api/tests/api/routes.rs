@@ -94,11 +94,24 @@ async fn an_enqueued_job_is_202_with_its_id_and_queue_and_shows_as_available(poo
 
     // The same idempotency key twice: one job.
     let keyed = json!({"kind": "system.ping", "idempotency_key": "k-1", "delay_seconds": 60});
-    let first: Value = api.post("/api/v1/jobs", keyed.clone()).await.json().await.expect("json");
-    let second: Value = api.post("/api/v1/jobs", keyed).await.json().await.expect("json");
+    let first: Value = api
+        .post("/api/v1/jobs", keyed.clone())
+        .await
+        .json()
+        .await
+        .expect("json");
+    let second: Value = api
+        .post("/api/v1/jobs", keyed)
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(first["job_id"], second["job_id"]);
     let delayed = api
-        .get_ok(&format!("/api/v1/jobs/{}", first["job_id"].as_str().expect("id")))
+        .get_ok(&format!(
+            "/api/v1/jobs/{}",
+            first["job_id"].as_str().expect("id")
+        ))
         .await;
     assert_eq!(delayed["state"], "scheduled", "{delayed}");
 
@@ -122,11 +135,23 @@ async fn a_bad_enqueue_is_400_naming_the_field_and_is_audited(pool: PgPool) {
         (json!({"args": {}}), "kind"),
         (json!({"kind": 5}), "kind"),
         (json!({"kind": "system.nope"}), "kind"),
-        (json!({"kind": "system.ping", "args": {"sleep_ms": "x"}}), "args"),
+        (
+            json!({"kind": "system.ping", "args": {"sleep_ms": "x"}}),
+            "args",
+        ),
         (json!({"kind": "system.ping", "args": [5000]}), "args"),
-        (json!({"kind": "system.ping", "delay_seconds": -1}), "delay_seconds"),
-        (json!({"kind": "system.ping", "delay_seconds": 1.5}), "delay_seconds"),
-        (json!({"kind": "system.ping", "idempotency_key": ""}), "idempotency_key"),
+        (
+            json!({"kind": "system.ping", "delay_seconds": -1}),
+            "delay_seconds",
+        ),
+        (
+            json!({"kind": "system.ping", "delay_seconds": 1.5}),
+            "delay_seconds",
+        ),
+        (
+            json!({"kind": "system.ping", "idempotency_key": ""}),
+            "idempotency_key",
+        ),
         (json!({"kind": "system.ping", "queue": "logs"}), "queue"),
         (json!(["system.ping"]), "body"),
     ];
@@ -162,7 +187,11 @@ async fn a_bad_enqueue_is_400_naming_the_field_and_is_audited(pool: PgPool) {
 
     let audited = audit_rows(&pool, "jobs.enqueue").await;
     assert_eq!(audited.len(), cases.len() + 2, "{audited:?}");
-    assert!(audited.iter().all(|(_, _, result, _)| result.starts_with("4")));
+    assert!(
+        audited
+            .iter()
+            .all(|(_, _, result, _)| result.starts_with("4"))
+    );
     assert_eq!(
         api.get_ok("/api/v1/queues/stats").await["queues"][2]["pending"],
         0,
@@ -204,7 +233,12 @@ async fn a_job_known_only_to_the_ledger_lists_its_attempts_as_gone(pool: PgPool)
         .as_array()
         .expect("attempts")
         .iter()
-        .map(|a| (a["attempt"].as_i64().expect("n"), a["status"].as_str().expect("s")))
+        .map(|a| {
+            (
+                a["attempt"].as_i64().expect("n"),
+                a["status"].as_str().expect("s"),
+            )
+        })
         .collect();
     assert_eq!(attempts, vec![(1, "failed"), (2, "succeeded")]);
 }
@@ -251,15 +285,22 @@ async fn a_dead_letter_is_listed_retried_once_then_409_and_an_unknown_id_is_404(
         .await;
     error_body(read_only, StatusCode::FORBIDDEN).await;
 
-    let retried = api.post(&format!("/api/v1/dead/{id}/retry"), json!({})).await;
+    let retried = api
+        .post(&format!("/api/v1/dead/{id}/retry"), json!({}))
+        .await;
     assert_eq!(retried.status(), StatusCode::OK);
     let retried: Value = retried.json().await.expect("json");
     assert_eq!(retried, json!({"id": id, "queue": "reports"}));
     assert_eq!(api.get_ok("/api/v1/dead").await["dead"], json!([]));
 
-    let again = api.post(&format!("/api/v1/dead/{id}/retry"), json!({})).await;
+    let again = api
+        .post(&format!("/api/v1/dead/{id}/retry"), json!({}))
+        .await;
     let error = error_body(again, StatusCode::CONFLICT).await;
-    assert!(error["error"].as_str().expect("msg").contains("available"), "{error}");
+    assert!(
+        error["error"].as_str().expect("msg").contains("available"),
+        "{error}"
+    );
     error_body(
         api.post(&format!("/api/v1/dead/{}/retry", JobId::new()), json!({}))
             .await,
@@ -272,25 +313,28 @@ async fn a_dead_letter_is_listed_retried_once_then_409_and_an_unknown_id_is_404(
         .into_iter()
         .map(|(actor, _, result, _)| (actor, result.chars().take(3).collect()))
         .collect();
-    let expected: Vec<(String, String)> = [("reader", "403"), ("env", "ok"), ("env", "409"), ("env", "404")]
-        .iter()
-        .map(|(a, r)| ((*a).to_owned(), (*r).to_owned()))
-        .collect();
+    let expected: Vec<(String, String)> = [
+        ("reader", "403"),
+        ("env", "ok"),
+        ("env", "409"),
+        ("env", "404"),
+    ]
+    .iter()
+    .map(|(a, r)| ((*a).to_owned(), (*r).to_owned()))
+    .collect();
     assert_eq!(audited, expected);
 }
 
 #[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
 async fn runs_filter_by_kind_and_status_and_refuse_bad_parameters_by_name(pool: PgPool) {
-    runs::record_runs(
-        &pool,
-        &[
-            attempt("system.ping", RunStatus::Succeeded, 5, vec![]),
-            attempt("system.ping", RunStatus::Failed, 4, vec![]),
-            attempt("system.disk", RunStatus::Succeeded, 3, vec![]),
-        ],
-    )
-    .await
-    .expect("seeded");
+    // One batch each, so row ids follow the order written (within a batch they need not).
+    for record in [
+        attempt("system.ping", RunStatus::Succeeded, 5, vec![]),
+        attempt("system.ping", RunStatus::Failed, 4, vec![]),
+        attempt("system.disk", RunStatus::Succeeded, 3, vec![]),
+    ] {
+        runs::record_runs(&pool, &[record]).await.expect("seeded");
+    }
     let api = Api::start(pool, "").await;
     let all = api.get_ok("/api/v1/runs").await;
     let kinds: Vec<&str> = all["runs"]
@@ -299,7 +343,11 @@ async fn runs_filter_by_kind_and_status_and_refuse_bad_parameters_by_name(pool: 
         .iter()
         .map(|r| r["kind"].as_str().expect("kind"))
         .collect();
-    assert_eq!(kinds, vec!["system.disk", "system.ping", "system.ping"], "newest first");
+    assert_eq!(
+        kinds,
+        vec!["system.disk", "system.ping", "system.ping"],
+        "newest first"
+    );
     assert_eq!(all["next"], Value::Null);
 
     let failed = api
@@ -332,26 +380,33 @@ async fn findings_filter_by_severity_code_and_openness(pool: PgPool) {
     let disk = |severity, subject: &str| {
         Finding::new("disk.used_pct", severity, "usage").with_subject(subject)
     };
-    runs::record_runs(
-        &pool,
-        &[
-            attempt("system.disk", RunStatus::Succeeded, 30, vec![disk(Severity::Warn, "/")]),
-            attempt(
-                "system.disk",
-                RunStatus::Succeeded,
-                20,
-                vec![disk(Severity::Critical, "/data"), disk(Severity::Ok, "/")],
-            ),
-            attempt(
-                "db.bloat",
-                RunStatus::Succeeded,
-                10,
-                vec![Finding::new("table.dead_tuples_pct", Severity::Warn, "bloat")],
-            ),
-        ],
-    )
-    .await
-    .expect("seeded");
+    // One batch each, so row ids follow the order written (within a batch they need not).
+    for record in [
+        attempt(
+            "system.disk",
+            RunStatus::Succeeded,
+            30,
+            vec![disk(Severity::Warn, "/")],
+        ),
+        attempt(
+            "system.disk",
+            RunStatus::Succeeded,
+            20,
+            vec![disk(Severity::Critical, "/data"), disk(Severity::Ok, "/")],
+        ),
+        attempt(
+            "db.bloat",
+            RunStatus::Succeeded,
+            10,
+            vec![Finding::new(
+                "table.dead_tuples_pct",
+                Severity::Warn,
+                "bloat",
+            )],
+        ),
+    ] {
+        runs::record_runs(&pool, &[record]).await.expect("seeded");
+    }
     let api = Api::start(pool, "").await;
     let codes = |page: &Value| -> Vec<(String, String, bool)> {
         page["findings"]
@@ -396,7 +451,8 @@ async fn findings_filter_by_severity_code_and_openness(pool: PgPool) {
         ("code=", "code"),
     ] {
         let error = error_body(
-            api.get(&format!("/api/v1/findings?{query}"), Some(TOKEN)).await,
+            api.get(&format!("/api/v1/findings?{query}"), Some(TOKEN))
+                .await,
             StatusCode::BAD_REQUEST,
         )
         .await;
@@ -444,14 +500,16 @@ async fn backups_list_the_live_catalog(pool: PgPool) {
     assert_eq!(app["backups"][0]["verification"], "full_read");
 }
 
-const SCHEDULE: &str = "[[schedules]]\nname = \"nightly-ping\"\ncron = \"0 0 3 * * *\"\nkind = \"system.ping\"\n";
+const SCHEDULE: &str =
+    "[[schedules]]\nname = \"nightly-ping\"\ncron = \"0 0 3 * * *\"\nkind = \"system.ping\"\n";
 
 #[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
 async fn schedules_show_next_fire_times_and_pause_resume_trigger_are_audited(pool: PgPool) {
     let api = Api::start(pool.clone(), SCHEDULE).await;
     // Configured but not reconciled by a scheduler yet: 409 for pause, 404 for an unknown name.
     error_body(
-        api.post("/api/v1/schedules/nightly-ping/pause", json!({})).await,
+        api.post("/api/v1/schedules/nightly-ping/pause", json!({}))
+            .await,
         StatusCode::CONFLICT,
     )
     .await;
@@ -471,7 +529,10 @@ async fn schedules_show_next_fire_times_and_pause_resume_trigger_are_audited(poo
     assert_eq!(schedule["paused"], false);
     let next: chrono::DateTime<Utc> =
         serde_json::from_value(schedule["next_fire_at"].clone()).expect("a next fire time");
-    assert!(next > Utc::now() && next <= Utc::now() + Duration::days(1), "{next}");
+    assert!(
+        next > Utc::now() && next <= Utc::now() + Duration::days(1),
+        "{next}"
+    );
 
     let paused: Value = api
         .post("/api/v1/schedules/nightly-ping/pause", json!({}))
@@ -480,7 +541,10 @@ async fn schedules_show_next_fire_times_and_pause_resume_trigger_are_audited(poo
         .await
         .expect("json");
     assert_eq!(paused["changed"], true);
-    assert_eq!(api.get_ok("/api/v1/schedules").await["schedules"][0]["paused"], true);
+    assert_eq!(
+        api.get_ok("/api/v1/schedules").await["schedules"][0]["paused"],
+        true
+    );
     let again: Value = api
         .post("/api/v1/schedules/nightly-ping/pause", json!({}))
         .await
@@ -494,7 +558,10 @@ async fn schedules_show_next_fire_times_and_pause_resume_trigger_are_audited(poo
         .json()
         .await
         .expect("json");
-    assert_eq!((resumed["action"].as_str(), resumed["changed"].as_bool()), (Some("resumed"), Some(true)));
+    assert_eq!(
+        (resumed["action"].as_str(), resumed["changed"].as_bool()),
+        (Some("resumed"), Some(true))
+    );
 
     let triggered = api
         .post("/api/v1/schedules/nightly-ping/trigger", json!({}))
@@ -502,7 +569,10 @@ async fn schedules_show_next_fire_times_and_pause_resume_trigger_are_audited(poo
     assert_eq!(triggered.status(), StatusCode::ACCEPTED);
     let triggered: Value = triggered.json().await.expect("json");
     let job = api
-        .get_ok(&format!("/api/v1/jobs/{}", triggered["job_id"].as_str().expect("job")))
+        .get_ok(&format!(
+            "/api/v1/jobs/{}",
+            triggered["job_id"].as_str().expect("job")
+        ))
         .await;
     assert_eq!(job["state"], "available");
 

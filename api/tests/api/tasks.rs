@@ -293,5 +293,16 @@ async fn bad_input_gets_a_4xx_naming_the_field(pool: PgPool) {
         StatusCode::BAD_REQUEST,
     )
     .await;
+    // The unknown field is named; without it, the missing note is.
+    assert_eq!(body["field"], "nope");
+    let body = error_body(
+        api.post(
+            "/api/v1/tasks/weekly.security_logs.2026-11-23/ack",
+            serde_json::json!({}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
     assert_eq!(body["field"], "note");
 }
