@@ -7,6 +7,7 @@
 #                                           (nextest filters; with plain cargo test,
 #                                           cargo test's own arguments)
 #   UPKEEP_SKIP_LINT=1 scripts/test.sh ...  skip fmt and clippy while iterating
+#   UPKEEP_SKIP_SCHEMATHESIS=1 ...          skip the API fuzzing (scripts/schemathesis.sh)
 #
 # Uses cargo-nextest with .config/nextest.toml (the `ci` profile when CI is set) when it
 # is installed, `cargo test` otherwise.
@@ -25,12 +26,20 @@ fi
 echo "test: cargo build --workspace --bins" >&2
 cargo build --workspace --bins
 
+status=0
 if [[ "${UPKEEP_NEXTEST:-0}" == 1 ]]; then
     profile=default
     if [[ -n "${CI:-}" ]]; then profile=ci; fi
     echo "test: cargo nextest run --workspace --no-fail-fast --profile $profile $*" >&2
-    exec cargo nextest run --workspace --no-fail-fast --profile "$profile" "$@"
+    cargo nextest run --workspace --no-fail-fast --profile "$profile" "$@" || status=$?
 else
     echo "test: cargo test --workspace --no-fail-fast $*" >&2
-    exec cargo test --workspace --no-fail-fast "$@"
+    cargo test --workspace --no-fail-fast "$@" || status=$?
 fi
+
+# The API against its OpenAPI document (bounded examples per route; no 5xx, JSON 4xx).
+if [[ "${UPKEEP_SKIP_SCHEMATHESIS:-0}" != 1 ]]; then
+    echo "test: scripts/schemathesis.sh" >&2
+    scripts/schemathesis.sh || status=$?
+fi
+exit "$status"

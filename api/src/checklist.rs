@@ -194,6 +194,11 @@ async fn try_acknowledge(
     if note.is_empty() {
         return Err(AckError::BadNote("note must not be empty".to_owned()));
     }
+    if note.contains('\0') {
+        return Err(AckError::BadNote(
+            "note must not contain NUL characters".to_owned(),
+        ));
+    }
     if note.chars().count() > MAX_NOTE_CHARS {
         return Err(AckError::BadNote(format!(
             "note is longer than {MAX_NOTE_CHARS} characters"

@@ -2,16 +2,22 @@
 //!
 //! - [`checklist`]: the task lists of a period, with each item's status and evidence (shared
 //!   with `upkeepctl tasks`).
-//! - [`auth`]: bearer tokens and their roles.
-//! - `routes`: one module per resource (`health`, `tasks`, `queues`); `error` maps every
-//!   failure to a status code and a JSON body `{"error", "field"}` in one place.
+//! - [`auth`]: bearer tokens, their roles, the per-token rate limit of mutating calls.
+//! - `routes`: one module per resource, registered from one table; `openapi` generates the
+//!   document from the handlers' annotations. `error` maps every failure to a status code and
+//!   a JSON body `{"error", "field"}` in one place; `params` reads query strings, paths and
+//!   bodies so that every refusal names its parameter; `audit` gates and records every
+//!   mutating call.
 //!
-//! The server reads Postgres and Redis and holds no state of its own, so any number of replicas
-//! can run behind a load balancer. Every mutating call is written to `audit_log`.
+//! The server reads Postgres and Redis and holds no state of its own but the rate-limit
+//! buckets, so any number of replicas can run behind a load balancer (each with its own
+//! buckets). Every mutating call, refused or not, is written to `audit_log`.
 
+mod audit;
 pub mod auth;
 pub mod checklist;
 mod error;
+mod params;
 mod routes;
 
 use std::future::Future;
@@ -20,14 +26,20 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 use upkeep_shared::config::Settings;
 use upkeep_shared::queue::{Queue, RedisConn};
 
 pub use error::ApiError;
+pub use routes::openapi::ApiDoc;
+pub use routes::route_list;
 
 /// Request bodies larger than this are refused with 413: every body this API takes is a small
 /// JSON object.
@@ -45,8 +57,10 @@ pub struct AppState {
     pub db: PgPool,
     /// One handle per configured queue, in configuration order.
     pub queues: Arc<Vec<Queue>>,
-    /// A connection for health probes.
+    /// A connection for health probes and schedule triggers.
     pub redis: RedisConn,
+    /// The accepted tokens and the rate limiter of mutating calls.
+    pub access: Arc<auth::Access>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -76,6 +90,7 @@ impl AppState {
             .context("opening the queues")?;
         let redis = RedisConn::open(&settings.redis.target()).context("opening Redis")?;
         Ok(Self {
+            access: Arc::new(auth::Access::from_settings(&settings.api)),
             settings: Arc::new(settings),
             db,
             queues: Arc::new(queues),
@@ -84,15 +99,80 @@ impl AppState {
     }
 }
 
-/// The API's routes over `state`, with the body limit and the request timeout.
+/// The API's routes over `state`, with the body limit, the request timeout, JSON bodies for
+/// every error under `/api/`, and CORS when `[api] cors_origins` is set.
 pub fn router(state: AppState) -> Router {
-    routes::router()
+    let cors = cors_layer(&state.settings.api.cors_origins);
+    let app = Router::new()
+        .merge(routes::router())
+        // Other route families merge here (`.merge(metrics::routes())`, the dashboard's).
+        .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
+            StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        .with_state(state)
+        .layer(axum::middleware::from_fn(json_errors));
+    let app = match cors {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    app.with_state(state)
+}
+
+/// CORS for the configured origins; none (no CORS headers at all) when the list is empty.
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+    )
+}
+
+/// Gives every error response under `/api/` the JSON shape `{"error"}`: axum's own
+/// responses (405, a timeout's 408) have an empty or plain-text body otherwise.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let api = request.uri().path().starts_with("/api/");
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if !api || is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method not allowed for this route".to_owned(),
+        StatusCode::REQUEST_TIMEOUT => "the request took too long and was dropped".to_owned(),
+        other => other
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_lowercase(),
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = axum::Json(serde_json::json!({ "error": message }));
+    let mut fresh = (status, body).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE {
+            fresh.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    fresh
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then finishes the requests in

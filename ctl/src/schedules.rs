@@ -136,7 +136,26 @@ pub(crate) async fn run(settings: Settings, args: SchedulesArgs) -> anyhow::Resu
             to,
             max,
         } => {
-            let backfilled = operator.backfill(&name, from, to, max, &actor, now).await?;
+            // On stderr, drawn only when it is a terminal (indicatif hides it otherwise).
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} ticks enqueued",
+                )
+                .expect("valid template"),
+            );
+            let progress = {
+                let bar = bar.clone();
+                move |done: usize, total: usize| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                }
+            };
+            let backfilled = operator
+                .backfill_with_progress(&name, from, to, max, &actor, now, &progress)
+                .await;
+            bar.finish_and_clear();
+            let backfilled = backfilled?;
             if json {
                 print_json(&backfilled)?;
             } else {

@@ -180,7 +180,7 @@ impl Operator {
         else {
             anyhow::bail!("schedule {name:?} already has a tick at {fire_at}; trigger again");
         };
-        let job_ids = self.enqueue(&schedule, &[fire_at]).await?;
+        let job_ids = self.enqueue(&schedule, &[fire_at], &|_, _| {}).await?;
         let job_id = job_ids[0];
         ticks::confirm_tick(&self.pool, row.id, job_id).await?;
         schedules::record_event(
@@ -215,6 +215,29 @@ impl Operator {
         max: usize,
         actor: &str,
         now: DateTime<Utc>,
+    ) -> anyhow::Result<Backfilled> {
+        self.backfill_with_progress(name, from, to, max, actor, now, &|_, _| {})
+            .await
+    }
+
+    /// [`Operator::backfill`], calling `progress(enqueued, total)` after each batch of
+    /// claimed ticks is enqueued (`upkeepctl schedules backfill` draws it).
+    ///
+    /// # Errors
+    /// As [`Operator::backfill`].
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "backfill's arguments plus the callback"
+    )]
+    pub async fn backfill_with_progress(
+        &self,
+        name: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        max: usize,
+        actor: &str,
+        now: DateTime<Utc>,
+        progress: &(dyn Fn(usize, usize) + Send + Sync),
     ) -> anyhow::Result<Backfilled> {
         let schedule = self.schedule(name)?.clone();
         if from > to {
@@ -270,7 +293,7 @@ impl Operator {
         won.extend(ticks::reclaim_missed_for_backfill(&self.pool, name, &rest, actor).await?);
         won.sort_by_key(|row| row.fire_at);
         let fire_ats: Vec<DateTime<Utc>> = won.iter().map(|row| row.fire_at).collect();
-        let job_ids = self.enqueue(&schedule, &fire_ats).await?;
+        let job_ids = self.enqueue(&schedule, &fire_ats, progress).await?;
         let confirmed: Vec<(i64, JobId)> = won
             .iter()
             .map(|row| row.id)
@@ -365,6 +388,7 @@ impl Operator {
         &self,
         schedule: &ScheduleSettings,
         fire_ats: &[DateTime<Utc>],
+        progress: &(dyn Fn(usize, usize) + Send + Sync),
     ) -> anyhow::Result<Vec<JobId>> {
         let max_attempts = self
             .settings
@@ -379,6 +403,7 @@ impl Operator {
                 .collect();
             let enqueued = queue.enqueue(&jobs).await?;
             ids.extend(enqueued.into_iter().map(|result| result.id()));
+            progress(ids.len(), fire_ats.len());
         }
         Ok(ids)
     }

@@ -226,6 +226,13 @@ pub struct ApiSettings {
     /// (no auth); `UPKEEP_API_TOKEN` sets it. Also `token_env = "VAR"` or `token_file = "…"`.
     #[serde(serialize_with = "crate::settings::redacted")]
     pub token: Option<SecretString>,
+    /// `[[api.tokens]]`: named tokens with a role each (see [`crate::api_access`]).
+    pub tokens: Vec<crate::api_access::ApiToken>,
+    /// Mutating calls each token may make per minute (a token bucket of this size, refilled
+    /// evenly). Defaults to 60.
+    pub mutating_rate_per_minute: u32,
+    /// Origins allowed to call the API from a browser. Defaults to none: no CORS headers.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ApiSettings {
@@ -233,6 +240,9 @@ impl Default for ApiSettings {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token: None,
+            tokens: Vec::new(),
+            mutating_rate_per_minute: 60,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -248,7 +258,7 @@ fn socket_addr<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Sock
 }
 
 impl Section for ApiSettings {
-    const SECRET_KEYS: &'static [&'static str] = &["token"];
+    const SECRET_KEYS: &'static [&'static str] = &["token", "tokens[].token"];
 
     fn validate(&self, path: &str, problems: &mut Problems) {
         if let Some(token) = &self.token
@@ -256,5 +266,12 @@ impl Section for ApiSettings {
         {
             problems.push(format!("{path}.token"), "must not be blank");
         }
+        crate::api_access::validate(
+            &self.tokens,
+            self.mutating_rate_per_minute,
+            &self.cors_origins,
+            path,
+            problems,
+        );
     }
 }

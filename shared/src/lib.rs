@@ -22,6 +22,7 @@
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`shutdown`]: the signal every long-running loop watches.
 
+pub mod api_access;
 pub mod backup;
 pub mod config;
 pub mod daemons;

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::job::{JobError, JobKind, QueueName};
-use crate::queue::{self, NewJob, QueueStats};
+use crate::queue::{self, JobState, NewJob, Queue, QueueStats};
 use crate::store::{self, runs::RunRow, runs::RunStatus};
 
 /// Why an operator action failed. Messages name the bad argument.
@@ -21,6 +21,21 @@ pub enum Error {
     /// The job kind or its arguments are refused.
     #[error(transparent)]
     Job(#[from] JobError),
+    /// One input is refused; `field` names it as the API spells it (`kind`, `args`,
+    /// `queue`, `status`, `limit`); the CLI prints it as the option `--field`.
+    #[error("--{}: {message}", field.replace('_', "-"))]
+    Field {
+        /// The input at fault.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The thing named does not exist (a dead letter, a job).
+    #[error("{0}")]
+    NotFound(String),
+    /// The thing exists but is not in a state that allows the action.
+    #[error("{0}")]
+    Conflict(String),
     /// Redis failed.
     #[error(transparent)]
     Queue(#[from] queue::Error),
@@ -44,6 +59,15 @@ pub enum Error {
     },
 }
 
+impl Error {
+    fn field(field: &'static str, message: impl std::fmt::Display) -> Self {
+        Self::Field {
+            field,
+            message: message.to_string(),
+        }
+    }
+}
+
 /// `upkeepctl enqueue`'s arguments.
 #[derive(Debug, Clone)]
 pub struct EnqueueRequest {
@@ -65,34 +89,26 @@ pub struct EnqueueRequest {
 /// as its batch is in Redis (so the ids of a partial success are not lost).
 ///
 /// # Errors
-/// [`Error::Invalid`] or [`Error::Job`] for a bad argument (nothing enqueued);
+/// [`Error::Invalid`] or [`Error::Field`] for a bad argument (nothing enqueued);
 /// [`Error::Queue`] or [`Error::PartialEnqueue`] when Redis fails.
 pub async fn enqueue(
     settings: &Settings,
     request: &EnqueueRequest,
-    mut emit: impl FnMut(&str),
+    emit: impl FnMut(&str),
 ) -> Result<(), Error> {
-    let kind = JobKind::parse_runnable(&request.kind)?;
+    // The kind is checked before the arguments, so a bad kind is reported first.
+    JobKind::parse_runnable(&request.kind).map_err(|e| Error::field("kind", e))?;
     let args: serde_json::Value = serde_json::from_str(&request.args).map_err(|e| {
         Error::Invalid(format!("--args is not valid JSON: {:?}: {e}", request.args))
     })?;
-    kind.validate_args(&args)?;
-    let queue = match &request.queue {
-        Some(name) => {
-            QueueName::parse(name).map_err(|e| Error::Invalid(format!("--queue: {e}")))?
-        }
-        None => kind.default_queue(),
+    let job = JobRequest {
+        kind: request.kind.clone(),
+        args,
+        delay: request.delay,
+        queue: request.queue.clone(),
+        idempotency_key: request.idempotency_key.clone(),
     };
-    // Like a schedule's queue: a job on a queue nobody configured is never run, and neither
-    // `stats` nor `dead` would ever show it.
-    if !settings.queues.contains_key(&queue) {
-        let configured: Vec<&str> = settings.queues.keys().map(QueueName::as_str).collect();
-        return Err(Error::Invalid(format!(
-            "--queue: queue {:?} is not configured (configured: {}; add a [queues.{queue}] section)",
-            queue.as_str(),
-            configured.join(", ")
-        )));
-    }
+    let (kind, queue) = check_job(settings, &job)?;
     let count = request.count;
     if count == 0 {
         return Err(Error::Invalid("--count must be at least 1".to_owned()));
@@ -103,21 +119,81 @@ pub async fn enqueue(
                 .to_owned(),
         ));
     }
-    let policy = settings.job_policy(&queue, kind.as_str());
-    let run_at_ms = request.delay.map(|d| {
-        chrono::Utc::now().timestamp_millis() + i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-    });
     let handle = settings.open_queue(&queue)?;
     queue::check_eviction_policy(&handle.conn()).await.log();
+    enqueue_checked(settings, &handle, kind, &job, count, emit).await
+}
+
+/// One job to enqueue, as the API takes it: arguments already parsed.
+#[derive(Debug, Clone)]
+pub struct JobRequest {
+    /// Job kind (`system.ping`); it must have a handler.
+    pub kind: String,
+    /// Arguments, checked by the kind's own parser.
+    pub args: serde_json::Value,
+    /// Run after this delay.
+    pub delay: Option<Duration>,
+    /// Queue instead of the kind's default; it must be configured.
+    pub queue: Option<String>,
+    /// A second enqueue with the same key returns the first job's id and enqueues nothing.
+    pub idempotency_key: Option<String>,
+}
+
+/// Checks `job` as `enqueue` does (the kind has a handler, its arguments parse, the queue is
+/// configured) and returns the kind and the queue it goes to. Nothing is contacted.
+///
+/// # Errors
+/// [`Error::Field`] naming `kind`, `args` or `queue`.
+pub fn check_job(settings: &Settings, job: &JobRequest) -> Result<(JobKind, QueueName), Error> {
+    let kind = JobKind::parse_runnable(&job.kind).map_err(|e| Error::field("kind", e))?;
+    kind.validate_args(&job.args)
+        .map_err(|e| Error::field("args", e))?;
+    let queue = match &job.queue {
+        Some(name) => QueueName::parse(name).map_err(|e| Error::field("queue", e))?,
+        None => kind.default_queue(),
+    };
+    // Like a schedule's queue: a job on a queue nobody configured is never run, and neither
+    // `stats` nor `dead` would ever show it.
+    if !settings.queues.contains_key(&queue) {
+        let configured: Vec<&str> = settings.queues.keys().map(QueueName::as_str).collect();
+        return Err(Error::field(
+            "queue",
+            format!(
+                "queue {:?} is not configured (configured: {}; add a [queues.{queue}] section)",
+                queue.as_str(),
+                configured.join(", ")
+            ),
+        ));
+    }
+    Ok((kind, queue))
+}
+
+/// Enqueues `count` copies of a job [`check_job`] accepted on `handle` (its queue), in
+/// batches, calling `emit` with each id once its batch is in Redis.
+///
+/// # Errors
+/// [`Error::Queue`] or [`Error::PartialEnqueue`] when Redis fails.
+pub async fn enqueue_checked(
+    settings: &Settings,
+    handle: &Queue,
+    kind: JobKind,
+    job: &JobRequest,
+    count: usize,
+    mut emit: impl FnMut(&str),
+) -> Result<(), Error> {
+    let policy = settings.job_policy(handle.name(), kind.as_str());
+    let run_at_ms = job.delay.map(|d| {
+        chrono::Utc::now().timestamp_millis() + i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    });
     let mut n_left = count;
     while n_left > 0 {
         let n_batch = n_left.min(queue::ENQUEUE_CHUNK);
         let batch: Vec<NewJob> = (0..n_batch)
             .map(|_| {
-                let mut job = NewJob::new(kind.as_str(), args.clone(), policy.max_attempts);
-                job.run_at_ms = run_at_ms;
-                job.idempotency_key.clone_from(&request.idempotency_key);
-                job
+                let mut new = NewJob::new(kind.as_str(), job.args.clone(), policy.max_attempts);
+                new.run_at_ms = run_at_ms;
+                new.idempotency_key.clone_from(&job.idempotency_key);
+                new
             })
             .collect();
         let n_done = count - n_left;
@@ -209,12 +285,19 @@ pub struct DeadLetter {
 /// # Errors
 /// [`Error::Queue`] when Redis fails.
 pub async fn dead_letters(settings: &Settings, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+    dead_letters_in(&open_all(settings)?, limit).await
+}
+
+/// Up to `limit` dead letters of each of `queues`, newest first within a queue.
+///
+/// # Errors
+/// [`Error::Queue`] when Redis fails.
+pub async fn dead_letters_in(queues: &[Queue], limit: usize) -> Result<Vec<DeadLetter>, Error> {
     let mut rows = Vec::new();
-    for name in settings.queues.keys() {
-        let queue = settings.open_queue(name)?;
+    for queue in queues {
         for record in queue.dead_letters(limit).await? {
             rows.push(DeadLetter {
-                queue: name.as_str().to_owned(),
+                queue: queue.name().as_str().to_owned(),
                 id: record.id.clone(),
                 kind: record.fields.get("kind").cloned(),
                 attempt: record.fields.get("attempt").cloned(),
@@ -223,6 +306,14 @@ pub async fn dead_letters(settings: &Settings, limit: usize) -> Result<Vec<DeadL
         }
     }
     Ok(rows)
+}
+
+fn open_all(settings: &Settings) -> Result<Vec<Queue>, Error> {
+    Ok(settings
+        .queues
+        .keys()
+        .map(|name| settings.open_queue(name))
+        .collect::<Result<Vec<_>, _>>()?)
 }
 
 /// `upkeepctl dead` as lines.
@@ -246,15 +337,41 @@ pub fn render_dead_letters(rows: &[DeadLetter]) -> String {
 /// Moves the dead job `id` back to its queue with a fresh attempt budget; returns the queue.
 ///
 /// # Errors
-/// [`Error::Invalid`] when no configured queue has it as a dead letter; [`Error::Queue`] when
-/// Redis fails.
+/// [`Error::NotFound`] when no configured queue knows the job, [`Error::Conflict`] when one
+/// does but it is not dead; [`Error::Queue`] when Redis fails.
 pub async fn retry_dead(settings: &Settings, id: &str) -> Result<QueueName, Error> {
-    for name in settings.queues.keys() {
-        if settings.open_queue(name)?.requeue_dead(id).await? {
-            return Ok(name.clone());
+    retry_dead_in(&open_all(settings)?, id).await
+}
+
+/// [`retry_dead`] over given queue handles.
+///
+/// # Errors
+/// As [`retry_dead`].
+pub async fn retry_dead_in(queues: &[Queue], id: &str) -> Result<QueueName, Error> {
+    for queue in queues {
+        if queue.requeue_dead(id).await? {
+            return Ok(queue.name().clone());
         }
     }
-    Err(Error::Invalid(format!(
+    for queue in queues {
+        if let Some(record) = queue.job(id).await? {
+            let state = record
+                .fields
+                .get("state")
+                .map_or(JobState::Gone, |s| JobState::parse(s));
+            if state != JobState::Gone {
+                return Err(Error::Conflict(format!(
+                    "{id} is not a dead letter: it is {} on queue {}",
+                    serde_json::to_value(state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    queue.name()
+                )));
+            }
+        }
+    }
+    Err(Error::NotFound(format!(
         "{id} is not a dead letter of any configured queue"
     )))
 }
@@ -263,28 +380,63 @@ pub async fn retry_dead(settings: &Settings, id: &str) -> Result<QueueName, Erro
 /// kind and one status (`running`, `succeeded`, `failed`, `abandoned`, `skipped`).
 ///
 /// # Errors
-/// [`Error::Invalid`] for an unknown kind or status; [`Error::Store`] when Postgres fails.
+/// [`Error::Field`] for an unknown kind or status or a limit out of range; [`Error::Store`]
+/// when Postgres fails.
 pub async fn recent_runs(
     settings: &Settings,
     kind: Option<&str>,
     status: Option<&str>,
     limit: i64,
 ) -> Result<Vec<RunRow>, Error> {
-    if let Some(kind) = kind {
-        JobKind::parse(kind).map_err(|e| Error::Invalid(format!("--kind: {e}")))?;
-    }
-    let status = status.map(RunStatus::parse).transpose().map_err(|e| {
-        Error::Invalid(format!(
-            "--status: {e} (expected running, succeeded, failed, abandoned or skipped)"
-        ))
-    })?;
-    if !(1..=10_000).contains(&limit) {
-        return Err(Error::Invalid(format!(
-            "--limit must be between 1 and 10000, got {limit}"
-        )));
-    }
+    let filter = RunFilter::parse(kind, status, limit)?;
     let pool = store::connect(&settings.database).await?;
-    Ok(store::runs::recent_runs(&pool, kind, status, limit).await?)
+    Ok(
+        store::runs::recent_runs(&pool, filter.kind.as_deref(), filter.status, filter.limit)
+            .await?,
+    )
+}
+
+/// The most runs one page or listing holds.
+pub const MAX_RUNS: i64 = 10_000;
+
+/// A checked filter over `job_runs`: what `upkeepctl runs` and `GET /api/v1/runs` accept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunFilter {
+    /// A catalog kind.
+    pub kind: Option<String>,
+    /// A run status.
+    pub status: Option<RunStatus>,
+    /// 1 to [`MAX_RUNS`].
+    pub limit: i64,
+}
+
+impl RunFilter {
+    /// Checks a kind (in the catalog), a status and a limit.
+    ///
+    /// # Errors
+    /// [`Error::Field`] naming `kind`, `status` or `limit`.
+    pub fn parse(kind: Option<&str>, status: Option<&str>, limit: i64) -> Result<Self, Error> {
+        if let Some(kind) = kind {
+            JobKind::parse(kind).map_err(|e| Error::field("kind", e))?;
+        }
+        let status = status.map(RunStatus::parse).transpose().map_err(|e| {
+            Error::field(
+                "status",
+                format!("{e} (expected running, succeeded, failed, abandoned or skipped)"),
+            )
+        })?;
+        if !(1..=MAX_RUNS).contains(&limit) {
+            return Err(Error::field(
+                "limit",
+                format!("must be between 1 and {MAX_RUNS}, got {limit}"),
+            ));
+        }
+        Ok(Self {
+            kind: kind.map(str::to_owned),
+            status,
+            limit,
+        })
+    }
 }
 
 /// `upkeepctl runs` as a table: finish time, status, kind, queue, attempt, duration, job id,

@@ -28,10 +28,16 @@ async fn run() -> anyhow::Result<()> {
         settings.telemetry.format,
     );
     tracing::info!(settings = %settings.redacted_summary(), "starting");
-    if settings.api.token.is_none() {
+    if settings.api.token.is_none() && settings.api.tokens.is_empty() {
         tracing::warn!(
-            "no API token is configured (UPKEEP_API_TOKEN): every route but /api/v1/health answers 401"
+            "no API token is configured (UPKEEP_API_TOKEN or [[api.tokens]]): every route but /api/v1/health answers 401"
         );
+    }
+    if settings.database.migrate_on_start {
+        // Like the other daemons: apply pending migrations before serving.
+        upkeep_shared::store::connect(&settings.database)
+            .await
+            .context("applying migrations (database.migrate_on_start)")?;
     }
     let addr = settings.api.addr;
     let state = upkeep_api::AppState::connect_lazy(settings)?;

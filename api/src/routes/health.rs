@@ -14,6 +14,17 @@ use crate::AppState;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// 200 with `status: ok` when both answer, 503 with `status: degraded` otherwise.
+#[utoipa::path(
+    get,
+    path = "/api/v1/health",
+    tag = "health",
+    responses(
+        (status = 200, description = "Redis and Postgres answer", body = Object,
+         example = json!({"status": "ok", "redis": "ok", "postgres": "ok"})),
+        (status = 503, description = "A dependency is down", body = Object,
+         example = json!({"status": "degraded", "redis": "down", "postgres": "ok"})),
+    )
+)]
 pub(crate) async fn get(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let postgres = tokio::time::timeout(
         PROBE_TIMEOUT,

@@ -9,6 +9,17 @@ use crate::auth::{Caller, Role};
 use crate::{ApiError, AppState};
 
 /// The stats of every configured queue.
+#[utoipa::path(
+    get,
+    path = "/api/v1/queues/stats",
+    tag = "queues",
+    responses(
+        (status = 200, description = "Every queue's depths, counters and latency", body = Object),
+        (status = 401, description = "No or unknown token", body = crate::routes::openapi::ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = crate::routes::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn stats(
     State(state): State<AppState>,
     caller: Caller,

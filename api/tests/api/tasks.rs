@@ -167,7 +167,7 @@ async fn findings_need_attention_until_acknowledged_and_the_ack_is_audited(pool:
     assert_eq!(
         audit,
         (
-            "default".to_owned(),
+            "env".to_owned(),
             "tasks.ack".to_owned(),
             id.to_owned(),
             "ok".to_owned()
@@ -288,6 +288,17 @@ async fn bad_input_gets_a_4xx_naming_the_field(pool: PgPool) {
         api.post(
             "/api/v1/tasks/weekly.security_logs.2026-11-23/ack",
             serde_json::json!({"nope": 1}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    // The unknown field is named; without it, the missing note is.
+    assert_eq!(body["field"], "nope");
+    let body = error_body(
+        api.post(
+            "/api/v1/tasks/weekly.security_logs.2026-11-23/ack",
+            serde_json::json!({}),
         )
         .await,
         StatusCode::BAD_REQUEST,

@@ -100,3 +100,88 @@ SELECT DISTINCT ON (code, subject)
 FROM findings
 WHERE code = ANY($1)
 ORDER BY code, subject, created_at DESC, id DESC";
+
+/// One row of `findings` as the API lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+pub struct FindingRow {
+    /// Row id; increases with insertion, pages go `before` it.
+    pub id: i64,
+    /// The job of the attempt that reported it.
+    pub job_id: uuid::Uuid,
+    /// That attempt.
+    pub attempt: i32,
+    /// The job kind that reported it.
+    pub kind: String,
+    /// The finding's code (`disk.used_pct`).
+    pub code: String,
+    /// What it is about, when the code applies to several things.
+    pub subject: Option<String>,
+    /// `ok`, `warn` or `critical`.
+    pub severity: String,
+    /// What was observed.
+    pub message: String,
+    /// Structured detail, if any.
+    pub detail: Option<serde_json::Value>,
+    /// When it was observed.
+    pub created_at: DateTime<Utc>,
+    /// Whether it is its condition's newest finding and that is `warn` or `critical`.
+    pub open: bool,
+}
+
+/// Which findings a page holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FindingFilter {
+    /// Only this severity.
+    pub severity: Option<Severity>,
+    /// Only this code.
+    pub code: Option<String>,
+    /// Only open conditions (`Some(true)`), only the others (`Some(false)`).
+    pub open: Option<bool>,
+}
+
+/// One page of findings, newest row first (by `id`), strictly older than the row `before`
+/// when given; see `runs::runs_page` for why keyset pages neither repeat nor skip rows while
+/// new ones arrive. A finding is open when no newer finding of its `(code, subject)` exists
+/// and it is `warn` or `critical`. `limit` is clamped to 1..=1000.
+///
+/// # Errors
+/// When the query fails.
+pub async fn page(
+    pool: &PgPool,
+    filter: &FindingFilter,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<FindingRow>, Error> {
+    let severity = filter.severity.map(|s| match s {
+        Severity::Ok => "ok",
+        Severity::Warn => "warn",
+        Severity::Critical => "critical",
+    });
+    Ok(sqlx::query_as::<_, FindingRow>(PAGE_SQL)
+        .bind(severity)
+        .bind(filter.code.as_deref())
+        .bind(filter.open)
+        .bind(before)
+        .bind(limit.clamp(1, 1000))
+        .fetch_all(pool)
+        .await?)
+}
+
+/// `latest` says whether a newer finding of the same condition exists (through
+/// `findings_code_subject_created_at_idx`).
+const PAGE_SQL: &str = "\
+SELECT * FROM (
+    SELECT f.id, f.job_id, f.attempt, f.kind, f.code, f.subject, f.severity, f.message,
+           f.detail, f.created_at,
+           (f.severity <> 'ok' AND NOT EXISTS (
+               SELECT 1 FROM findings n
+               WHERE n.code = f.code AND n.subject IS NOT DISTINCT FROM f.subject
+                 AND (n.created_at, n.id) > (f.created_at, f.id))) AS open
+    FROM findings f
+    WHERE ($1::text IS NULL OR f.severity = $1)
+      AND ($2::text IS NULL OR f.code = $2)
+      AND ($4::bigint IS NULL OR f.id < $4)
+) page
+WHERE ($3::boolean IS NULL OR page.open = $3)
+ORDER BY id DESC
+LIMIT $5";

@@ -502,6 +502,38 @@ pub async fn recent_runs(
     .await?)
 }
 
+/// One page of attempts, newest row first (by `id`, which increases with insertion), of one
+/// kind and/or one status, strictly older than the row `before` when given. Pages are stable
+/// while rows arrive: a new row has a larger id than any page already read, so walking
+/// `before = last id of the previous page` never repeats or skips a row. `limit` is clamped
+/// to 1..=10000.
+///
+/// # Errors
+/// [`Error::Database`] on a database error or a row this build cannot decode.
+pub async fn runs_page(
+    pool: &PgPool,
+    kind: Option<&str>,
+    status: Option<RunStatus>,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<RunRow>, Error> {
+    Ok(sqlx::query_as::<_, RunRow>(
+        "SELECT id, job_id, attempt, kind, queue, status, schedule, tick_at, enqueued_at, \
+         started_at, finished_at, duration_ms, worker, args, outcome, error, next_state, \
+         recorded_at \
+         FROM job_runs \
+         WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR status = $2) \
+           AND ($3::bigint IS NULL OR id < $3) \
+         ORDER BY id DESC LIMIT $4",
+    )
+    .bind(kind)
+    .bind(status.map(RunStatus::as_str))
+    .bind(before)
+    .bind(limit.clamp(1, 10_000))
+    .fetch_all(pool)
+    .await?)
+}
+
 /// The retention mechanism: deletes the runs that finished before `cutoff`, and their findings,
 /// in batches of at most `batch_limit` rows (each its own short transaction, so no statement
 /// holds locks or grows WAL for long); returns how many runs were deleted. Running rows are

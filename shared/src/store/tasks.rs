@@ -139,16 +139,28 @@ pub struct AuditEntry {
 /// # Errors
 /// When the insert fails.
 pub async fn audit(pool: &PgPool, entry: &AuditEntry) -> Result<(), Error> {
+    // Postgres text and jsonb cannot hold NUL; a refused request may well carry one, and its
+    // audit row must still be written.
+    let clean = |text: &str| text.replace('\0', "\u{fffd}");
+    let detail = entry.detail.as_ref().map(|detail| {
+        let text = detail.to_string();
+        if text.contains("\\u0000") {
+            serde_json::from_str(&text.replace("\\u0000", "\\ufffd"))
+                .unwrap_or(serde_json::Value::Null)
+        } else {
+            detail.clone()
+        }
+    });
     sqlx::query(
         "INSERT INTO audit_log (actor, action, target, client_addr, result, detail) \
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
-    .bind(&entry.actor)
-    .bind(&entry.action)
-    .bind(&entry.target)
-    .bind(&entry.client_addr)
-    .bind(&entry.result)
-    .bind(&entry.detail)
+    .bind(clean(&entry.actor))
+    .bind(clean(&entry.action))
+    .bind(clean(&entry.target))
+    .bind(entry.client_addr.as_deref().map(clean))
+    .bind(clean(&entry.result))
+    .bind(&detail)
     .execute(pool)
     .await?;
     Ok(())

@@ -1,0 +1,91 @@
+//! `GET /api/v1/runs`: attempts from the ledger, newest first, in keyset pages by row id.
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+use upkeep_shared::operator::RunFilter;
+use upkeep_shared::store::runs::{self, RunRow};
+use utoipa::ToSchema;
+
+use crate::auth::{Caller, Role};
+use crate::params::Params;
+use crate::routes::openapi::ErrorBody;
+use crate::{ApiError, AppState};
+
+/// The default page size of the keyset-paginated lists.
+pub(crate) const DEFAULT_LIMIT: i64 = 50;
+/// The largest page size.
+pub(crate) const MAX_LIMIT: i64 = 1000;
+
+/// A `job_runs` status, as the `status` filter takes it.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // documents the accepted values; parsed by RunStatus::parse
+#[schema(rename_all = "lowercase")]
+pub(crate) enum RunStatusParam {
+    Running,
+    Succeeded,
+    Failed,
+    Abandoned,
+    Skipped,
+}
+
+/// One page of attempts.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RunsPage {
+    /// Attempts, newest row first.
+    #[schema(value_type = Vec<Object>)]
+    runs: Vec<RunRow>,
+    /// Pass as `before` for the next (older) page; null on the last page.
+    next: Option<i64>,
+}
+
+/// Recent attempts, newest first (read role).
+#[utoipa::path(
+    get,
+    path = "/api/v1/runs",
+    tag = "ledger",
+    params(
+        ("kind" = Option<String>, Query, description = "Only this job kind (`system.ping`)"),
+        ("status" = Option<RunStatusParam>, Query, description = "Only this status"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Page size (default 50)"),
+        ("before" = Option<i64>, Query, minimum = 1, description = "Only rows older than this id: the previous page's `next`"),
+    ),
+    responses(
+        (status = 200, description = "A page of attempts", body = RunsPage),
+        (status = 400, description = "A parameter is invalid; `field` names it", body = ErrorBody),
+        (status = 401, description = "No or unknown token", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    mut params: Params,
+) -> Result<Json<RunsPage>, ApiError> {
+    caller.require(Role::Read)?;
+    let kind = params.text("kind")?;
+    let status = params.text("status")?;
+    let limit = params.int("limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
+    let before = params.int("before", 1, i64::MAX)?;
+    params.finish(&["kind", "status", "limit", "before"])?;
+    let filter = RunFilter::parse(kind.as_deref(), status.as_deref(), limit)?;
+    let rows = runs::runs_page(
+        &state.db,
+        filter.kind.as_deref(),
+        filter.status,
+        before,
+        filter.limit,
+    )
+    .await?;
+    let next = next_cursor(rows.len(), limit, rows.last().map(|row| row.id));
+    Ok(Json(RunsPage { runs: rows, next }))
+}
+
+/// The cursor of the next page: the last id when the page is full.
+pub(crate) fn next_cursor(n: usize, limit: i64, last_id: Option<i64>) -> Option<i64> {
+    if i64::try_from(n).unwrap_or(i64::MAX) >= limit {
+        last_id
+    } else {
+        None
+    }
+}
