@@ -140,9 +140,10 @@ impl HttpReceiver {
 
     /// Answers only after `delay` from now on (the request is recorded on arrival).
     pub fn set_delay(&self, delay: Duration) {
-        self.shared
-            .delay_ms
-            .store(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
+        self.shared.delay_ms.store(
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
     }
 
     /// Answers `status` from now on.
@@ -214,16 +215,12 @@ async fn handle_http(stream: TcpStream, shared: &HttpShared) -> std::io::Result<
     }
     let mut body = vec![0; content_length];
     reader.read_exact(&mut body).await?;
-    shared
-        .requests
-        .lock()
-        .expect("requests")
-        .push(HttpRequest {
-            method,
-            path,
-            headers,
-            body,
-        });
+    shared.requests.lock().expect("requests").push(HttpRequest {
+        method,
+        path,
+        headers,
+        body,
+    });
     let delay = shared.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -337,7 +334,9 @@ impl Drop for SmtpReceiver {
 async fn handle_smtp(stream: TcpStream, messages: &Mutex<Vec<SmtpMessage>>) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
-    write.write_all(b"220 localhost ESMTP upkeep-test\r\n").await?;
+    write
+        .write_all(b"220 localhost ESMTP upkeep-test\r\n")
+        .await?;
     let mut from = String::new();
     let mut to = Vec::new();
     loop {
@@ -352,7 +351,11 @@ async fn handle_smtp(stream: TcpStream, messages: &Mutex<Vec<SmtpMessage>>) -> s
             .unwrap_or_default()
             .to_ascii_uppercase();
         match verb.as_str() {
-            "EHLO" => write.write_all(b"250-localhost\r\n250 8BITMIME\r\n").await?,
+            "EHLO" => {
+                write
+                    .write_all(b"250-localhost\r\n250 8BITMIME\r\n")
+                    .await?
+            }
             "HELO" | "NOOP" => write.write_all(b"250 OK\r\n").await?,
             "RSET" => {
                 from.clear();

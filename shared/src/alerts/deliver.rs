@@ -153,7 +153,9 @@ async fn deliver_one(
             Ok(Settled::Sent)
         }
         Err(error) => {
-            let age = (Utc::now() - message.created_at).to_std().unwrap_or_default();
+            let age = (Utc::now() - message.created_at)
+                .to_std()
+                .unwrap_or_default();
             let give_up = age >= alerts.give_up_after
                 || matches!(
                     error,
@@ -162,8 +164,15 @@ async fn deliver_one(
                         | DeliveryError::Malformed(..)
                 );
             let retry_in = backoff(alerts, message.attempts);
-            if !outbox::mark_failed(pool, message.id, worker, &error.to_string(), retry_in, give_up)
-                .await?
+            if !outbox::mark_failed(
+                pool,
+                message.id,
+                worker,
+                &error.to_string(),
+                retry_in,
+                give_up,
+            )
+            .await?
             {
                 return Ok(Settled::Lost);
             }
@@ -181,7 +190,9 @@ async fn deliver_one(
 /// `retry_base · 2^(attempts-1)`, capped at `retry_max`, then scaled by a random factor in
 /// [0.5, 1] so workers retrying the same receiver spread out.
 fn backoff(alerts: &AlertsSettings, attempts: i32) -> Duration {
-    let exponent = u32::try_from(attempts.saturating_sub(1)).unwrap_or(0).min(30);
+    let exponent = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(0)
+        .min(30);
     let raw = alerts
         .retry_base
         .saturating_mul(1 << exponent)

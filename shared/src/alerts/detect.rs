@@ -283,7 +283,10 @@ async fn silent_schedules(
     let enabled: Vec<&ScheduleSettings> = settings.schedules.iter().filter(|s| s.enabled).collect();
     let names: Vec<String> = enabled.iter().map(|s| s.name.clone()).collect();
     let rows: Vec<(String, bool, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> =
-        sqlx::query_as(SILENT_SQL).bind(&names).fetch_all(pool).await?;
+        sqlx::query_as(SILENT_SQL)
+            .bind(&names)
+            .fetch_all(pool)
+            .await?;
     let mut out = Vec::new();
     for (name, paused, last_success, first_tick) in rows {
         if paused {

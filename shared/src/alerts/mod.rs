@@ -245,7 +245,8 @@ impl Alerter {
             let this = self.clone();
             async move {
                 let interval = this.settings.alerts.evaluate_interval;
-                let mut outage = Outage::new("postgres", "evaluate alerts").with_max_delay(interval);
+                let mut outage =
+                    Outage::new("postgres", "evaluate alerts").with_max_delay(interval);
                 loop {
                     let delay = match this.evaluate_once().await {
                         Ok(report) => {

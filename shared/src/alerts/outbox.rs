@@ -107,7 +107,11 @@ pub(super) async fn evaluate(
         .alerts
         .rules
         .iter()
-        .flat_map(|rule| rule.events.iter().map(|e| format!("{}\u{1f}{e}", rule.name)))
+        .flat_map(|rule| {
+            rule.events
+                .iter()
+                .map(|e| format!("{}\u{1f}{e}", rule.name))
+        })
         .collect();
     sqlx::query(
         "UPDATE alert_incidents SET resolved_at = $2 \
@@ -122,9 +126,18 @@ pub(super) async fn evaluate(
 }
 
 fn rule_matches(rule: &RuleSettings, condition: &Condition) -> bool {
-    condition.code.as_deref().is_none_or(|c| rule.matches_code(c))
-        && condition.queue.as_deref().is_none_or(|q| rule.matches_queue(q))
-        && condition.name.as_deref().is_none_or(|n| rule.matches_subject(n))
+    condition
+        .code
+        .as_deref()
+        .is_none_or(|c| rule.matches_code(c))
+        && condition
+            .queue
+            .as_deref()
+            .is_none_or(|q| rule.matches_queue(q))
+        && condition
+            .name
+            .as_deref()
+            .is_none_or(|n| rule.matches_subject(n))
 }
 
 #[derive(sqlx::FromRow)]
@@ -325,7 +338,8 @@ pub(super) async fn queue_pings(pool: &PgPool, settings: &Settings) -> Result<u6
 
 /// Deletes settled messages and resolved incidents older than `alerts.outbox_retention`.
 pub(super) async fn prune(pool: &PgPool, alerts: &super::AlertsSettings) -> Result<(), Error> {
-    let cutoff = Utc::now() - TimeDelta::from_std(alerts.outbox_retention).unwrap_or(TimeDelta::MAX);
+    let cutoff =
+        Utc::now() - TimeDelta::from_std(alerts.outbox_retention).unwrap_or(TimeDelta::MAX);
     sqlx::query(
         "DELETE FROM alert_outbox WHERE id IN (SELECT id FROM alert_outbox \
           WHERE created_at < $1 AND state IN ('sent', 'failed', 'in_doubt') LIMIT 5000)",

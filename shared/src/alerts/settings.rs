@@ -185,10 +185,13 @@ impl RuleSettings {
     #[must_use]
     pub fn matches_code(&self, code: &str) -> bool {
         self.codes.is_empty()
-            || self.codes.iter().any(|pattern| match pattern.strip_suffix('*') {
-                Some(prefix) => code.starts_with(prefix),
-                None => code == pattern,
-            })
+            || self
+                .codes
+                .iter()
+                .any(|pattern| match pattern.strip_suffix('*') {
+                    Some(prefix) => code.starts_with(prefix),
+                    None => code == pattern,
+                })
     }
 
     /// Whether a queue passes the rule's `queues` filter.
@@ -207,9 +210,9 @@ impl RuleSettings {
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        })
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -253,10 +256,16 @@ impl Section for AlertsSettings {
             if !valid_name(&sink.name) {
                 problems.push(
                     format!("{at}.name"),
-                    format!("must be 1-64 characters of [a-z0-9_.-], got {:?}", sink.name),
+                    format!(
+                        "must be 1-64 characters of [a-z0-9_.-], got {:?}",
+                        sink.name
+                    ),
                 );
             }
-            if self.sinks[..idx].iter().any(|other| other.name == sink.name) {
+            if self.sinks[..idx]
+                .iter()
+                .any(|other| other.name == sink.name)
+            {
                 problems.push(
                     format!("{at}.name"),
                     format!("must be unique, {:?} appears twice", sink.name),
@@ -269,10 +278,16 @@ impl Section for AlertsSettings {
             if !valid_name(&rule.name) {
                 problems.push(
                     format!("{at}.name"),
-                    format!("must be 1-64 characters of [a-z0-9_.-], got {:?}", rule.name),
+                    format!(
+                        "must be 1-64 characters of [a-z0-9_.-], got {:?}",
+                        rule.name
+                    ),
                 );
             }
-            if self.rules[..idx].iter().any(|other| other.name == rule.name) {
+            if self.rules[..idx]
+                .iter()
+                .any(|other| other.name == rule.name)
+            {
                 problems.push(
                     format!("{at}.name"),
                     format!("must be unique, {:?} appears twice", rule.name),
@@ -348,10 +363,9 @@ fn validate_sink(at: &str, sink: &SinkSettings, problems: &mut Problems) {
                 problems.push(format!("{at}.url"), "is for webhook and slack sinks");
             }
             match sink.smtp_host.as_deref() {
-                None | Some("") => problems.push(
-                    format!("{at}.smtp_host"),
-                    "is required for an email sink",
-                ),
+                None | Some("") => {
+                    problems.push(format!("{at}.smtp_host"), "is required for an email sink")
+                }
                 Some(host) => {
                     if sink.tls == SmtpTls::None && !is_loopback(host) {
                         problems.push(
@@ -458,7 +472,10 @@ to = ["ops@example.com"]
         assert_eq!(alerts.rules[0].repeat_interval.as_secs(), 4 * 3600);
         assert!(alerts.rules[0].matches_code("backup.stale"));
         assert!(!alerts.rules[0].matches_code("disk.used_pct"));
-        assert_eq!(alerts.sink("mail").map(super::SinkSettings::port), Some(587));
+        assert_eq!(
+            alerts.sink("mail").map(super::SinkSettings::port),
+            Some(587)
+        );
         assert!(!format!("{settings:?}").contains("hunter2"));
         assert!(!format!("{settings:?}").contains("secret-path"));
     }
@@ -467,9 +484,7 @@ to = ["ops@example.com"]
     fn bad_rules_and_sinks_are_refused_naming_the_key() {
         let env = [("HOOK_URL", "not a url"), ("SMTP_PASSWORD", "x")];
         let text = problems(
-            &format!(
-                "{SINKS}\n[[alerts.rules]]\nname = \"r\"\nevents = []\nsinks = [\"nope\"]\n"
-            ),
+            &format!("{SINKS}\n[[alerts.rules]]\nname = \"r\"\nevents = []\nsinks = [\"nope\"]\n"),
             &env,
         );
         assert!(text.contains("alerts.sinks[0].url"), "{text}");
@@ -492,7 +507,10 @@ to = ["ops@example.com"]
 
     #[test]
     fn a_lease_shorter_than_the_delivery_timeout_is_refused() {
-        let text = problems("[alerts]\ndelivery_timeout = \"30s\"\nlease = \"10s\"\n", &[]);
+        let text = problems(
+            "[alerts]\ndelivery_timeout = \"30s\"\nlease = \"10s\"\n",
+            &[],
+        );
         assert!(text.contains("alerts.lease"), "{text}");
     }
 
