@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use upkeep_shared::config::Settings;
 use upkeep_shared::operator;
 
+mod alerts;
 mod backups;
 mod config_cmd;
 mod cron;
@@ -105,6 +106,8 @@ enum Command {
     Logs(logs::LogsArgs),
     /// Disk usage of every checked filesystem, as `df` computes it.
     Disk(logs::DiskArgs),
+    /// Alerts: open incidents and the outbox (list), a test message through a sink (test SINK).
+    Alerts(alerts::AlertsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,6 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokens(args) => tokens::run(&settings, args).await,
         Command::Logs(args) => logs::run(&settings, args).await,
         Command::Disk(args) => logs::disk(&settings, &args),
+        Command::Alerts(args) => alerts::run(&settings, args).await,
     }
 }
 

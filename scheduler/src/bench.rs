@@ -179,6 +179,7 @@ async fn run_in(
             overlap: Overlap::Allow,
             jitter: options.jitter,
             enabled: true,
+            ping_url: None,
         })
         .collect();
     settings.database.migrate_on_start = false;

@@ -92,6 +92,8 @@ pub struct Settings {
     pub disk: crate::disk::DiskSettings,
     /// `[tokens]`: OAuth2 providers whose credentials `tokens.refresh` keeps fresh.
     pub tokens: crate::tokens::TokenSettings,
+    /// `[alerts]`: sinks, rules and the outbox's timings.
+    pub alerts: crate::alerts::AlertsSettings,
     /// AES-256-GCM key for stored credentials. Defaults to none; only the token worker needs it.
     pub secret_key: Option<SecretKey>,
     /// The previous key, accepted for reading until `upkeepctl tokens rotate-key` has
@@ -429,6 +431,7 @@ const TOP_KEYS: &[&str] = &[
     "logs",
     "disk",
     "tokens",
+    "alerts",
     "secret_key",
     "secret_key_previous",
 ];
@@ -586,6 +589,7 @@ fn validate(
         logs: serde_section(ctx, doc, "logs", env),
         disk: serde_section(ctx, doc, "disk", env),
         tokens: serde_section(ctx, doc, "tokens", env),
+        alerts: serde_section(ctx, doc, "alerts", env),
         secret_key: secret_key(ctx, doc, "secret_key"),
         secret_key_previous: secret_key(ctx, doc, "secret_key_previous"),
         loaded_from,

@@ -18,10 +18,13 @@
 //! - [`operator`]: what `upkeepctl` does (enqueue, stats, dead letters, recent runs).
 //! - [`tasks`]: the maintenance checklist as data, and each item's status in a period window.
 //! - [`outage`]: the one way every retrying loop logs and paces a dependency outage.
+//! - [`alerts`]: incidents from findings, dead letters, missed ticks, stale backups and silent
+//!   schedules, delivered from a Postgres outbox to webhooks, Slack and email; heartbeat pings.
 //! - [`tokens`]: OAuth2 credentials kept fresh and encrypted at rest (`tokens.refresh`).
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`shutdown`]: the signal every long-running loop watches.
 
+pub mod alerts;
 pub mod api_access;
 pub mod backup;
 pub mod config;

@@ -14,6 +14,7 @@
 //! - [`process`]: workspace binaries as child processes with their output in a log file.
 //! - [`ports`]: free TCP ports on 127.0.0.1.
 //! - [`proxy`]: a TCP proxy the test can partition (blackhole, refuse, cut).
+//! - [`receivers`]: an HTTP and an SMTP server that record what the alert tests send.
 //! - [`wait`]: `eventually` (poll until a probe answers) and `unix_now`.
 //! - [`ledger`]: a ledger connection and the job ids `upkeepctl enqueue` prints.
 //!
@@ -34,6 +35,7 @@ pub mod private_postgres;
 pub mod private_redis;
 pub mod process;
 pub mod proxy;
+pub mod receivers;
 pub mod services;
 pub mod wait;
 

@@ -5,6 +5,7 @@
 //! has a database and a Redis key prefix of its own (`support::Deployment`), so they run in
 //! parallel.
 
+mod alerts;
 mod backup;
 mod check_config;
 mod cron_ctl;

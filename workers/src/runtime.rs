@@ -14,6 +14,7 @@ use apalis::prelude::{Monitor, WorkerBuilder};
 use sqlx::PgPool;
 use tower::limit::ConcurrencyLimitLayer;
 use upkeep_shared::QueueName;
+use upkeep_shared::alerts::Alerter;
 use upkeep_shared::config::{ReconcileAction, Settings};
 use upkeep_shared::outage::Outage;
 use upkeep_shared::queue::{
@@ -151,6 +152,9 @@ impl WorkerRuntime {
                 .run_until_stopped(),
             )
         });
+        let alerter = self.pool.clone().and_then(|pool| {
+            Alerter::spawn_if_needed(pool, self.conn.clone(), &self.settings, &self.identity)
+        });
         let grace = self.settings.worker.grace_period;
         let mut monitor = Monitor::new().shutdown_timeout(grace);
         let mut books = Vec::new();
@@ -190,7 +194,7 @@ impl WorkerRuntime {
             }
         };
         let result = monitor.run_with_signal(signal).await;
-        for task in [reconciler, pruner].into_iter().flatten() {
+        for task in [reconciler, pruner, alerter].into_iter().flatten() {
             task.abort();
         }
         for (queue, leases, worker_id) in books {

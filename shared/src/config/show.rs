@@ -95,9 +95,14 @@ impl From<&ScheduleSettings> for ScheduleEntry {
             overlap: Some(schedule.overlap),
             jitter: schedule.jitter,
             enabled: schedule.enabled,
+            ping_url: schedule.ping_url.clone(),
         }
     }
 }
+
+/// URLs whose path is the credential (Slack webhooks, healthchecks.io pings): never shown,
+/// not even without their userinfo.
+const OPAQUE_URL_KEYS: &[&str] = &["alerts.sinks[].url", "schedules[].ping_url"];
 
 /// Whether `key` is a secret: a built-in secret or any section's `SECRET_KEYS` entry (or an
 /// element of one).
@@ -105,6 +110,7 @@ fn is_secret(ctx: &Ctx, key: &str) -> bool {
     let normalized = normalize_indexes(key);
     normalized == "secret_key"
         || normalized == "secret_key_previous"
+        || OPAQUE_URL_KEYS.contains(&normalized.as_str())
         || ctx.secret_keys.iter().any(|pattern| {
             normalized == *pattern
                 || normalized
@@ -118,8 +124,9 @@ fn redact(ctx: &Ctx, key: &str, value: serde_json::Value) -> serde_json::Value {
     if !is_secret(ctx, key) {
         return value;
     }
+    let opaque = OPAQUE_URL_KEYS.contains(&normalize_indexes(key).as_str());
     let hide = |text: &str| {
-        if text.contains("://") {
+        if text.contains("://") && !opaque {
             redact_url(text)
         } else {
             REDACTED.to_owned()

@@ -42,6 +42,9 @@ pub struct ScheduleSettings {
     pub jitter: Duration,
     /// Whether the schedule fires at all. Defaults to true.
     pub enabled: bool,
+    /// Heartbeat URL (healthchecks.io convention): GET after each successful run of the
+    /// schedule's job, GET `ping_url + "/fail"` when it goes dead. Defaults to none.
+    pub ping_url: Option<String>,
 }
 
 /// One `[[schedules]]` table as written. Optional keys have their defaults in
@@ -85,6 +88,9 @@ pub struct ScheduleEntry {
     /// See [`ScheduleSettings::enabled`].
     #[serde(default = "defaults::enabled")]
     pub enabled: bool,
+    /// See [`ScheduleSettings::ping_url`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_url: Option<String>,
 }
 
 /// The defaults of the optional keys, written once (serde needs them as functions).
@@ -129,6 +135,7 @@ impl Default for ScheduleEntry {
             overlap: None,
             jitter: Duration::ZERO,
             enabled: defaults::enabled(),
+            ping_url: None,
         }
     }
 }
@@ -258,6 +265,15 @@ fn resolve_one(
             ),
         );
     }
+    if let Some(url) = &entry.ping_url {
+        match url::Url::parse(url) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => {}
+            _ => problems.push(
+                key("ping_url"),
+                "must be an http:// or https:// URL (value not shown)",
+            ),
+        }
+    }
     if problems.as_slice().len() != n_before {
         return None;
     }
@@ -275,5 +291,6 @@ fn resolve_one(
         overlap: entry.overlap.unwrap_or_else(|| default_overlap(kind)),
         jitter: entry.jitter,
         enabled: entry.enabled,
+        ping_url: entry.ping_url.clone(),
     })
 }
