@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod checklist;
 mod error;
+mod metrics;
 mod routes;
 
 use std::future::Future;
@@ -87,6 +88,7 @@ impl AppState {
 /// The API's routes over `state`, with the body limit and the request timeout.
 pub fn router(state: AppState) -> Router {
     routes::router()
+        .merge(metrics::router())
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,

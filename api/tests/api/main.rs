@@ -1,6 +1,7 @@
 //! The API against a real Postgres (a fresh database per test, from `#[sqlx::test]`) and the
 //! Redis of `REDIS_URL` under a key prefix of its own, served on 127.0.0.1 and called over HTTP.
 
+mod metrics;
 mod tasks;
 
 use std::collections::HashMap;
