@@ -17,6 +17,7 @@ mod audit;
 pub mod auth;
 pub mod checklist;
 mod error;
+mod metrics;
 mod params;
 mod routes;
 
@@ -105,7 +106,7 @@ pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.settings.api.cors_origins);
     let app = Router::new()
         .merge(routes::router())
-        // Other route families merge here (`.merge(metrics::routes())`, the dashboard's).
+        .merge(metrics::router())
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(TimeoutLayer::with_status_code(

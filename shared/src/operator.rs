@@ -232,7 +232,7 @@ pub async fn stats(settings: &Settings) -> Result<Vec<QueueStats>, Error> {
 #[must_use]
 pub fn render_stats(all: &[QueueStats]) -> String {
     let mut out = format!(
-        "{:<10} {:>8} {:>9} {:>8} {:>8} {:>6} {:>7} {:>10} {:>8} {:>11}\n",
+        "{:<10} {:>8} {:>9} {:>8} {:>8} {:>6} {:>7} {:>10} {:>8} {:>8} {:>9} {:>8} {:>11}\n",
         "queue",
         "pending",
         "scheduled",
@@ -242,13 +242,16 @@ pub fn render_stats(all: &[QueueStats]) -> String {
         "workers",
         "succeeded",
         "failed",
+        "succ_1h",
+        "failed_1h",
+        "per_min",
         "oldest_age"
     );
     for s in all {
         let total = |k: &str| s.totals.get(k).copied().unwrap_or(0);
         let _ = writeln!(
             out,
-            "{:<10} {:>8} {:>9} {:>8} {:>8} {:>6} {:>7} {:>10} {:>8} {:>11}",
+            "{:<10} {:>8} {:>9} {:>8} {:>8} {:>6} {:>7} {:>10} {:>8} {:>8} {:>9} {:>8.1} {:>11}",
             s.name,
             s.pending,
             s.scheduled,
@@ -258,6 +261,9 @@ pub fn render_stats(all: &[QueueStats]) -> String {
             s.workers,
             total("succeeded"),
             total("failed"),
+            s.succeeded_1h,
+            s.failed_1h,
+            s.throughput_per_min,
             s.oldest_pending_age_seconds
                 .map_or("-".to_owned(), |a| format!("{a:.1}s")),
         );

@@ -97,3 +97,66 @@ async fn stats_count_pending_scheduled_running_retrying_and_dead_jobs_and_the_ol
     assert_eq!(total(&stats, "succeeded"), 0);
     assert_eq!(total(&stats, "reclaimed"), 0);
 }
+
+#[tokio::test]
+async fn stats_count_the_last_hour_and_the_throughput_from_per_minute_rollups() {
+    // Arrange: 4 jobs succeed and 2 fail now; rollup buckets 30 and 61 minutes old are planted
+    // as the settle script would have left them.
+    let (queue, _) = shared_queue(QueueOptions::default());
+    let jobs: Vec<NewJob> = (0..6).map(|_| job(1)).collect();
+    queue.enqueue(&jobs).await.unwrap();
+    let fetched = queue.fetch("w1", 6).await.unwrap().jobs;
+    assert_eq!(fetched.len(), 6);
+    let settlements: Vec<Settlement> = fetched
+        .into_iter()
+        .enumerate()
+        .map(|(i, leased)| Settlement {
+            id: leased.id,
+            token: leased.token,
+            verdict: if i < 4 {
+                Verdict::Done
+            } else {
+                Verdict::Retry(Duration::ZERO)
+            },
+            error: "it broke".to_owned(),
+        })
+        .collect();
+    let settled_in = now_ms() / 60_000;
+    queue.settle(&settlements).await.unwrap();
+    let minute = now_ms() / 60_000;
+    let base = queue.keys().base.clone();
+    let plant = |age: i64, s: i64, f: i64| {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(format!("{base}tp:{}", minute - age))
+            .arg("s")
+            .arg(s)
+            .arg("f")
+            .arg(f);
+        cmd
+    };
+    let _: i64 = crate::support::raw(&queue, &plant(30, 100, 10)).await;
+    let _: i64 = crate::support::raw(&queue, &plant(61, 1000, 1000)).await;
+    // The settle ran in `settled_in` or, across a minute boundary, in `minute`.
+    let mut ttl: i64 = -2;
+    for m in [settled_in, minute] {
+        let pttl: i64 =
+            crate::support::raw(&queue, redis::cmd("PTTL").arg(format!("{base}tp:{m}"))).await;
+        ttl = ttl.max(pttl);
+    }
+
+    // Act
+    let stats = stats(&queue).await;
+
+    // Assert: the 30-minute-old bucket counts, the 61-minute-old one does not; the throughput
+    // covers only the last 5 minutes (6 attempts over 4 to 5 minutes).
+    assert_eq!(stats.succeeded_1h, 104, "{stats:?}");
+    assert_eq!(stats.failed_1h, 12, "{stats:?}");
+    assert!(
+        (6.0 / 5.0..=6.0 / 4.0).contains(&stats.throughput_per_min),
+        "{stats:?}"
+    );
+    assert!(
+        (0..=7_200_000).contains(&ttl) && ttl > 7_000_000,
+        "the current bucket expires in 2 h, PTTL {ttl}"
+    );
+}

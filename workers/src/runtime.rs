@@ -22,7 +22,7 @@ use upkeep_shared::queue::{
 };
 use upkeep_shared::reconcile;
 use upkeep_shared::shutdown::Shutdown;
-use upkeep_shared::store::{runs, ticks};
+use upkeep_shared::store::{partitions, ticks};
 
 use crate::ledger::PgLedger;
 use crate::registry::{HandlerContext, Registry, dispatch};
@@ -306,9 +306,11 @@ impl Reconciler {
     }
 }
 
-/// The ledger's retention: deletes finished runs (with their findings) and schedule ticks
-/// older than `retention`, in bounded batches. Several worker processes may prune at once; a
-/// row is deleted once and the others find nothing.
+/// The ledger's maintenance and retention: creates the monthly partitions of `job_runs` and
+/// `findings` ahead (current month and the next two), drops whole months older than
+/// `retention` (never one holding a running row; see `store::partitions`), deletes the
+/// default partition's old runs and old schedule ticks in bounded batches. Several worker
+/// processes may prune at once; partition changes are serialised by an advisory lock.
 #[derive(Debug, Clone)]
 pub struct Pruner {
     pool: PgPool,
@@ -330,17 +332,27 @@ impl Pruner {
         }
     }
 
-    /// One pass; returns how many runs and ticks it deleted.
+    /// One pass; returns how many runs (months dropped count as their rows are not counted:
+    /// only default-partition rows are) and ticks it deleted.
     ///
     /// # Errors
-    /// When Postgres fails; batches already deleted stay deleted.
+    /// When Postgres fails; months and batches already dropped stay dropped.
     pub async fn run_once(&self) -> anyhow::Result<(u64, u64)> {
-        let cutoff = chrono::Utc::now()
-            - chrono::TimeDelta::from_std(self.retention).unwrap_or(chrono::TimeDelta::MAX);
-        let n_runs = runs::delete_runs_older_than(&self.pool, cutoff, Self::BATCH).await?;
+        let now = chrono::Utc::now();
+        let created = partitions::ensure_ahead(&self.pool, now).await?;
+        if !created.is_empty() {
+            tracing::info!(?created, "created ledger partitions");
+        }
+        let cutoff =
+            now - chrono::TimeDelta::from_std(self.retention).unwrap_or(chrono::TimeDelta::MAX);
+        let report = partitions::prune(&self.pool, cutoff, Self::BATCH).await?;
+        for (month, reason) in &report.skipped {
+            tracing::warn!(%month, reason, %cutoff, "kept a ledger month past the retention");
+        }
+        let n_runs = report.default_rows_deleted;
         let n_ticks = ticks::delete_ticks_older_than(&self.pool, cutoff, Self::BATCH).await?;
-        if n_runs + n_ticks > 0 {
-            tracing::info!(n_runs, n_ticks, %cutoff, "pruned the ledger");
+        if n_runs + n_ticks > 0 || !report.dropped.is_empty() {
+            tracing::info!(n_runs, n_ticks, dropped = ?report.dropped, %cutoff, "pruned the ledger");
         }
         Ok((n_runs, n_ticks))
     }
@@ -349,7 +361,8 @@ impl Pruner {
     /// is an outage, retried with backoff up to the interval.
     pub async fn run_until_stopped(self) {
         let mut outage = Outage::new("postgres", "prune the ledger").with_max_delay(self.interval);
-        let mut delay = jittered(self.interval);
+        // The first pass comes soon after start, so a fresh deployment has its months ahead.
+        let mut delay = jittered(self.interval.min(Duration::from_secs(5)));
         loop {
             tokio::time::sleep(delay).await;
             delay = match self.run_once().await {

@@ -43,6 +43,9 @@ pub(crate) async fn stats(
             "oldest_pending_age_seconds": stats.oldest_pending_age_seconds.unwrap_or(0.0),
             "succeeded_total": total("succeeded"),
             "failed_total": total("failed"),
+            "succeeded_1h": stats.succeeded_1h,
+            "failed_1h": stats.failed_1h,
+            "throughput_per_min": stats.throughput_per_min,
         }));
     }
     Ok(Json(json!({

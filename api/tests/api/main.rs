@@ -2,6 +2,7 @@
 //! Redis of `REDIS_URL` under a key prefix of its own, served on 127.0.0.1 and called over HTTP.
 
 mod access;
+mod metrics;
 mod openapi;
 mod pagination;
 mod routes;

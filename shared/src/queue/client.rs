@@ -252,6 +252,14 @@ pub struct QueueStats {
     /// Monotonic counters (defined in the module docs): enqueued, requeued, succeeded,
     /// failed, retried, dead, reclaimed.
     pub totals: HashMap<String, u64>,
+    /// Attempts that succeeded in the current minute and the 59 before it (per-minute rollup
+    /// written by the settle script; no history is read).
+    pub succeeded_1h: u64,
+    /// Attempts that failed (retried, dead or lost) in the same window.
+    pub failed_1h: u64,
+    /// Attempts settled (succeeded + failed) per minute over the last 4 full minutes and the
+    /// current one so far.
+    pub throughput_per_min: f64,
 }
 
 /// One job's current record in Redis.
@@ -686,10 +694,16 @@ impl Queue {
             oldest,
             now,
             counters,
+            succeeded_1h,
+            failed_1h,
+            processed_5m,
         ] = parts.as_slice()
         else {
-            return Err(protocol("stats reply is not 9 parts"));
+            return Err(protocol("stats reply is not 12 parts"));
         };
+        let now_ms = int(now)?;
+        // The 5-minute window is 4 full minutes plus the elapsed part of the current one.
+        let window_min = 4.0 + (now_ms.rem_euclid(60_000) as f64 / 60_000.0);
         let oldest = int(oldest)?;
         let mut totals = HashMap::new();
         for pair in array(counters.clone())?.chunks(2) {
@@ -706,8 +720,11 @@ impl Queue {
             dead: int(dead)? as u64,
             workers: int(workers)? as u64,
             oldest_pending_age_seconds: (oldest >= 0)
-                .then(|| (int(now).unwrap_or(oldest) - oldest).max(0) as f64 / 1000.0),
+                .then(|| (now_ms - oldest).max(0) as f64 / 1000.0),
             totals,
+            succeeded_1h: int(succeeded_1h)?.max(0) as u64,
+            failed_1h: int(failed_1h)?.max(0) as u64,
+            throughput_per_min: int(processed_5m)?.max(0) as f64 / window_min,
         })
     }
 

@@ -5,6 +5,8 @@
 //! - [`findings`]: which `(code, subject)` conditions are open, so checks can resolve them.
 //! - [`tasks`]: the evidence of checklist items, their acknowledgements, and the audit trail.
 //! - [`log_cursors`]: `logs.scan_errors` cursors, per-run counts and known signatures.
+//! - [`metrics`]: the bounded reads behind `GET /metrics` (open conditions by severity, runs
+//!   after a cursor).
 //! - [`disk_samples`]: `system.disk` samples for the trend, and the server's own paths.
 //! - [`ticks`]: `schedule_ticks`, one row per expected tick of a schedule.
 //! - [`replicas`]: `scheduler_replicas`, each live scheduler replica's last sign and horizon.
@@ -12,6 +14,8 @@
 //! - [`reports`]: health-report queries against target databases (read-only, with timeouts),
 //!   and `report_snapshots` in upkeep's own.
 //! - [`oauth_tokens`]: encrypted OAuth2 credentials, locked per row while refreshed.
+//! - [`partitions`]: the monthly partitions of `job_runs` and `findings`, created ahead, and
+//!   retention by dropping whole months.
 //! - [`health`]: each schedule's last tick, last success, next fire, lag and skip counts, and
 //!   their Prometheus rendering.
 //!
@@ -26,7 +30,9 @@ pub mod disk_samples;
 pub mod findings;
 pub mod health;
 pub mod log_cursors;
+pub mod metrics;
 pub mod oauth_tokens;
+pub mod partitions;
 pub mod reconcile;
 pub mod replicas;
 pub mod reports;
@@ -88,6 +94,7 @@ pub async fn connect(database: &DatabaseSettings) -> Result<PgPool, Error> {
     let pool = open(database).await?;
     if database.migrate_on_start {
         MIGRATOR.run(&pool).await?;
+        partitions::ensure_ahead(&pool, chrono::Utc::now()).await?;
     }
     Ok(pool)
 }
@@ -100,6 +107,7 @@ pub async fn connect(database: &DatabaseSettings) -> Result<PgPool, Error> {
 pub async fn connect_and_migrate(database: &DatabaseSettings) -> Result<PgPool, Error> {
     let pool = open(database).await?;
     MIGRATOR.run(&pool).await?;
+    partitions::ensure_ahead(&pool, chrono::Utc::now()).await?;
     Ok(pool)
 }
 

@@ -10,8 +10,9 @@
 //! a fenced one, and [`record_runs_read_back`] says so. Workers acknowledge a job to
 //! Redis only after this returns.
 //!
-//! Retention is [`delete_runs_older_than`], which deletes in bounded batches (see the
-//! `job_runs` migration for why the table is not partitioned).
+//! Both tables are partitioned by month on `job_id` (see [`super::partitions`]); retention drops
+//! whole months there. [`delete_runs_older_than`] deletes rows in bounded batches, for callers
+//! that need a finer cut.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

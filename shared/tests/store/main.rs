@@ -9,6 +9,7 @@
 mod findings;
 mod health;
 mod helpers;
+mod partitions;
 mod runs;
 mod schedules;
 mod ticks;

@@ -29,6 +29,9 @@ for i = 4, #ARGV, 3 do
       local f = redis.call('HMGET', job, 'max', 'idem')
       local max = tonumber(f[1]) or 1
       redis.call('HINCRBY', KEYS[9], 'failed', 1)
+      local minute = base .. 'tp:' .. math.floor(now / 60000)
+      redis.call('HINCRBY', minute, 'f', 1)
+      redis.call('PEXPIRE', minute, 7200000)
       if attempt >= max then
         redis.call('HSET', job, 'state', 'discarded', 'finished', now, 'attempt', attempt,
           'err', 'worker stopped during attempt ' .. attempt .. ' of ' .. max)
