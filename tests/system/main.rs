@@ -31,3 +31,4 @@ mod stopping;
 mod support;
 mod tokens;
 mod up;
+mod worker_logging;
