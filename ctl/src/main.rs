@@ -155,11 +155,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return cron::run(args);
     }
     let settings = Settings::load().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let default_filter = match cli.command {
-        Command::Up => settings.telemetry.filter.clone(),
-        _ => "warn".to_owned(),
+    let (default_filter, log_format) = match &cli.command {
+        Command::Up => (settings.telemetry.filter.clone(), settings.telemetry.format),
+        // The benchmark logs like a deployed worker unless told otherwise.
+        Command::Bench(args) => args.logging(&settings.telemetry),
+        _ => ("warn".to_owned(), settings.telemetry.format),
     };
-    upkeep_shared::telemetry::init("upkeepctl", &default_filter, settings.telemetry.format);
+    upkeep_shared::telemetry::init("upkeepctl", &default_filter, log_format);
     match cli.command {
         Command::Migrate => {
             upkeep_shared::store::connect_and_migrate(&settings.database).await?;

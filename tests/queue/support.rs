@@ -152,6 +152,8 @@ pub(crate) struct TestLedger {
     rows: Mutex<HashMap<(JobId, u32), Attempt>>,
     /// While set, `history` fails as an unreachable Postgres would.
     failing_reads: AtomicBool,
+    /// Every job id `history` was asked about, in asking order.
+    asked: Mutex<Vec<JobId>>,
 }
 
 impl TestLedger {
@@ -189,6 +191,11 @@ impl TestLedger {
             .expect("ledger lock")
             .insert((attempt.job_id, attempt.attempt), attempt.clone());
         self.attempts.lock().expect("ledger lock").push(attempt);
+    }
+
+    /// Every job id `history` was asked about so far, in asking order.
+    pub(crate) fn asked(&self) -> Vec<JobId> {
+        self.asked.lock().expect("ledger lock").clone()
     }
 
     /// Makes `history` fail (`true`) or answer again (`false`).
@@ -263,6 +270,10 @@ impl Ledger for TestLedger {
         &self,
         ids: Vec<JobId>,
     ) -> BoxFuture<'_, Result<HashMap<JobId, History>, anyhow::Error>> {
+        self.asked
+            .lock()
+            .expect("ledger lock")
+            .extend(ids.iter().copied());
         if self.failing_reads.load(Ordering::SeqCst) {
             return Box::pin(async { Err(anyhow::anyhow!("the test ledger refuses reads")) });
         }

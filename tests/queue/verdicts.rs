@@ -11,9 +11,12 @@ use upkeep_shared::queue::{
     Settlement, Verdict,
 };
 
+use upkeep_shared::queue::RedisTarget;
+use upkeep_tests::{AppendFsync, PrivateRedis, RedisOptions, unique_prefix};
+
 use crate::support::{
-    Calls, KIND, TestLedger, TestWorker, consumer, counting, eventually, now_ms, raw, shared_queue,
-    stats, total, wait_for_succeeded,
+    Calls, KIND, TestLedger, TestWorker, consumer, counting, eventually, now_ms, queue_on, raw,
+    shared_queue, stats, total, wait_for_succeeded,
 };
 
 fn one_second_lease() -> QueueOptions {
@@ -199,9 +202,18 @@ async fn a_batch_the_ledger_cannot_check_is_given_back_unstarted_and_runs_once_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_redis_lost_writes_a_first_delivery_of_a_succeeded_job_is_skipped_and_a_replayed_attempt_keeps_its_result()
  {
-    // Arrange: Redis lost writes (a rollback), so two jobs come back as first deliveries
-    // although the ledger has attempt 1 of each: one succeeded, one failed with a retry.
-    let (queue, target) = shared_queue(QueueOptions::default());
+    // Arrange: Redis lost writes (a crash inside the fsync window), so two jobs come back as
+    // first deliveries although the ledger has attempt 1 of each: one succeeded, one failed
+    // with a retry. Losing writes takes a restart (or a failover), so the jobs are enqueued,
+    // then the server restarts from its append-only file before any worker runs.
+    let mut redis = PrivateRedis::start_with(
+        RedisOptions::default()
+            .appendonly(true)
+            .appendfsync(AppendFsync::Always),
+    )
+    .expect("a private redis-server");
+    let target = RedisTarget::standalone(redis.url());
+    let queue = queue_on(&target, &unique_prefix(), "q", QueueOptions::default());
     let succeeded = NewJob::new(KIND, serde_json::json!({}), 3);
     let failed = NewJob::new(KIND, serde_json::json!({}), 3);
     let ledger = Arc::new(TestLedger::default());
@@ -221,6 +233,7 @@ async fn after_redis_lost_writes_a_first_delivery_of_a_succeeded_job_is_skipped_
         .enqueue(&[succeeded.clone(), failed.clone()])
         .await
         .unwrap();
+    redis.restart().expect("restarting redis");
     let calls = Arc::new(Calls::default());
 
     // Act
@@ -252,6 +265,52 @@ async fn after_redis_lost_writes_a_first_delivery_of_a_succeeded_job_is_skipped_
         summary(failed.id),
         vec![(1, AttemptStatus::Failed), (2, AttemptStatus::Succeeded)],
         "the replayed attempt's success was dropped"
+    );
+}
+
+#[tokio::test]
+async fn a_first_delivery_of_a_job_this_redis_incarnation_created_skips_the_ledger_read_and_one_from_before_a_restart_does_not()
+ {
+    // Arrange: a private server that keeps its data across a restart; one job enqueued before
+    // the restart, one after it.
+    let mut redis = PrivateRedis::start_with(
+        RedisOptions::default()
+            .appendonly(true)
+            .appendfsync(AppendFsync::Always),
+    )
+    .expect("a private redis-server");
+    let target = RedisTarget::standalone(redis.url());
+    let queue = queue_on(&target, &unique_prefix(), "q", QueueOptions::default());
+    let before = NewJob::new(KIND, serde_json::json!({}), 3);
+    queue.enqueue(std::slice::from_ref(&before)).await.unwrap();
+    redis.restart().expect("restarting redis");
+    let after = NewJob::new(KIND, serde_json::json!({}), 3);
+    eventually(
+        "the restarted server takes an enqueue",
+        Duration::from_secs(10),
+        async || queue.enqueue(std::slice::from_ref(&after)).await.ok(),
+    )
+    .await;
+    let ledger = Arc::new(TestLedger::default());
+    let calls = Arc::new(Calls::default());
+
+    // Act
+    let worker = TestWorker::start(
+        queue.clone(),
+        &target,
+        consumer("incarnation", 2),
+        ledger.clone(),
+        counting(calls.clone()),
+    );
+    wait_for_succeeded(&queue, 2, Duration::from_secs(10)).await;
+    worker.stop().await;
+
+    // Assert: both ran once; only the job from before the restart was checked first.
+    assert_eq!((calls.of(before.id), calls.of(after.id)), (1, 1));
+    assert_eq!(
+        ledger.asked(),
+        vec![before.id],
+        "the ledger is read before a first delivery only for jobs an earlier incarnation created"
     );
 }
 

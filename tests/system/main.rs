@@ -32,3 +32,4 @@ mod stopping;
 mod support;
 mod tokens;
 mod up;
+mod worker_logging;

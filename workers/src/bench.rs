@@ -21,6 +21,7 @@ use upkeep_shared::queue::{
     Attempt, AttemptStatus, History, Ledger, NewJob, NoLedger, Recorded, RedisConn,
 };
 use upkeep_shared::shutdown::Shutdown;
+use upkeep_shared::telemetry::{LogFormat, TelemetrySettings};
 use upkeep_shared::{JobId, QueueName};
 
 use crate::ledger::PgLedger;
@@ -51,6 +52,48 @@ pub struct BenchArgs {
     /// Give up after this long.
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Log filter of the run (to stderr, like the daemons). Defaults to `[telemetry] filter`
+    /// (`info`), the level the daemons run at, so the figure is what a deployed worker does;
+    /// `off` measures the queue alone. `RUST_LOG`, when set, wins as it does for the daemons.
+    #[arg(long, conflicts_with = "no_logs")]
+    pub log_filter: Option<String>,
+    /// Same as `--log-filter off`: the queue-alone figure.
+    #[arg(long)]
+    pub no_logs: bool,
+    /// Log line format of the run. Defaults to `json`, what the daemons write in production
+    /// (`UPKEEP_LOG_FORMAT=json`).
+    #[arg(long, default_value = "json", value_parser = LogFormat::parse)]
+    pub log_format: LogFormat,
+}
+
+impl BenchArgs {
+    /// The default filter and the format to install the subscriber with, given the loaded
+    /// `[telemetry]` section.
+    #[must_use]
+    pub fn logging(&self, telemetry: &TelemetrySettings) -> (String, LogFormat) {
+        let filter = if self.no_logs {
+            "off".to_owned()
+        } else {
+            self.log_filter
+                .clone()
+                .unwrap_or_else(|| telemetry.filter.clone())
+        };
+        (filter, self.log_format)
+    }
+}
+
+/// How the run logs, for its output line: the most verbose level the installed subscriber
+/// lets through, and the format (`info/json`), or `off`.
+fn logging_label(format: LogFormat) -> String {
+    let level = tracing::level_filters::LevelFilter::current();
+    if level == tracing::level_filters::LevelFilter::OFF {
+        return "off".to_owned();
+    }
+    let format = match format {
+        LogFormat::Json => "json",
+        LogFormat::Pretty => "pretty",
+    };
+    format!("{}/{format}", level.to_string().to_lowercase())
 }
 
 /// Runs one benchmark and prints one summary line.
@@ -144,9 +187,10 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
     let commands = total_commands(&mut admin).await.unwrap_or(0);
     let rss_mb = peak_rss_kib().map_or(f64::NAN, |kib| kib as f64 / 1024.0);
     println!(
-        "peer=upkeep cfg=\"{mode} c={c} batch={b}\" n={n_jobs} c={c} enqueue_per_s={enqueue_per_s:.0} \
-         process_per_s={process:.0} p50_ms={p50:.2} p99_ms={p99:.2} redis_cmds_per_job={cmds:.2} \
-         worker_peak_rss_mb={rss_mb:.1}",
+        "peer=upkeep cfg=\"{mode} logging={logging} c={c} batch={b}\" n={n_jobs} c={c} \
+         enqueue_per_s={enqueue_per_s:.0} process_per_s={process:.0} p50_ms={p50:.2} \
+         p99_ms={p99:.2} redis_cmds_per_job={cmds:.2} worker_peak_rss_mb={rss_mb:.1}",
+        logging = logging_label(args.log_format),
         c = args.concurrency,
         b = args.batch,
         process = report.process_per_s,

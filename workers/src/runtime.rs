@@ -219,6 +219,8 @@ impl WorkerRuntime {
             queue_settings.concurrency as usize,
         );
         options.batch_size = queue_settings.batch_size as usize;
+        options.slow_attempt = queue_settings.slow_attempt;
+        options.summary_interval = queue_settings.summary_interval;
         options.default_policy = KindPolicy {
             timeout: queue_settings.timeout,
             backoff_base: queue_settings.backoff_base,

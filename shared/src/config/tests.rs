@@ -396,6 +396,10 @@ fn each_validation_error_names_its_key_and_the_bad_value() {
             "queues.logs.batch_size: must be between 1 and 1000, got 1001",
         ),
         (
+            "[queues.logs]\nsummary_interval = \"500ms\"".into(),
+            "queues.logs.summary_interval: must be at least 1s, got 500ms",
+        ),
+        (
             "[queues.logs]\nlease = \"500ms\"".into(),
             "queues.logs.lease: must be at least 1s, got 500ms",
         ),

@@ -142,6 +142,10 @@ pub struct Leased {
     pub tick_ms: Option<i64>,
     /// True when the id had no job behind it; the script already dead-lettered it.
     pub missing: bool,
+    /// True when the job was created by another incarnation of the Redis server (before a
+    /// restart or failover, which may have lost its earlier leases and acks): its history must
+    /// be read from the ledger before it runs, whatever its attempt number.
+    pub suspect: bool,
 }
 
 /// A lease that expired and was taken over by [`Queue::fetch`] as a *verdict lease*: the job
@@ -402,6 +406,7 @@ impl Queue {
             let [id, token, attempt, max, kind, args, enq, sched, tick, state] = f else {
                 return Err(protocol("fetch job entry is not 10 fields"));
             };
+            let state_was = text(state)?;
             fetched.jobs.push(Leased {
                 id: text(id)?,
                 token: text(token)?,
@@ -412,7 +417,8 @@ impl Queue {
                 enqueued_at_ms: int(enq)?,
                 schedule: non_empty(text(sched)?),
                 tick_ms: non_empty(text(tick)?).and_then(|t| t.parse().ok()),
-                missing: text(state)? == "missing",
+                missing: state_was == "missing",
+                suspect: state_was == "suspect",
             });
         }
         for f in array(reclaimed)?.chunks(11) {

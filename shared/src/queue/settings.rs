@@ -78,6 +78,16 @@ pub struct QueueSettings {
     /// Per-attempt handler timeout. Defaults to 1h.
     #[serde(with = "crate::settings::duration")]
     pub timeout: Duration,
+    /// An attempt that runs at least this long is logged at info with its job id, whatever its
+    /// result (a successful attempt is otherwise logged at debug only). At least 1ms.
+    /// Defaults to 10s.
+    #[serde(with = "crate::settings::duration")]
+    pub slow_attempt: Duration,
+    /// How often each worker logs its summary of this queue at info (attempts processed,
+    /// failed, retried, dead, skipped, and duration quantiles over the interval); nothing is
+    /// logged for an interval without attempts. At least 1s. Defaults to 60s.
+    #[serde(with = "crate::settings::duration")]
+    pub summary_interval: Duration,
 }
 
 /// Per-kind overrides of the queue policy, the `[kinds."KIND"]` section. `None` keeps the
@@ -314,6 +324,8 @@ impl Default for QueueSettings {
             backoff_max: Duration::from_secs(300),
             batch_size: 64,
             timeout: Duration::from_secs(3600),
+            slow_attempt: Duration::from_secs(10),
+            summary_interval: Duration::from_secs(60),
         }
     }
 }
@@ -365,6 +377,18 @@ impl QueueSettings {
         }
         problems.check_range(format!("{path}.batch_size"), self.batch_size, 1, 1000);
         check_min_duration(problems, format!("{path}.timeout"), self.timeout, ms);
+        check_min_duration(
+            problems,
+            format!("{path}.slow_attempt"),
+            self.slow_attempt,
+            ms,
+        );
+        check_min_duration(
+            problems,
+            format!("{path}.summary_interval"),
+            self.summary_interval,
+            Duration::from_secs(1),
+        );
     }
 }
 

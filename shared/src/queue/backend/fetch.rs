@@ -12,6 +12,7 @@ use apalis_core::task::task_id::TaskId;
 use super::completer::Completion;
 use super::lease_book::{LeaseEntry, LeasePurpose};
 use super::settle::AttemptRow;
+use super::summary::Ended;
 use super::{LeaseTag, Shared, now_ms};
 use crate::job::{Job, JobId};
 use crate::queue::client::{Fetched, Leased, Reclaimed, Settlement, Verdict};
@@ -60,11 +61,24 @@ pub(super) async fn fetch_batch(
         return Ok((VecDeque::new(), next_due));
     }
 
-    // Ask the ledger once for the whole batch, first deliveries included: after Redis lost
-    // writes (a crash inside the fsync window, a failover) a job can come back with an attempt
-    // number it already used, even 1, and it may have succeeded already.
-    let ids: Vec<JobId> = decoded.iter().map(|(_, job)| job.id).collect();
-    let histories = match ledger.history(ids).await {
+    // Ask the ledger, in one query for the batch, about every job that may have run before:
+    // redeliveries, and first deliveries of jobs created by another incarnation of the Redis
+    // server. After Redis lost writes (a crash inside the fsync window, a failover) such a job
+    // can come back with an attempt number it already used, even 1, and may have succeeded
+    // already. A lost write implies a restart or a promotion, which changes the incarnation, so
+    // a first delivery of a job this incarnation created cannot have run: it skips the query
+    // (the common case, and a Postgres round trip off every job's path).
+    let ids: Vec<JobId> = decoded
+        .iter()
+        .filter(|(leased, job)| leased.suspect || job.attempt > 1)
+        .map(|(_, job)| job.id)
+        .collect();
+    let histories = if ids.is_empty() {
+        Ok(std::collections::HashMap::new())
+    } else {
+        ledger.history(ids).await
+    };
+    let histories = match histories {
         Ok(histories) => histories,
         Err(error) => {
             // Running without knowing could run a succeeded job again: give the batch back
@@ -102,6 +116,7 @@ pub(super) async fn fetch_batch(
         );
         if history.succeeded {
             tracing::info!(job_id = %job.id, attempt = job.attempt, "job already succeeded; acked without running");
+            shared.stats.record(Ended::Skipped, None);
             let now = now_ms();
             let attempt = AttemptRow::new(&job, &shared.options.worker_id, AttemptStatus::Skipped)
                 .between(now, now)

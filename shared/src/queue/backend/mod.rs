@@ -14,7 +14,9 @@
 //!   so when Postgres is down the handlers block on it, the concurrency slots fill up and the
 //!   backend stops fetching: back-pressure instead of unbounded memory;
 //! - [`renewer`]: a task that extends the leases of every job this worker holds, every third of
-//!   the lease, and drops the ones it lost.
+//!   the lease, and drops the ones it lost;
+//! - [`summary`]: lock-free per-queue counters of the attempts, logged at info as one
+//!   `queue summary` line per interval (a successful attempt itself is logged at debug only).
 //!
 //! Redis errors never reach apalis-core as worker errors: every loop reports an outage through
 //! [`Outage`] (logged once when it starts and once when it ends) and retries with capped
@@ -25,6 +27,7 @@ mod fetch;
 mod lease_book;
 mod renewer;
 mod settle;
+mod summary;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -48,6 +51,7 @@ pub use settle::{SettleLayer, SettleService};
 use self::completer::{Completion, run_completer};
 use self::fetch::{FetchError, FetchedTasks, fetch_batch};
 use self::renewer::run_renewer;
+use self::summary::{AttemptStats, run_summarizer};
 use super::client::Queue;
 use super::conn::RedisConn;
 use super::ledger::Ledger;
@@ -93,6 +97,11 @@ pub struct ConsumerOptions {
     pub kinds: HashMap<String, KindPolicy>,
     /// Finished attempts that may wait for the ledger before handlers block. Defaults to 4096.
     pub completion_buffer: usize,
+    /// An attempt running at least this long is logged at info with its job id. Defaults to
+    /// 10 s.
+    pub slow_attempt: Duration,
+    /// How often the `queue summary` line is logged. Defaults to 60 s.
+    pub summary_interval: Duration,
 }
 
 impl ConsumerOptions {
@@ -107,6 +116,8 @@ impl ConsumerOptions {
             default_policy: KindPolicy::default(),
             kinds: HashMap::new(),
             completion_buffer: 4096,
+            slow_attempt: Duration::from_secs(10),
+            summary_interval: Duration::from_secs(60),
         }
     }
 
@@ -149,6 +160,8 @@ struct Shared {
     /// Moving average of how long a handler runs, in µs (`u64::MAX` until the first one
     /// finishes): decides whether fetching ahead pays (see [`FETCH_AHEAD_MAX_RUN`]).
     run_time_us: AtomicU64,
+    /// What the periodic `queue summary` line reports.
+    stats: Arc<AttemptStats>,
 }
 
 impl Shared {
@@ -207,6 +220,7 @@ pub struct RedisBackend {
     started: bool,
     completion_rx: Option<mpsc::Receiver<Completion>>,
     renewer: Option<tokio::task::AbortHandle>,
+    summarizer: Option<tokio::task::AbortHandle>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -242,6 +256,7 @@ impl RedisBackend {
             counters,
             ledger_down: Arc::new(AtomicBool::new(false)),
             run_time_us: AtomicU64::new(u64::MAX),
+            stats: Arc::default(),
         });
         Self {
             shared,
@@ -256,6 +271,7 @@ impl RedisBackend {
             started: false,
             completion_rx: Some(completion_rx),
             renewer: None,
+            summarizer: None,
         }
     }
 
@@ -287,6 +303,20 @@ impl RedisBackend {
             self.shared.counters.clone(),
         ));
         self.renewer = Some(renewer.abort_handle());
+        let summarizer = tokio::spawn(run_summarizer(
+            self.shared.stats.clone(),
+            self.shared.queue.name().to_string(),
+            self.shared.options.worker_id.clone(),
+            self.shared.options.summary_interval,
+        ));
+        self.summarizer = Some(summarizer.abort_handle());
+    }
+
+    /// Logs the attempts not yet in a summary line (at shutdown).
+    fn log_last_summary(shared: &Shared) {
+        shared
+            .stats
+            .log(shared.queue.name().as_str(), &shared.options.worker_id);
     }
 
     /// Leases up to the free slots (plus two concurrencies' worth ahead for short jobs), in a
@@ -381,6 +411,10 @@ impl Drop for RedisBackend {
     fn drop(&mut self) {
         if let Some(renewer) = self.renewer.take() {
             renewer.abort();
+        }
+        if let Some(summarizer) = self.summarizer.take() {
+            summarizer.abort();
+            Self::log_last_summary(&self.shared);
         }
     }
 }
@@ -488,6 +522,7 @@ impl Backend for RedisBackend {
                 {
                     let _ = done_rx.await;
                 }
+                Self::log_last_summary(&shared);
             }));
         }
         let close = self.close.as_mut().expect("set above");

@@ -15,6 +15,7 @@ use futures::FutureExt;
 use tower::{Layer, Service};
 
 use super::completer::Completion;
+use super::summary::Ended;
 use super::{LeaseTag, Shared, fence_margin, humanize, now_ms, panic_message};
 use crate::job::{Job, JobError, Outcome};
 use crate::queue::backoff;
@@ -222,26 +223,48 @@ where
                     }),
                 };
             let finished_at_ms = now_ms();
-            shared.record_run_time(run_started.elapsed());
+            let elapsed = run_started.elapsed();
+            shared.record_run_time(elapsed);
+            let duration_ms = elapsed.as_secs_f64() * 1000.0;
+            let slow = elapsed >= shared.options.slow_attempt;
             let worker = shared.options.worker_id.as_str();
             let (attempt, verdict, response) = match result {
-                Ok(outcome) => (
-                    AttemptRow::new(
-                        &job,
-                        worker,
+                Ok(outcome) => {
+                    shared.stats.record(
                         if outcome.skipped {
-                            AttemptStatus::Skipped
+                            Ended::Skipped
                         } else {
-                            AttemptStatus::Succeeded
+                            Ended::Succeeded
                         },
+                        Some(elapsed),
+                    );
+                    // A success is logged at debug only (in `dispatch`): the periodic summary
+                    // and the ledger carry it. A slow one is worth a line of its own.
+                    if slow {
+                        tracing::info!(
+                            job_id = %job.id, job_kind = %job.kind, queue = %job.queue,
+                            attempt = job.attempt, duration_ms, skipped = outcome.skipped,
+                            "slow attempt"
+                        );
+                    }
+                    (
+                        AttemptRow::new(
+                            &job,
+                            worker,
+                            if outcome.skipped {
+                                AttemptStatus::Skipped
+                            } else {
+                                AttemptStatus::Succeeded
+                            },
+                        )
+                        .between(started_at_ms, finished_at_ms)
+                        .outcome(outcome.clone())
+                        .next_state(NextState::Done)
+                        .build(),
+                        Verdict::Done,
+                        Ok(outcome),
                     )
-                    .between(started_at_ms, finished_at_ms)
-                    .outcome(outcome.clone())
-                    .next_state(NextState::Done)
-                    .build(),
-                    Verdict::Done,
-                    Ok(outcome),
-                ),
+                }
                 Err(error) => {
                     let verdict = match &error {
                         JobError::Retryable { retry_after, .. }
@@ -258,9 +281,19 @@ where
                     } else {
                         NextState::Retrying
                     };
+                    shared.stats.record(
+                        if next_state == NextState::Dead {
+                            Ended::Dead
+                        } else {
+                            Ended::Retried
+                        },
+                        Some(elapsed),
+                    );
+                    // Failures, retries and dead letters always get a line, with the job id.
                     tracing::warn!(
                         job_id = %job.id, job_kind = %job.kind, queue = %job.queue, attempt = job.attempt,
-                        max_attempts = job.max_attempts, next_state = next_state.as_str(), error = %error, "attempt failed"
+                        max_attempts = job.max_attempts, next_state = next_state.as_str(),
+                        duration_ms, slow, error = %error, "attempt failed"
                     );
                     // A handler that reported findings with its failure (a failed backup's
                     // stderr and `backup.failed`) keeps them on the failed attempt's row.

@@ -15,6 +15,21 @@
 -- same as a dead letter's (ack.lua, release.lua, fetch.lua), or the later of the job's deletion
 -- after retention and enqueue + ttl (fetch.lua). A requeued dead letter's key loses its expiry
 -- again (requeue.lua).
+-- Every new job's hash records `inc`, the incarnation of the server that created it (its
+-- run_id, new at every start, and its master_replid, new at every promotion): fetch.lua asks the
+-- worker to check the ledger before a first delivery only for jobs from another incarnation,
+-- the only ones whose leases and acks a restart or failover can have lost. Without INFO (an ACL
+-- that denies it) no job gets the field, and every first delivery is checked.
+local function incarnation()
+  local ok_server, server = pcall(redis.call, 'INFO', 'server')
+  local ok_repl, repl = pcall(redis.call, 'INFO', 'replication')
+  if not (ok_server and ok_repl) then return '' end
+  local run_id = string.match(server, 'run_id:(%x+)')
+  local replid = string.match(repl, 'master_replid:(%x+)')
+  if not (run_id and replid) then return '' end
+  return run_id .. ':' .. replid
+end
+local inc = nil
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local base = ARGV[1]
@@ -51,6 +66,8 @@ for i = 3, #ARGV, 8 do
     if run_at > now then state = 'scheduled' end
     redis.call('HSET', job, 'kind', kind, 'args', args, 'attempt', 0, 'max', max,
       'enq', now, 'run_at', math.max(run_at, now), 'state', state)
+    inc = inc or incarnation()
+    if inc ~= '' then redis.call('HSET', job, 'inc', inc) end
     if idem ~= '' then redis.call('HSET', job, 'idem', idem) end
     if sched ~= '' then redis.call('HSET', job, 'sched', sched) end
     if tick ~= '' then redis.call('HSET', job, 'tick', tick) end

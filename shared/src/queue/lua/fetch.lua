@@ -10,6 +10,10 @@
 -- Returns { jobs, reclaimed, next_due_in_ms } where
 --   jobs      = flat list of 10 fields per leased job:
 --               id, token, attempt, max, kind, args, enq, sched, tick, state_was
+--               where state_was is 'ok', 'missing' (no job data: dead-lettered here), or
+--               'suspect': the job was created by another incarnation of this server (see
+--               enqueue.lua), so a restart or failover may have lost its earlier leases and
+--               acks, and the worker must ask the ledger before running it even on attempt 1
 --   reclaimed = flat list of 11 fields per expired lease taken back as a verdict lease:
 --               id, new token, attempt, worker, leased_at, kind, args, enq, max, sched, tick
 --   next_due_in_ms = ms until the earliest delayed/retrying job is due, -1 if none or when
@@ -122,6 +126,18 @@ if #finished > 0 then
   more_to_clean = more_to_clean or #finished == limit
 end
 
+-- The server's incarnation, as enqueue.lua records it ('' when INFO is denied: then every job
+-- is suspect).
+local function incarnation()
+  local ok_server, server = pcall(redis.call, 'INFO', 'server')
+  local ok_repl, repl = pcall(redis.call, 'INFO', 'replication')
+  if not (ok_server and ok_repl) then return '' end
+  local run_id = string.match(server, 'run_id:(%x+)')
+  local replid = string.match(repl, 'master_replid:(%x+)')
+  if not (run_id and replid) then return '' end
+  return run_id .. ':' .. replid
+end
+
 -- 4. Lease ready jobs.
 local jobs = {}
 if count > 0 then
@@ -133,10 +149,11 @@ if count > 0 then
     local holder = worker .. '|' .. now
     -- Formatted once: Lua turns a number argument into text with printf on every use.
     local deadline = tostring(now + lease_ms)
+    local current = incarnation()
     local leases, tokens, holders, attempts = {}, {}, {}, {}
     for i, id in ipairs(ids) do
       local job = base .. 'job:' .. id
-      local f = redis.call('HMGET', job, 'kind', 'args', 'max', 'enq', 'sched', 'tick')
+      local f = redis.call('HMGET', job, 'kind', 'args', 'max', 'enq', 'sched', 'tick', 'inc')
       local k = #jobs
       local attempt = (tonumber(previous[i]) or 0) + 1
       if f[1] and attempt > (tonumber(f[3]) or 1) then
@@ -170,7 +187,11 @@ if count > 0 then
         jobs[k + 7] = f[4] or '0'
         jobs[k + 8] = f[5] or ''
         jobs[k + 9] = f[6] or ''
-        jobs[k + 10] = 'ok'
+        if current ~= '' and f[7] == current then
+          jobs[k + 10] = 'ok'
+        else
+          jobs[k + 10] = 'suspect'
+        end
       else
         -- An id with no job behind it (pushed by hand, or its hash was deleted): keep a record
         -- in the dead letters instead of dropping it silently.

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# One benchmark window (issue #19): BullMQ before, upkeep with the ledger and the daemons'
+# default logging (3 runs), upkeep without the ledger (3 runs), BullMQ after, then live-mode
+# latency with and without the ledger; `uptime` before and after.
+#
+# usage: scripts/bench-window.sh [N=20000] [C=16]
+#
+# Needs: a release build (`cargo build --release -p upkeepctl`, or UPKEEPCTL=path), the peers
+# harness with its node_modules (PEERS_DIR, default ../shared/bench/peers; run its run.sh once
+# to install them), and a Postgres server at DATABASE_URL's host on which a scratch database
+# `upkeep_bench` is (re)created. Redis: a private redis-server on 127.0.0.1:$BENCH_REDIS_PORT
+# (default 6392) started here with the peers' flags (no persistence), stopped at the end by pid.
+# upkeep's logs (JSON, stderr) go to $OUT/upkeep-*.log, as a daemon's would go to its journal.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-20000}
+C=${2:-16}
+PORT=${BENCH_REDIS_PORT:-6392}
+PEERS_DIR=${PEERS_DIR:-../shared/bench/peers}
+UPKEEPCTL=${UPKEEPCTL:-target/release/upkeepctl}
+OUT=${OUT:-$(mktemp -d /tmp/upkeep-bench-window.XXXXXX)}
+mkdir -p "$OUT"
+
+[ -x "$UPKEEPCTL" ] || { echo "no $UPKEEPCTL: cargo build --release -p upkeepctl" >&2; exit 1; }
+[ -f "$PEERS_DIR/node_modules/bullmq/package.json" ] ||
+  { echo "no BullMQ in $PEERS_DIR/node_modules: run $PEERS_DIR/run.sh once" >&2; exit 1; }
+if redis-cli -p "$PORT" ping >/dev/null 2>&1; then
+  echo "port $PORT is taken; set BENCH_REDIS_PORT" >&2
+  exit 1
+fi
+PIDFILE=$OUT/redis.pid
+redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no \
+  --daemonize yes --pidfile "$PIDFILE" --logfile "$OUT/redis.log"
+stop_redis() { [ -f "$PIDFILE" ] && kill "$(cat "$PIDFILE")" 2>/dev/null || true; }
+trap stop_redis EXIT
+for _ in $(seq 1 50); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+DB_BASE=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/upkeep}
+DB_BASE=${DB_BASE%/*}
+psql "$DB_BASE/postgres" -q -c 'DROP DATABASE IF EXISTS upkeep_bench' -c 'CREATE DATABASE upkeep_bench'
+export DATABASE_URL=$DB_BASE/upkeep_bench REDIS_URL=redis://127.0.0.1:$PORT/
+unset RUST_LOG UPKEEP_LOG_FORMAT
+"$UPKEEPCTL" migrate >/dev/null
+
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+field() { grep -o "$1=[0-9.]*" | cut -d= -f2; }
+
+bullmq() {
+  local label=$1 rates=()
+  for run in 1 2 3; do
+    redis-cli -p "$PORT" flushall >/dev/null
+    line=$(cd "$PEERS_DIR" && node drivers/bullmq_driver.mjs "$N" "$C" remove "$PORT")
+    echo "bullmq $label run $run: $line" >>"$OUT/bullmq.jsonl"
+    rates+=("$(echo "$line" | grep -o '"process_per_s":[0-9.]*' | cut -d: -f2)")
+  done
+  printf 'BullMQ removeOnComplete c=%s (%s): runs %s, median %s jobs/s\n' "$C" "$label" \
+    "$(printf '%.0f ' "${rates[@]}")" "$(printf '%s\n' "${rates[@]}" | median | xargs printf '%.0f')"
+}
+
+upkeep() {
+  local label=$1 rates=()
+  shift
+  for run in 1 2 3; do
+    redis-cli -p "$PORT" flushall >/dev/null
+    line=$("$UPKEEPCTL" bench --jobs "$N" --concurrency "$C" "$@" 2>>"$OUT/upkeep-$label.log")
+    echo "$line"
+    rates+=("$(echo "$line" | field process_per_s)")
+  done
+  printf 'upkeep %s: median %s jobs/s\n' "$label" "$(printf '%s\n' "${rates[@]}" | median)"
+}
+
+echo "window start $(date -u +%FT%TZ); $(uptime)"
+bullmq before
+upkeep ledger-default-logging
+upkeep no-ledger-default-logging --no-ledger
+upkeep ledger-no-logs --no-logs
+upkeep ledger-debug-logging --log-filter debug
+bullmq after
+for args in "" "--no-ledger"; do
+  redis-cli -p "$PORT" flushall >/dev/null
+  # shellcheck disable=SC2086 # Deliberately split: no argument or one.
+  "$UPKEEPCTL" bench --live 500 --live-rate 100 --concurrency "$C" $args 2>>"$OUT/upkeep-live.log"
+done
+echo "window end $(date -u +%FT%TZ); $(uptime)"
+echo "raw output and logs in $OUT"
