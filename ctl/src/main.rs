@@ -10,6 +10,7 @@ use upkeep_shared::operator;
 mod backups;
 mod config_cmd;
 mod cron;
+mod doctor;
 mod logs;
 mod reconcile;
 mod reports;
@@ -105,6 +106,9 @@ enum Command {
     Logs(logs::LogsArgs),
     /// Disk usage of every checked filesystem, as `df` computes it.
     Disk(logs::DiskArgs),
+    /// Check the deployment: Redis, Postgres, targets, backup directory, token endpoints,
+    /// clocks; one line per check, exit 1 when one fails.
+    Doctor(doctor::DoctorArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,6 +224,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokens(args) => tokens::run(&settings, args).await,
         Command::Logs(args) => logs::run(&settings, args).await,
         Command::Disk(args) => logs::disk(&settings, &args),
+        Command::Doctor(args) => doctor::run(&settings, &args).await,
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`reports`]: health-report queries against target databases (read-only, with timeouts),
 //!   and `report_snapshots` in upkeep's own.
 //! - [`oauth_tokens`]: encrypted OAuth2 credentials, locked per row while refreshed.
+//! - [`schema`]: the database's applied migrations against the embedded set.
 //! - [`health`]: each schedule's last tick, last success, next fire, lag and skip counts, and
 //!   their Prometheus rendering.
 //!
@@ -32,6 +33,7 @@ pub mod replicas;
 pub mod reports;
 pub mod runs;
 pub mod schedules;
+pub mod schema;
 mod settings;
 pub mod tasks;
 pub mod ticks;
