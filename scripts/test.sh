@@ -21,6 +21,9 @@ if [[ "${UPKEEP_SKIP_LINT:-0}" != 1 ]]; then
     scripts/lint.sh
 fi
 
+# tests/deploy checks the unit, PM2, compose and Docker files with their own tools.
+scripts/deploy-tools.sh
+
 # System tests run the real binaries from target/<profile>/ (see tests/src/lib.rs), and
 # cargo does not build another package's binaries for a test target.
 echo "test: cargo build --workspace --bins" >&2

@@ -11,6 +11,7 @@ mod alerts;
 mod backups;
 mod config_cmd;
 mod cron;
+mod doctor;
 mod logs;
 mod reconcile;
 mod reports;
@@ -108,6 +109,9 @@ enum Command {
     Disk(logs::DiskArgs),
     /// Alerts: open incidents and the outbox (list), a test message through a sink (test SINK).
     Alerts(alerts::AlertsArgs),
+    /// Check the deployment: Redis, Postgres, targets, backup directory, token endpoints,
+    /// clocks; one line per check, exit 1 when one fails.
+    Doctor(doctor::DoctorArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,6 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs(args) => logs::run(&settings, args).await,
         Command::Disk(args) => logs::disk(&settings, &args),
         Command::Alerts(args) => alerts::run(&settings, args).await,
+        Command::Doctor(args) => doctor::run(&settings, &args).await,
     }
 }
 

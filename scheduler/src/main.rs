@@ -1,38 +1,33 @@
 //! `upkeep-scheduler`: the scheduler daemon. Run as many replicas as you like.
+//!
+//! Its life under a supervisor (readiness, watchdog, exit codes, SIGHUP reload of the
+//! schedules) is `upkeep_shared::daemons::Daemon`'s.
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-use upkeep_shared::config::Settings;
-use upkeep_shared::shutdown::Shutdown;
+use upkeep_shared::daemons::Daemon;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // `--check-config`: validate, print the problems, exit 0 or 2; connect to nothing.
-    if std::env::args().skip(1).any(|arg| arg == "--check-config") {
-        return upkeep_shared::config::check_and_report("upkeep-scheduler", None);
-    }
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("upkeep-scheduler: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run() -> anyhow::Result<()> {
-    let settings = Settings::load().map_err(|e| anyhow::anyhow!("{e}"))?;
-    upkeep_shared::telemetry::init(
+    let daemon = match Daemon::start(
         "upkeep-scheduler",
-        &settings.telemetry.filter,
-        settings.telemetry.format,
-    );
-    tracing::info!(settings = %settings.redacted_summary(), "starting");
-    let scheduler = upkeep_scheduler::Scheduler::build(settings).await?;
-    let shutdown = Shutdown::new();
-    shutdown
-        .on_signals()
-        .context("installing signal handlers")?;
-    scheduler.run_until_stopped(shutdown).await
+        "Turns cron schedules into jobs, once per tick, with any number of replicas.",
+    )
+    .await
+    {
+        Ok(daemon) => daemon,
+        Err(code) => return code,
+    };
+    daemon.ready(format!(
+        "ticking {} schedules",
+        daemon.settings().schedules.len()
+    ));
+    // SIGHUP: a new Scheduler over the reloaded file, whose start-up reconciles the schedules.
+    let result = daemon
+        .run_reloading(|settings, stop| async move {
+            let scheduler = upkeep_scheduler::Scheduler::build(settings).await?;
+            scheduler.run_until_stopped(stop).await
+        })
+        .await;
+    daemon.finish(result)
 }

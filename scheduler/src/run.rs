@@ -137,7 +137,11 @@ impl Scheduler {
                 last_straggler_check = Some(tokio::time::Instant::now());
             }
             match result {
-                Ok(()) => outage.recovered(),
+                Ok(()) => {
+                    outage.recovered();
+                    // The systemd watchdog's heartbeat, and the last pass for STATUS=.
+                    upkeep_shared::daemons::vitals().scheduler_pass(pass_now, entries.len());
+                }
                 Err(error) => retry_in = outage.failed(error.as_ref()),
             }
         }

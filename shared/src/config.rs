@@ -42,7 +42,8 @@ use layers::{GENERIC_PREFIX, NAMED_VARIABLES};
 pub use show::{ShownSetting, check_and_report};
 
 pub use crate::daemons::{
-    ApiSettings, MaintenanceSettings, ReconcileAction, SchedulerSettings, WorkerSettings,
+    ApiSettings, DaemonsSettings, MaintenanceSettings, ReconcileAction, SchedulerSettings,
+    WorkerSettings,
 };
 pub use crate::queue::settings::{
     JobPolicy, KeyPrefix, KindSettings, QueueSettings, RedisSettings,
@@ -78,6 +79,8 @@ pub struct Settings {
     pub maintenance: MaintenanceSettings,
     /// The HTTP API.
     pub api: ApiSettings,
+    /// `[daemons]`: what every daemon's start-up and supervision share.
+    pub daemons: DaemonsSettings,
     /// Logging.
     pub telemetry: TelemetrySettings,
     /// `[tasks]`: the checklist's time zone and item overrides.
@@ -424,6 +427,7 @@ const TOP_KEYS: &[&str] = &[
     "scheduler",
     "maintenance",
     "api",
+    "daemons",
     "telemetry",
     "tasks",
     "backups",
@@ -434,6 +438,8 @@ const TOP_KEYS: &[&str] = &[
     "alerts",
     "secret_key",
     "secret_key_previous",
+    "secret_key_file",
+    "secret_key_previous_file",
 ];
 
 fn is_config_variable(name: &str) -> bool {
@@ -582,6 +588,7 @@ fn validate(
         scheduler: serde_section(ctx, doc, "scheduler", env),
         maintenance: serde_section(ctx, doc, "maintenance", env),
         api: serde_section(ctx, doc, "api", env),
+        daemons: serde_section(ctx, doc, "daemons", env),
         telemetry: serde_section(ctx, doc, "telemetry", env),
         tasks: serde_section(ctx, doc, "tasks", env),
         backups: serde_section(ctx, doc, "backups", env),
@@ -597,6 +604,27 @@ fn validate(
 }
 
 fn secret_key(ctx: &mut Ctx, doc: &Table, key: &str) -> Option<SecretKey> {
+    // `KEY_file`: the key read from a file (a systemd credential, a compose secret).
+    let file_key = format!("{key}_file");
+    if let Some(file) = doc.get(&file_key) {
+        if doc.contains_key(key) {
+            ctx.problem(key, format!("give only one of {key} and {file_key}"));
+            return None;
+        }
+        let Some(file) = file.as_str() else {
+            ctx.problem(&file_key, "expected a file path");
+            return None;
+        };
+        return match std::fs::read_to_string(file) {
+            Ok(text) => SecretKey::parse(text.trim_end())
+                .map_err(|message| ctx.problem(&file_key, format!("{file}: {message}")))
+                .ok(),
+            Err(error) => {
+                ctx.problem(&file_key, format!("cannot read {file}: {error}"));
+                None
+            }
+        };
+    }
     match doc.get(key)? {
         Value::String(text) => match SecretKey::parse(text) {
             Ok(key) => Some(key),

@@ -1,8 +1,24 @@
-//! The settings of the long-running processes: `[worker]`, `[scheduler]`, `[maintenance]` (the
-//! periodic passes every worker runs) and `[api]`.
+//! The long-running processes: their settings sections (`[worker]`, `[scheduler]`,
+//! `[maintenance]` (the periodic passes every worker runs), `[api]`, `[daemons]`) and the life
+//! every daemon shares under a supervisor (systemd, PM2, compose).
 //!
 //! The daemons live in their own crates, which depend on `shared`; their sections live here so
-//! `config` can compose them without depending on a binary crate. Nothing here imports `config`.
+//! `config` can compose them without depending on a binary crate. Nothing here imports `config`
+//! except [`lifecycle`], which loads the settings for a daemon's `main`.
+//!
+//! - [`lifecycle`]: [`Daemon`], what every daemon's `main` does around its loop: `--help`,
+//!   `--version`, `--check-config`, exit codes, waiting for Redis, Postgres and the schema
+//!   before `READY=1`, `STATUS=`, the watchdog, `STOPPING=1`, and the scheduler's SIGHUP reload.
+//! - [`vitals`]: the process-wide heartbeat the main loops feed and the watchdog reads, and
+//!   what `STATUS=` lines say.
+
+pub mod lifecycle;
+pub mod vitals;
+
+pub use lifecycle::{
+    Daemon, EXIT_BAD_CONFIG, EXIT_DEPENDENCY_UNAVAILABLE, EXIT_FAILURE, GIT_COMMIT,
+};
+pub use vitals::{Vitals, vitals};
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -272,6 +288,36 @@ impl Section for ApiSettings {
             &self.cors_origins,
             path,
             problems,
+        );
+    }
+}
+
+/// The `[daemons]` section: what every daemon's start-up and supervision share.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonsSettings {
+    /// How long a daemon waits at start for Redis and Postgres to answer and for the schema to
+    /// be current before it gives up with exit code 3. Defaults to 60s; at least 1s. Keep it
+    /// below the supervisor's start timeout (`TimeoutStartSec=` in the systemd units).
+    #[serde(with = "crate::settings::duration")]
+    pub startup_timeout: Duration,
+}
+
+impl Default for DaemonsSettings {
+    fn default() -> Self {
+        Self {
+            startup_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Section for DaemonsSettings {
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        check_min_duration(
+            problems,
+            format!("{path}.startup_timeout"),
+            self.startup_timeout,
+            Duration::from_secs(1),
         );
     }
 }

@@ -15,6 +15,7 @@
 //! - [`backup`]: the backup worker's dumps, catalog, verification and retention.
 //! - [`reconcile`]: the maintenance pass that finds jobs Redis lost but the ledger never saw
 //!   finish, and requeues or records them.
+//! - [`doctor`]: `upkeepctl doctor`, a deployment checked from the operator's seat.
 //! - [`operator`]: what `upkeepctl` does (enqueue, stats, dead letters, recent runs).
 //! - [`tasks`]: the maintenance checklist as data, and each item's status in a period window.
 //! - [`outage`]: the one way every retrying loop logs and paces a dependency outage.
@@ -30,6 +31,7 @@ pub mod backup;
 pub mod config;
 pub mod daemons;
 pub mod disk;
+pub mod doctor;
 pub mod job;
 pub mod logs;
 pub mod operator;

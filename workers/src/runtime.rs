@@ -16,6 +16,7 @@ use tower::limit::ConcurrencyLimitLayer;
 use upkeep_shared::QueueName;
 use upkeep_shared::alerts::Alerter;
 use upkeep_shared::config::{ReconcileAction, Settings};
+use upkeep_shared::daemons::Daemon;
 use upkeep_shared::outage::Outage;
 use upkeep_shared::queue::{
     ConsumerOptions, KindPolicy, LeaseBook, Ledger, RedisBackend, RedisConn, release_leftovers,
@@ -119,6 +120,13 @@ impl WorkerRuntime {
     #[must_use]
     pub fn identity(&self) -> &str {
         &self.identity
+    }
+
+    /// The queues served, comma-separated, for status lines.
+    #[must_use]
+    pub fn queues_label(&self) -> String {
+        let names: Vec<&str> = self.queues.iter().map(QueueName::as_str).collect();
+        names.join(",")
     }
 
     /// Runs every worker until `shutdown` fires, then shuts down gracefully.
@@ -412,30 +420,32 @@ fn default_identity() -> String {
     format!("{host}-{}-{nonce:04x}", std::process::id())
 }
 
-/// The whole life of a worker daemon serving `queues`: telemetry, config, build, run until
-/// SIGTERM/SIGINT. The four worker binaries are one call to this.
-///
-/// # Errors
-/// A bad configuration (naming the key), or a failure to run.
-pub async fn run_daemon(service: &str, queues: &[&str]) -> anyhow::Result<()> {
-    let settings = Settings::load().map_err(|e| anyhow::anyhow!("{e}"))?;
-    upkeep_shared::telemetry::init(
-        service,
-        &settings.telemetry.filter,
-        settings.telemetry.format,
-    );
-    tracing::info!(service, settings = %settings.redacted_summary(), "starting");
-    let queues = queues
-        .iter()
-        .map(|q| QueueName::parse(q))
-        .collect::<Result<Vec<_>, _>>()?;
-    let ctx =
-        HandlerContext::connect_lazy(settings.clone()).context("building the Postgres pool")?;
-    let registry = Registry::standard(&ctx);
-    let runtime = WorkerRuntime::build_with_pool(settings, queues, registry, ctx.db).await?;
-    let shutdown = Shutdown::new();
-    shutdown
-        .on_signals()
-        .context("installing signal handlers")?;
-    runtime.run_until_stopped(shutdown).await
+/// The whole life of a worker daemon serving `queues` (see `upkeep_shared::daemons::Daemon`):
+/// arguments, config, the wait for Redis, Postgres and the schema, `READY=1`, the workers until
+/// SIGTERM/SIGINT, and the exit code. The four worker binaries are one call to this.
+pub async fn run_daemon(service: &'static str, queues: &[&str]) -> std::process::ExitCode {
+    let summary = format!("The worker daemon of the {} queue.", queues.join(", "));
+    let daemon = match Daemon::start(service, &summary).await {
+        Ok(daemon) => daemon,
+        Err(code) => return code,
+    };
+    let result = async {
+        let queues = queues
+            .iter()
+            .map(|q| QueueName::parse(q))
+            .collect::<Result<Vec<_>, _>>()?;
+        let settings = daemon.settings().clone();
+        let ctx =
+            HandlerContext::connect_lazy(settings.clone()).context("building the Postgres pool")?;
+        let registry = Registry::standard(&ctx);
+        let runtime = WorkerRuntime::build_with_pool(settings, queues, registry, ctx.db).await?;
+        daemon.ready(format!(
+            "serving {} as {}",
+            runtime.queues_label(),
+            runtime.identity()
+        ));
+        runtime.run_until_stopped(daemon.shutdown()).await
+    }
+    .await;
+    daemon.finish(result)
 }

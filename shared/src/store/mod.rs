@@ -16,6 +16,7 @@
 //! - [`oauth_tokens`]: encrypted OAuth2 credentials, locked per row while refreshed.
 //! - [`partitions`]: the monthly partitions of `job_runs` and `findings`, created ahead, and
 //!   retention by dropping whole months.
+//! - [`schema`]: the database's applied migrations against the embedded set.
 //! - [`health`]: each schedule's last tick, last success, next fire, lag and skip counts, and
 //!   their Prometheus rendering.
 //!
@@ -38,6 +39,7 @@ pub mod replicas;
 pub mod reports;
 pub mod runs;
 pub mod schedules;
+pub mod schema;
 mod settings;
 pub mod tasks;
 pub mod ticks;

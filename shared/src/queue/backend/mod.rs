@@ -357,6 +357,11 @@ impl RedisBackend {
 
     /// Takes a fetch's result: buffers its tasks, or arranges the wait before the next fetch.
     fn fetched(&mut self, result: Result<FetchedTasks, FetchError>) {
+        if result.is_ok() {
+            // A round trip Redis answered: the worker's heartbeat for the systemd watchdog.
+            let n_leased = self.shared.leases.len();
+            crate::daemons::vitals().worker_round_trip(self.shared.queue.name().as_str(), n_leased);
+        }
         match result {
             Ok((tasks, _)) if !tasks.is_empty() => {
                 self.redis_outage.recovered();

@@ -32,6 +32,8 @@ pub(super) async fn run_renewer(
                 let (gone, kept): (Vec<_>, Vec<_>) =
                     held.into_iter().partition(|(id, _)| lost.contains(id));
                 leases.confirm(&kept, sent_at + queue.options().lease);
+                // A worker whose slots are all busy does not fetch; its renewals are its beat.
+                crate::daemons::vitals().worker_round_trip(queue.name().as_str(), kept.len());
                 for (id, token) in gone {
                     // Still in the book means we did not settle it ourselves in the meantime.
                     if leases.remove(&id, &token).is_some() {
