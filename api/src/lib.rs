@@ -3,6 +3,7 @@
 //! - [`checklist`]: the task lists of a period, with each item's status and evidence (shared
 //!   with `upkeepctl tasks`).
 //! - [`auth`]: bearer tokens and their roles.
+//! - [`dashboard`]: the server-rendered dashboard at `/` with its sign-in and session cookie.
 //! - `routes`: one module per resource (`health`, `tasks`, `queues`); `error` maps every
 //!   failure to a status code and a JSON body `{"error", "field"}` in one place.
 //!
@@ -11,6 +12,7 @@
 
 pub mod auth;
 pub mod checklist;
+pub mod dashboard;
 mod error;
 mod routes;
 
@@ -87,6 +89,7 @@ impl AppState {
 /// The API's routes over `state`, with the body limit and the request timeout.
 pub fn router(state: AppState) -> Router {
     routes::router()
+        .merge(dashboard::routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,

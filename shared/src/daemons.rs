@@ -226,6 +226,10 @@ pub struct ApiSettings {
     /// (no auth); `UPKEEP_API_TOKEN` sets it. Also `token_env = "VAR"` or `token_file = "…"`.
     #[serde(serialize_with = "crate::settings::redacted")]
     pub token: Option<SecretString>,
+    /// Marks the dashboard's session cookie `Secure` on every response, for a server behind
+    /// a TLS-terminating proxy that does not send `X-Forwarded-Proto: https`. Defaults to
+    /// false (the cookie is `Secure` when that header says the request came over TLS).
+    pub secure_cookies: bool,
 }
 
 impl Default for ApiSettings {
@@ -233,6 +237,7 @@ impl Default for ApiSettings {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token: None,
+            secure_cookies: false,
         }
     }
 }

@@ -12,6 +12,8 @@
 //! - [`reports`]: health-report queries against target databases (read-only, with timeouts),
 //!   and `report_snapshots` in upkeep's own.
 //! - [`oauth_tokens`]: encrypted OAuth2 credentials, locked per row while refreshed.
+//! - [`dashboard`]: dashboard sessions and its bounded reads (last hour, failures, open
+//!   findings).
 //! - [`health`]: each schedule's last tick, last success, next fire, lag and skip counts, and
 //!   their Prometheus rendering.
 //!
@@ -22,6 +24,7 @@
 //! come from [`DatabaseSettings`] (the `[database]` section, owned here); this module never reads the environment.
 
 pub mod backups;
+pub mod dashboard;
 pub mod disk_samples;
 pub mod findings;
 pub mod health;
