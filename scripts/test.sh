@@ -24,6 +24,12 @@ fi
 # tests/deploy checks the unit, PM2, compose and Docker files with their own tools.
 scripts/deploy-tools.sh
 
+# The dashboard's browser test drives Debian's chromium through chromium-driver. When they
+# cannot be installed the suite still runs, and that test fails saying why (never skipped).
+if ! scripts/ensure-chromium.sh; then
+    echo "test: chromium/chromedriver unavailable: the dashboard browser test will fail" >&2
+fi
+
 # System tests run the real binaries from target/<profile>/ (see tests/src/lib.rs), and
 # cargo does not build another package's binaries for a test target.
 echo "test: cargo build --workspace --bins" >&2

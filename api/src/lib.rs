@@ -3,6 +3,7 @@
 //! - [`checklist`]: the task lists of a period, with each item's status and evidence (shared
 //!   with `upkeepctl tasks`).
 //! - [`auth`]: bearer tokens, their roles, the per-token rate limit of mutating calls.
+//! - [`dashboard`]: the server-rendered dashboard at `/` with its sign-in and session cookie.
 //! - `routes`: one module per resource, registered from one table; `openapi` generates the
 //!   document from the handlers' annotations. `error` maps every failure to a status code and
 //!   a JSON body `{"error", "field"}` in one place; `params` reads query strings, paths and
@@ -16,6 +17,7 @@
 mod audit;
 pub mod auth;
 pub mod checklist;
+pub mod dashboard;
 mod error;
 mod metrics;
 mod params;
@@ -107,6 +109,7 @@ pub fn router(state: AppState) -> Router {
     let app = Router::new()
         .merge(routes::router())
         .merge(metrics::router())
+        .merge(dashboard::routes())
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(TimeoutLayer::with_status_code(

@@ -249,6 +249,10 @@ pub struct ApiSettings {
     pub mutating_rate_per_minute: u32,
     /// Origins allowed to call the API from a browser. Defaults to none: no CORS headers.
     pub cors_origins: Vec<String>,
+    /// Marks the dashboard's session cookie `Secure` on every response, for a server behind
+    /// a TLS-terminating proxy that does not send `X-Forwarded-Proto: https`. Defaults to
+    /// false (the cookie is `Secure` when that header says the request came over TLS).
+    pub secure_cookies: bool,
 }
 
 impl Default for ApiSettings {
@@ -259,6 +263,7 @@ impl Default for ApiSettings {
             tokens: Vec::new(),
             mutating_rate_per_minute: 60,
             cors_origins: Vec::new(),
+            secure_cookies: false,
         }
     }
 }

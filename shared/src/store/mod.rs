@@ -17,6 +17,8 @@
 //! - [`partitions`]: the monthly partitions of `job_runs` and `findings`, created ahead, and
 //!   retention by dropping whole months.
 //! - [`schema`]: the database's applied migrations against the embedded set.
+//! - [`dashboard`]: dashboard sessions and its bounded reads (last hour, failures, open
+//!   findings).
 //! - [`health`]: each schedule's last tick, last success, next fire, lag and skip counts, and
 //!   their Prometheus rendering.
 //!
@@ -27,6 +29,7 @@
 //! come from [`DatabaseSettings`] (the `[database]` section, owned here); this module never reads the environment.
 
 pub mod backups;
+pub mod dashboard;
 pub mod disk_samples;
 pub mod findings;
 pub mod health;
