@@ -22,6 +22,13 @@ version="4.32.5"
 venv="$root/.dev/schemathesis-venv"
 if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$version"; then
     echo "schemathesis: installing schemathesis $version into $venv" >&2
+    if ! command -v python3 >/dev/null 2>&1 || ! python3 -m venv --help >/dev/null 2>&1 ||
+        ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+        # Debian splits venv/ensurepip out of python3.
+        echo "schemathesis: installing python3 and python3-venv (apt-get)" >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+    fi
+    rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$version"
 fi
