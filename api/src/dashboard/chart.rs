@@ -20,9 +20,7 @@ const BAR_WIDTH: i64 = WIDTH / N_MINUTES as i64;
 pub(crate) fn buckets(counts: &[MinuteCount], now: DateTime<Utc>) -> Vec<(i64, i64)> {
     let mut bars = vec![(0, 0); N_MINUTES];
     // The current minute is the last bar; it is partial, like every live counter.
-    let last = now
-        .duration_trunc(TimeDelta::minutes(1))
-        .unwrap_or(now);
+    let last = now.duration_trunc(TimeDelta::minutes(1)).unwrap_or(now);
     for count in counts {
         let minutes_ago = (last - count.minute).num_minutes();
         if let Ok(ago) = usize::try_from(minutes_ago)
@@ -41,7 +39,12 @@ pub(crate) fn buckets(counts: &[MinuteCount], now: DateTime<Utc>) -> Vec<(i64, i
 pub(crate) fn throughput_svg(bars: &[(i64, i64)]) -> Markup {
     let n_succeeded: i64 = bars.iter().map(|bar| bar.0).sum();
     let n_failed: i64 = bars.iter().map(|bar| bar.1).sum();
-    let peak = bars.iter().map(|bar| bar.0 + bar.1).max().unwrap_or(0).max(1);
+    let peak = bars
+        .iter()
+        .map(|bar| bar.0 + bar.1)
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let label = format!(
         "Attempts finished per minute over the last hour: {n_succeeded} succeeded, \
          {n_failed} failed, at most {peak} in one minute"
@@ -86,10 +89,26 @@ mod tests {
     fn counts_land_in_their_minute_and_older_ones_are_dropped() {
         let now = at(12, 30, 15);
         let counts = [
-            MinuteCount { minute: at(11, 30, 0), succeeded: 9, failed: 9 },
-            MinuteCount { minute: at(11, 31, 0), succeeded: 1, failed: 0 },
-            MinuteCount { minute: at(12, 29, 0), succeeded: 5, failed: 2 },
-            MinuteCount { minute: at(12, 30, 0), succeeded: 3, failed: 0 },
+            MinuteCount {
+                minute: at(11, 30, 0),
+                succeeded: 9,
+                failed: 9,
+            },
+            MinuteCount {
+                minute: at(11, 31, 0),
+                succeeded: 1,
+                failed: 0,
+            },
+            MinuteCount {
+                minute: at(12, 29, 0),
+                succeeded: 5,
+                failed: 2,
+            },
+            MinuteCount {
+                minute: at(12, 30, 0),
+                succeeded: 3,
+                failed: 0,
+            },
         ];
         let bars = buckets(&counts, now);
         assert_eq!(bars.len(), 60);
@@ -107,6 +126,9 @@ mod tests {
         let svg = throughput_svg(&bars).into_string();
         assert_eq!(svg.matches("<rect class=\"bar-ok\"").count(), 2);
         assert_eq!(svg.matches("<rect class=\"bar-failed\"").count(), 1);
-        assert!(svg.contains("6 succeeded, 2 failed, at most 4 in one minute"), "{svg}");
+        assert!(
+            svg.contains("6 succeeded, 2 failed, at most 4 in one minute"),
+            "{svg}"
+        );
     }
 }

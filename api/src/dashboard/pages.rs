@@ -288,7 +288,15 @@ pub(crate) async fn retry(
     signed_in.check_csrf(form.csrf.as_deref())?;
     let target = format!("{queue_name}/{id}");
     if !signed_in.can_operate {
-        audit_with(&state, &signed_in.actor, "dead.retry", &target, client, "refused: read role").await?;
+        audit_with(
+            &state,
+            &signed_in.actor,
+            "dead.retry",
+            &target,
+            client,
+            "refused: read role",
+        )
+        .await?;
         return Err(PageError::Forbidden(
             "retrying a dead letter needs a token with the operate role".to_owned(),
         ));
@@ -310,7 +318,15 @@ pub(crate) async fn retry(
             format!("failed: {error}")
         }
     };
-    audit_with(&state, &signed_in.actor, "dead.retry", &target, client, &result).await?;
+    audit_with(
+        &state,
+        &signed_in.actor,
+        "dead.retry",
+        &target,
+        client,
+        &result,
+    )
+    .await?;
     match result.as_str() {
         "ok" => Ok(redirect("/#dead-letters")),
         "refused: not a dead letter" => Err(PageError::NotFound(format!(
@@ -690,13 +706,19 @@ fn schedule_health_label(schedule: &ScheduleHealth, now: DateTime<Utc>) -> (&'st
     if schedule.paused {
         return (
             "warn",
-            format!("paused by {}", schedule.paused_by.as_deref().unwrap_or("someone")),
+            format!(
+                "paused by {}",
+                schedule.paused_by.as_deref().unwrap_or("someone")
+            ),
         );
     }
     match &schedule.last_tick {
         Some(tick) if tick.decision == "missed" => ("bad", "last tick missed".to_owned()),
-        Some(tick) if now - tick.fire_at > TimeDelta::minutes(5)
-            && schedule.next_fire_at.is_some_and(|next| next < now - TimeDelta::minutes(5)) =>
+        Some(tick)
+            if now - tick.fire_at > TimeDelta::minutes(5)
+                && schedule
+                    .next_fire_at
+                    .is_some_and(|next| next < now - TimeDelta::minutes(5)) =>
         {
             ("bad", "silent: a tick is overdue".to_owned())
         }
@@ -944,6 +966,9 @@ mod tests {
         let page = login_page("abc", Some("<script>")).0;
         assert!(page.contains("&lt;script&gt;"), "{page}");
         assert!(page.contains("name=\"csrf\" value=\"abc\""), "{page}");
-        assert!(!page.contains("<script"), "no script on the login page: {page}");
+        assert!(
+            !page.contains("<script"),
+            "no script on the login page: {page}"
+        );
     }
 }

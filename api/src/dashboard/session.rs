@@ -61,9 +61,7 @@ impl SignedIn {
     /// A 403 page when it is missing or different.
     pub(crate) fn check_csrf(&self, presented: Option<&str>) -> Result<(), PageError> {
         match presented {
-            Some(token) if constant_time_eq(token.as_bytes(), self.csrf_token.as_bytes()) => {
-                Ok(())
-            }
+            Some(token) if constant_time_eq(token.as_bytes(), self.csrf_token.as_bytes()) => Ok(()),
             _ => Err(PageError::Forbidden(
                 "this form's security token is missing or stale; reload the page and try again"
                     .to_owned(),
@@ -123,7 +121,14 @@ pub(crate) async fn login(
     let token = form.token.as_deref().unwrap_or("").trim();
     let now = Utc::now();
     let Some(caller) = authenticate(&state, token).await else {
-        audit(&state, "anonymous", "dashboard.login", client, "refused: invalid token").await?;
+        audit(
+            &state,
+            "anonymous",
+            "dashboard.login",
+            client,
+            "refused: invalid token",
+        )
+        .await?;
         return Ok(login_response(
             &state,
             &headers,
@@ -146,7 +151,10 @@ pub(crate) async fn login(
         &mut response,
         &session_cookie(SESSION_COOKIE, &value, "/", SESSION_LIFETIME, secure),
     );
-    append_cookie(&mut response, &clear_cookie(LOGIN_CSRF_COOKIE, "/login", secure));
+    append_cookie(
+        &mut response,
+        &clear_cookie(LOGIN_CSRF_COOKIE, "/login", secure),
+    );
     Ok(response)
 }
 
@@ -334,7 +342,10 @@ mod tests {
     #[test]
     fn session_cookies_are_http_only_strict_and_expiring() {
         let text = session_cookie("s", "v", "/", SESSION_LIFETIME, false);
-        assert!(text.starts_with("s=v; Path=/; Max-Age=43200; Expires="), "{text}");
+        assert!(
+            text.starts_with("s=v; Path=/; Max-Age=43200; Expires="),
+            "{text}"
+        );
         assert!(text.ends_with("; HttpOnly; SameSite=Strict"), "{text}");
         let secure = session_cookie("s", "v", "/", SESSION_LIFETIME, true);
         assert!(secure.ends_with("; Secure"), "{secure}");

@@ -104,8 +104,14 @@ async fn in_chromium_an_operator_signs_in_sees_the_checklist_retries_a_dead_job_
     let server = Server::start(pool.clone()).await;
     // Arrange: today the queue snapshot succeeded; yesterday nothing ran, so yesterday's
     // items are missed; one job is a dead letter.
-    seed_run(&pool, "queues.snapshot", "succeeded", Utc::now() - TimeDelta::seconds(5), None)
-        .await;
+    seed_run(
+        &pool,
+        "queues.snapshot",
+        "succeeded",
+        Utc::now() - TimeDelta::seconds(5),
+        None,
+    )
+    .await;
     let dead_id = server.dead_letter().await;
     let chromedriver = Chromedriver::start(&artifacts).await;
     let driver = browser(&chromedriver).await;
@@ -118,7 +124,11 @@ async fn in_chromium_an_operator_signs_in_sees_the_checklist_retries_a_dead_job_
 
     let queue = server.reports_queue();
     assert!(queue.dead_letters(10).await.expect("dead").is_empty());
-    assert_eq!(queue.stats().await.expect("stats").pending, 1, "back in the queue");
+    assert_eq!(
+        queue.stats().await.expect("stats").pending,
+        1,
+        "back in the queue"
+    );
     let logins = audit_entries(&pool, "dashboard.login").await;
     assert_eq!(logins.len(), 2, "{logins:?}");
     assert_eq!(logins[0].1, "refused: invalid token");
@@ -138,15 +148,27 @@ async fn drive(
     shot(driver, artifacts, "01-login").await;
 
     // A wrong token is refused.
-    driver.find(By::Id("token")).await?.send_keys("wrong-token").await?;
-    driver.find(By::Css("form[action='/login'] button")).await?.click().await?;
+    driver
+        .find(By::Id("token"))
+        .await?
+        .send_keys("wrong-token")
+        .await?;
+    driver
+        .find(By::Css("form[action='/login'] button"))
+        .await?
+        .click()
+        .await?;
     let error = driver.query(By::Id("login-error")).first().await?;
     assert!(error.text().await?.contains("not accepted"));
     shot(driver, artifacts, "02-wrong-token").await;
 
     // The right one signs in.
     driver.find(By::Id("token")).await?.send_keys(TOKEN).await?;
-    driver.find(By::Css("form[action='/login'] button")).await?.click().await?;
+    driver
+        .find(By::Css("form[action='/login'] button"))
+        .await?
+        .click()
+        .await?;
     driver.query(By::Id("tasks-today")).first().await?;
     assert_eq!(driver.current_url().await?.path(), "/");
     let cookies = driver.get_all_cookies().await?;
@@ -161,9 +183,20 @@ async fn drive(
     let done = driver
         .find(By::Css("#tasks-today li.item[data-status='done']"))
         .await?;
-    assert!(done.attr("data-item").await?.unwrap_or_default().starts_with("daily.queue_stats."));
-    assert!(done.text().await?.contains("Succeeded"), "with its evidence");
-    assert!(done.find(By::Css("a[href^='/jobs/']")).await.is_ok(), "an evidence link");
+    assert!(
+        done.attr("data-item")
+            .await?
+            .unwrap_or_default()
+            .starts_with("daily.queue_stats.")
+    );
+    assert!(
+        done.text().await?.contains("Succeeded"),
+        "with its evidence"
+    );
+    assert!(
+        done.find(By::Css("a[href^='/jobs/']")).await.is_ok(),
+        "an evidence link"
+    );
     let missed = driver
         .find_all(By::Css("#tasks-yesterday li.item[data-status='missed']"))
         .await?;
@@ -188,7 +221,11 @@ async fn drive(
     driver.set_window_rect(0, 0, 1200, 1600).await?;
 
     // Sign out: back to the login page, and the dashboard needs a new sign-in.
-    driver.find(By::Css("form.logout button")).await?.click().await?;
+    driver
+        .find(By::Css("form.logout button"))
+        .await?
+        .click()
+        .await?;
     driver.query(By::Id("token")).first().await?;
     assert!(driver.current_url().await?.path().ends_with("/login"));
     driver.goto(&server.url("/")).await?;

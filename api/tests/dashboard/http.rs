@@ -54,13 +54,20 @@ async fn the_session_cookie_is_http_only_strict_expiring_and_secure_over_tls(poo
     let server = Server::start(pool).await;
     let (login_cookie, csrf) = server.login_form().await;
     let plain = server
-        .post_form("/login", Some(&login_cookie), &[("token", TOKEN), ("csrf", &csrf)])
+        .post_form(
+            "/login",
+            Some(&login_cookie),
+            &[("token", TOKEN), ("csrf", &csrf)],
+        )
         .await;
     let line = set_cookie(&plain, "upkeep_session").expect("session cookie");
     assert!(line.contains("; HttpOnly"), "{line}");
     assert!(line.contains("; SameSite=Strict"), "{line}");
     assert!(line.contains("; Max-Age=43200"), "{line}");
-    assert!(!line.contains("Secure"), "plain HTTP without a proxy header: {line}");
+    assert!(
+        !line.contains("Secure"),
+        "plain HTTP without a proxy header: {line}"
+    );
 
     let (login_cookie, csrf) = server.login_form().await;
     let behind_tls = server
@@ -96,7 +103,11 @@ async fn forms_posted_without_their_csrf_token_are_refused(pool: PgPool) {
     let (cookie, session_csrf) = server.sign_in(TOKEN).await;
     let id = server.dead_letter().await;
     let retry = format!("/dead/reports/{id}/retry");
-    for form in [vec![], vec![("csrf", "0000")], vec![("csrf", csrf.as_str())]] {
+    for form in [
+        vec![],
+        vec![("csrf", "0000")],
+        vec![("csrf", csrf.as_str())],
+    ] {
         let response = server.post_form(&retry, Some(&cookie), &form).await;
         assert_eq!(response.status(), StatusCode::FORBIDDEN, "{form:?}");
     }
@@ -104,7 +115,10 @@ async fn forms_posted_without_their_csrf_token_are_refused(pool: PgPool) {
     assert!(dead.iter().any(|record| record.id == id), "still dead");
     let logout = server.post_form("/logout", Some(&cookie), &[]).await;
     assert_eq!(logout.status(), StatusCode::FORBIDDEN);
-    assert_eq!(server.get("/", Some(&cookie)).await.status(), StatusCode::OK);
+    assert_eq!(
+        server.get("/", Some(&cookie)).await.status(),
+        StatusCode::OK
+    );
 
     // With the token both work, and the retry is audited.
     let response = server
@@ -131,7 +145,12 @@ async fn forms_posted_without_their_csrf_token_are_refused(pool: PgPool) {
 async fn every_dashboard_response_carries_the_security_headers(pool: PgPool) {
     let server = Server::start(pool).await;
     let (cookie, _) = server.sign_in(TOKEN).await;
-    let page = server.get("/", Some(&cookie)).await.text().await.expect("body");
+    let page = server
+        .get("/", Some(&cookie))
+        .await
+        .text()
+        .await
+        .expect("body");
     let css = page
         .split("href=\"")
         .find_map(|part| part.strip_prefix("/static/dashboard.css"))
@@ -177,16 +196,33 @@ async fn failures_and_the_audit_trail_are_paged_by_id_without_counting(pool: PgP
     let mut ids = Vec::new();
     for n in 0..120 {
         let at = now - TimeDelta::seconds(200 - n);
-        ids.push(seed_run(&pool, "system.ping", "failed", at, Some(&format!("failure number {n}"))).await);
+        ids.push(
+            seed_run(
+                &pool,
+                "system.ping",
+                "failed",
+                at,
+                Some(&format!("failure number {n}")),
+            )
+            .await,
+        );
         seed_run(&pool, "system.ping", "succeeded", at, None).await;
     }
     let (cookie, _) = server.sign_in(TOKEN).await;
-    let first = server.get("/failures", Some(&cookie)).await.text().await.expect("body");
+    let first = server
+        .get("/failures", Some(&cookie))
+        .await
+        .text()
+        .await
+        .expect("body");
     assert!(first.contains("failure number 119"));
     assert!(first.contains("failure number 70"));
     assert!(!first.contains("failure number 69"));
     let next = format!("/failures?before={}", ids[70]);
-    assert!(first.contains(&format!("href=\"{next}\"")), "a link to the next page");
+    assert!(
+        first.contains(&format!("href=\"{next}\"")),
+        "a link to the next page"
+    );
     let third = server
         .get(&format!("/failures?before={}", ids[20]), Some(&cookie))
         .await
@@ -194,28 +230,66 @@ async fn failures_and_the_audit_trail_are_paged_by_id_without_counting(pool: PgP
         .await
         .expect("body");
     assert!(third.contains("failure number 19") && third.contains("failure number 0"));
-    assert!(!third.contains("rel=\"next\""), "the last page has no next link");
+    assert!(
+        !third.contains("rel=\"next\""),
+        "the last page has no next link"
+    );
 
     let bad = server.get("/failures?before=abc", Some(&cookie)).await;
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
-    assert!(bad.text().await.expect("body").contains("before must be a row id"));
+    assert!(
+        bad.text()
+            .await
+            .expect("body")
+            .contains("before must be a row id")
+    );
 }
 
 #[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
 async fn the_overview_shows_every_section_and_escapes_what_the_ledger_holds(pool: PgPool) {
     let server = Server::start(pool.clone()).await;
-    seed_run(&pool, "system.ping", "failed", Utc::now(), Some("<b>boom</b>")).await;
+    seed_run(
+        &pool,
+        "system.ping",
+        "failed",
+        Utc::now(),
+        Some("<b>boom</b>"),
+    )
+    .await;
     let (cookie, csrf) = server.sign_in(TOKEN).await;
-    let page = server.get("/", Some(&cookie)).await.text().await.expect("body");
+    let page = server
+        .get("/", Some(&cookie))
+        .await
+        .text()
+        .await
+        .expect("body");
     for id in [
-        "tasks-today", "tasks-yesterday", "tasks-week", "tasks-month", "queues", "dead-letters",
-        "failures", "schedules", "findings", "backups", "audit",
+        "tasks-today",
+        "tasks-yesterday",
+        "tasks-week",
+        "tasks-month",
+        "queues",
+        "dead-letters",
+        "failures",
+        "schedules",
+        "findings",
+        "backups",
+        "audit",
     ] {
         assert!(page.contains(&format!("id=\"{id}\"")), "section {id}");
     }
-    assert!(page.contains("&lt;b&gt;boom&lt;/b&gt;"), "the error is escaped");
+    assert!(
+        page.contains("&lt;b&gt;boom&lt;/b&gt;"),
+        "the error is escaped"
+    );
     assert!(!page.contains("<b>boom</b>"));
-    assert!(page.contains("<svg class=\"chart\""), "the throughput chart is inline SVG");
-    assert!(page.contains("1 failed"), "the chart counts the seeded failure");
+    assert!(
+        page.contains("<svg class=\"chart\""),
+        "the throughput chart is inline SVG"
+    );
+    assert!(
+        page.contains("1 failed"),
+        "the chart counts the seeded failure"
+    );
     assert_eq!(hidden_csrf(&page).as_deref(), Some(csrf.as_str()));
 }

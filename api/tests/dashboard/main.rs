@@ -100,7 +100,11 @@ impl Server {
                 &[("token", token), ("csrf", &login_csrf)],
             )
             .await;
-        assert_eq!(response.status(), StatusCode::SEE_OTHER, "sign-in redirects");
+        assert_eq!(
+            response.status(),
+            StatusCode::SEE_OTHER,
+            "sign-in redirects"
+        );
         assert_eq!(response.headers()[LOCATION], "/");
         let session = set_cookie(&response, "upkeep_session").expect("a session cookie");
         let cookie = cookie_pair(&session);
@@ -133,7 +137,9 @@ impl Server {
     pub(crate) async fn dead_letter(&self) -> String {
         let queue = self.reports_queue();
         let job = NewJob::new("system.ping", serde_json::json!({}), 1);
-        let id = queue.enqueue(&[job]).await.expect("enqueue")[0].id().to_string();
+        let id = queue.enqueue(&[job]).await.expect("enqueue")[0]
+            .id()
+            .to_string();
         let fetched = queue.fetch("dashboard-test", 1).await.expect("fetch");
         let leased = &fetched.jobs[0];
         assert_eq!(leased.id, id);
