@@ -111,7 +111,8 @@ client_secret = "s"
     // Writable either way; a warning when this machine's disk is nearly full (a warning does
     // not fail the doctor).
     assert!(
-        text.lines().any(|l| l.contains("backups.directory") && l.contains("is writable")),
+        text.lines()
+            .any(|l| l.contains("backups.directory") && l.contains("is writable")),
         "{text}"
     );
     assert!(!text.contains("FAIL"), "{text}");

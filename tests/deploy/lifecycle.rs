@@ -356,3 +356,60 @@ fn every_daemon_prints_its_version_with_the_commit_and_documents_its_exit_codes(
         assert_eq!(bad.status.code(), Some(2), "{binary}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_makes_the_scheduler_reconcile_its_schedules_with_the_edited_file() {
+    use sqlx::Connection as _;
+    let database_url = fresh_migrated_database(&shared_database_url()).await;
+    let prefix = unique_prefix();
+    let schedule = |name: &str| {
+        format!(
+            "[redis]\nkey_prefix = \"{prefix}\"\n[[schedules]]\nname = \"{name}\"\ncron = \"0 0 3 * * *\"\nkind = \"system.ping\"\n"
+        )
+    };
+    let files = Files::new(&schedule("before"));
+    let notify = NotifySocket::bind();
+    let launch = Launch {
+        config: &files.config(),
+        credentials: &files.credentials(),
+        database_url: &database_url,
+        redis_url: &shared_redis_url(),
+        notify: &notify,
+        watchdog: WATCHDOG,
+    };
+    let mut scheduler = start_as_unit("upkeep-scheduler@.service", &launch);
+    notify.wait_for("READY=1", READY_WITHIN);
+    let mut ledger = sqlx::PgConnection::connect(&database_url)
+        .await
+        .expect("connecting to the ledger");
+    let in_config = async |ledger: &mut sqlx::PgConnection| -> Vec<String> {
+        sqlx::query_scalar("SELECT name FROM schedules WHERE in_config ORDER BY name")
+            .fetch_all(ledger)
+            .await
+            .expect("reading schedules")
+    };
+    upkeep_tests::eventually("the first reconcile", Duration::from_secs(10), async || {
+        (in_config(&mut ledger).await == ["before"]).then_some(())
+    })
+    .await;
+
+    // A file with a problem is refused and the running schedules kept.
+    std::fs::write(files.config(), "[[schedules]]\nname = \"broken\"\n").expect("writing");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(scheduler.pid()).expect("a pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    assert!(
+        scheduler.wait_for_log("keeping the running configuration", Duration::from_secs(10)),
+        "{}",
+        scheduler.log()
+    );
+    std::fs::write(files.config(), schedule("after")).expect("writing");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    upkeep_tests::eventually(
+        "the reconcile after SIGHUP",
+        Duration::from_secs(15),
+        async || (in_config(&mut ledger).await == ["after"]).then_some(()),
+    )
+    .await;
+    assert!(scheduler.is_running(), "{}", scheduler.log());
+    assert_stops_cleanly(&mut scheduler, &notify, "upkeep-scheduler@.service");
+}

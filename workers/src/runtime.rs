@@ -429,6 +429,9 @@ pub async fn run_daemon(service: &'static str, queues: &[&str]) -> std::process:
         Ok(daemon) => daemon,
         Err(code) => return code,
     };
+    // Before the build: with migrate_on_start it waits for Postgres, and the start-up
+    // timeout must count that wait too.
+    daemon.ready(format!("serving {}", queues.join(",")));
     let result = async {
         let queues = queues
             .iter()
@@ -439,11 +442,7 @@ pub async fn run_daemon(service: &'static str, queues: &[&str]) -> std::process:
             HandlerContext::connect_lazy(settings.clone()).context("building the Postgres pool")?;
         let registry = Registry::standard(&ctx);
         let runtime = WorkerRuntime::build_with_pool(settings, queues, registry, ctx.db).await?;
-        daemon.ready(format!(
-            "serving {} as {}",
-            runtime.queues_label(),
-            runtime.identity()
-        ));
+        tracing::info!(identity = runtime.identity(), queues = %runtime.queues_label(), "workers built");
         runtime.run_until_stopped(daemon.shutdown()).await
     }
     .await;

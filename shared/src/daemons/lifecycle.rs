@@ -28,6 +28,8 @@
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -69,18 +71,19 @@ pub struct Daemon {
     shutdown: Shutdown,
     /// The systemd watchdog interval (`WATCHDOG_USEC`), when one is armed for this process.
     watchdog: Option<Duration>,
+    /// Set when the dependencies were not ready within `startup_timeout`: the daemon was
+    /// stopped and exits 3.
+    gave_up: Arc<AtomicBool>,
 }
 
 impl Daemon {
-    /// Steps 1 of the module documentation: arguments, settings, telemetry, signals, and the
-    /// wait for Redis, Postgres and the schema. `summary` is the one-line description `--help`
-    /// prints.
+    /// Step 1 of the module documentation: arguments, settings, telemetry, signals.
+    /// `summary` is the one-line description `--help` prints.
     ///
     /// # Errors
     /// The exit code to return from `main` when the process must not go on: 0 after `--help`,
-    /// `--version` or `--check-config` with a good file (or a stop requested while waiting),
-    /// 2 for a bad configuration or argument, 3 when a dependency stayed unavailable, 1 when
-    /// the signal handlers could not be installed.
+    /// `--version` or `--check-config` with a good file, 2 for a bad configuration or
+    /// argument, 1 when the signal handlers could not be installed.
     pub async fn start(service: &'static str, summary: &str) -> Result<Self, ExitCode> {
         if let Some(code) = answer_arguments(service, summary, std::env::args().skip(1)) {
             return Err(code);
@@ -115,32 +118,12 @@ impl Daemon {
         let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec)
             .then(|| Duration::from_micros(watchdog_usec))
             .filter(|interval| !interval.is_zero());
-        notify(&[NotifyState::Status(
-            "starting: waiting for redis, postgres and the schema",
-        )]);
-        match wait_for_dependencies(&settings, &shutdown).await {
-            Ok(()) => {}
-            Err(Unready::Stopped) => return Err(ExitCode::SUCCESS),
-            Err(Unready::TimedOut(what)) => {
-                let timeout = settings.daemons.startup_timeout;
-                tracing::error!(
-                    waited = %crate::settings::duration::format(timeout),
-                    problem = %what,
-                    "dependencies unavailable at start; giving up (exit 3)"
-                );
-                eprintln!(
-                    "{service}: not ready after {} ([daemons] startup_timeout): {what}",
-                    crate::settings::duration::format(timeout)
-                );
-                notify(&[NotifyState::Status(&format!("failed to start: {what}"))]);
-                return Err(ExitCode::from(EXIT_DEPENDENCY_UNAVAILABLE));
-            }
-        }
         Ok(Self {
             service,
             settings,
             shutdown,
             watchdog,
+            gave_up: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -156,20 +139,52 @@ impl Daemon {
         self.shutdown.clone()
     }
 
-    /// Step 2: tells systemd the daemon is ready (`READY=1`) and starts the supervisor task
-    /// (`STATUS=` lines prefixed by `doing`, and the watchdog). Call it once the loop is built
-    /// and about to run.
+    /// Step 2, called once the loop is built and about to run: a task waits, up to
+    /// `[daemons] startup_timeout`, until Redis answers `PING`, Postgres answers and the schema
+    /// is current, then tells systemd `READY=1` and starts the supervisor (`STATUS=` lines
+    /// prefixed by `doing`, and the watchdog). The loop runs meanwhile, waiting out outages as
+    /// it always does; past the timeout the task logs what did not answer and stops the
+    /// daemon, which then exits 3.
     pub fn ready(&self, doing: impl Into<String>) {
         let doing = doing.into();
-        // The loop has not run yet; readiness itself counts as the first sign of life, so a
-        // loop that never makes progress stops the pings half an interval after READY.
-        vitals().beat();
-        notify(&[NotifyState::Ready, NotifyState::Status(&doing)]);
-        tracing::info!(
-            watchdog = ?self.watchdog,
-            "ready (dependencies answered, schema current)"
-        );
-        tokio::spawn(supervise(doing, self.watchdog, self.shutdown.clone()));
+        let settings = self.settings.clone();
+        let shutdown = self.shutdown.clone();
+        let watchdog = self.watchdog;
+        let gave_up = self.gave_up.clone();
+        let service = self.service;
+        notify(&[NotifyState::Status(
+            "starting: waiting for redis, postgres and the schema",
+        )]);
+        tokio::spawn(async move {
+            match wait_for_dependencies(&settings, &shutdown).await {
+                Ok(()) => {
+                    // The loop's own beats follow; readiness counts as the first sign of life,
+                    // so a loop that never makes progress stops the pings half an interval on.
+                    vitals().beat();
+                    notify(&[NotifyState::Ready, NotifyState::Status(&doing)]);
+                    tracing::info!(
+                        watchdog = ?watchdog,
+                        "ready (dependencies answered, schema current)"
+                    );
+                    supervise(doing, watchdog, shutdown).await;
+                }
+                Err(Unready::Stopped) => {}
+                Err(Unready::TimedOut(what)) => {
+                    let timeout =
+                        crate::settings::duration::format(settings.daemons.startup_timeout);
+                    tracing::error!(
+                        waited = %timeout, problem = %what,
+                        "dependencies unavailable at start; stopping (exit 3)"
+                    );
+                    eprintln!(
+                        "{service}: not ready after {timeout} ([daemons] startup_timeout): {what}"
+                    );
+                    notify(&[NotifyState::Status(&format!("failed to start: {what}"))]);
+                    gave_up.store(true, Ordering::Release);
+                    shutdown.trigger();
+                }
+            }
+        });
     }
 
     /// Makes the API's heartbeat: every quarter of the watchdog interval (at most every 5s),
@@ -256,9 +271,13 @@ impl Daemon {
         }
     }
 
-    /// Step 3: logs how the loop ended and gives the exit code (0 or 1).
+    /// Step 3: logs how the loop ended and gives the exit code: 3 when the dependencies were
+    /// not ready in time, else 0 or 1.
     #[must_use]
     pub fn finish(self, result: anyhow::Result<()>) -> ExitCode {
+        if self.gave_up.load(Ordering::Acquire) {
+            return ExitCode::from(EXIT_DEPENDENCY_UNAVAILABLE);
+        }
         match result {
             Ok(()) => {
                 tracing::info!(service = self.service, "stopped cleanly");
