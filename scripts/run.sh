@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The run command: provide Redis and Postgres, build the release binaries, apply the
-# migrations, run everything with `upkeepctl up` and serve the dashboard (upkeep-api) beside
-# it; prints the dashboard's URL and a token to sign in with.
+# migrations, run everything (scheduler, workers, API and dashboard) with `upkeepctl up`;
+# prints the dashboard's URL and a token to sign in with.
 #
 #   scripts/run.sh                                  uses deploy/demo.toml
 #   UPKEEP_CONFIG=/etc/upkeep/upkeep.toml scripts/run.sh
@@ -70,22 +70,7 @@ if [[ "$UPKEEP_CONFIG" == deploy/demo.toml ]]; then
     exec > >(tee -ia /tmp/upkeep-demo/upkeep.log) 2>&1
 fi
 
-# `upkeepctl up` runs the scheduler and the workers; the dashboard is upkeep-api's, started
-# beside it. Both are stopped together: Ctrl-C or SIGTERM is passed on as SIGTERM (background
-# children of a script ignore SIGINT), and whichever exits first stops the other.
-pids=()
-stop() { kill -TERM "${pids[@]}" 2>/dev/null || true; }
-trap stop INT TERM
-echo "run: upkeep-api on $UPKEEP_API_ADDR" >&2
-target/release/upkeep-api &
-pids+=("$!")
-echo "run: upkeepctl up (config $UPKEEP_CONFIG)" >&2
-target/release/upkeepctl up "$@" &
-pids+=("$!")
-status=0
-wait -n "${pids[@]}" || status=$?
-stop
-for pid in "${pids[@]}"; do
-    wait "$pid" 2>/dev/null || true
-done
-exit "$status"
+# `upkeepctl up` runs the scheduler, the workers and the API (with the dashboard) in one
+# process; exec, so Ctrl-C and SIGTERM reach it directly and it stops gracefully.
+echo "run: upkeepctl up (config $UPKEEP_CONFIG, API and dashboard on $UPKEEP_API_ADDR)" >&2
+exec target/release/upkeepctl up "$@"
