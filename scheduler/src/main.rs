@@ -23,11 +23,8 @@ async fn main() -> ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::load().map_err(|e| anyhow::anyhow!("{e}"))?;
-    upkeep_shared::telemetry::init(
-        "upkeep-scheduler",
-        &settings.telemetry.filter,
-        settings.telemetry.format,
-    );
+    let _telemetry =
+        upkeep_shared::telemetry::init_daemon("upkeep-scheduler", &settings.telemetry)?;
     tracing::info!(settings = %settings.redacted_summary(), "starting");
     let scheduler = upkeep_scheduler::Scheduler::build(settings).await?;
     let shutdown = Shutdown::new();

@@ -22,11 +22,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::load().map_err(|e| anyhow::anyhow!("{e}"))?;
-    upkeep_shared::telemetry::init(
-        "upkeep-api",
-        &settings.telemetry.filter,
-        settings.telemetry.format,
-    );
+    let _telemetry = upkeep_shared::telemetry::init_daemon("upkeep-api", &settings.telemetry)?;
     tracing::info!(settings = %settings.redacted_summary(), "starting");
     if settings.api.token.is_none() {
         tracing::warn!(
