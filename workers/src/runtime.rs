@@ -335,6 +335,7 @@ impl Pruner {
             - chrono::TimeDelta::from_std(self.retention).unwrap_or(chrono::TimeDelta::MAX);
         let n_runs = runs::delete_runs_older_than(&self.pool, cutoff, Self::BATCH).await?;
         let n_ticks = ticks::delete_ticks_older_than(&self.pool, cutoff, Self::BATCH).await?;
+        upkeep_shared::logs::retention::prune(&self.pool, cutoff).await?;
         if n_runs + n_ticks > 0 {
             tracing::info!(n_runs, n_ticks, %cutoff, "pruned the ledger");
         }
@@ -400,16 +401,13 @@ fn default_identity() -> String {
 /// A bad configuration (naming the key), or a failure to run.
 pub async fn run_daemon(service: &str, queues: &[&str]) -> anyhow::Result<()> {
     let settings = Settings::load().map_err(|e| anyhow::anyhow!("{e}"))?;
-    upkeep_shared::telemetry::init(
-        service,
-        &settings.telemetry.filter,
-        settings.telemetry.format,
-    );
+    let _telemetry = upkeep_shared::telemetry::init_daemon(service, &settings.telemetry)?;
     tracing::info!(service, settings = %settings.redacted_summary(), "starting");
     let queues = queues
         .iter()
         .map(|q| QueueName::parse(q))
         .collect::<Result<Vec<_>, _>>()?;
+    let settings = upkeep_shared::disk::discover_redis_dir(settings).await;
     let ctx =
         HandlerContext::connect_lazy(settings.clone()).context("building the Postgres pool")?;
     let registry = Registry::standard(&ctx);
