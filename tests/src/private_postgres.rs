@@ -54,6 +54,8 @@ pub struct PrivatePostgres {
     as_postgres_user: bool,
     /// The postmaster; `None` while stopped.
     server: Option<Child>,
+    /// Extra `-c name=value` settings of every start ([`PrivatePostgres::start_with_settings`]).
+    settings: Vec<(String, String)>,
 }
 
 impl PrivatePostgres {
@@ -64,6 +66,17 @@ impl PrivatePostgres {
     /// package postgresql), the `postgres` user is missing while running as root,
     /// `initdb` fails, or the server does not accept connections within 60 seconds.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with_settings(&[])
+    }
+
+    /// Like [`PrivatePostgres::start`], with extra server settings (`-c name=value`) on every
+    /// start, e.g. `[("logging_collector", "on"), ("log_directory", "/tmp/x/log")]`. With the
+    /// logging collector on, the server's own messages go to the collector's files, so
+    /// readiness is asked with `pg_isready` instead of read from `postgres.log`.
+    ///
+    /// # Errors
+    /// As [`PrivatePostgres::start`].
+    pub fn start_with_settings(settings: &[(&str, &str)]) -> anyhow::Result<Self> {
         let bin_dir = find_pg_bin_dir()?;
         let as_postgres_user = running_as_root();
         let dir = create_cluster_dir(as_postgres_user)?;
@@ -73,6 +86,10 @@ impl PrivatePostgres {
             bin_dir,
             as_postgres_user,
             server: None,
+            settings: settings
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
         };
         postgres.initdb()?;
         for attempt in 1..=PORT_ATTEMPTS {
@@ -195,6 +212,13 @@ impl PrivatePostgres {
             .arg(self.dir.path())
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
             .current_dir(self.dir.path());
+        for (name, value) in &self.settings {
+            command.arg("-c").arg(format!("{name}={value}"));
+        }
+        let collector = self
+            .settings
+            .iter()
+            .any(|(name, value)| name == "logging_collector" && value == "on");
         let mut tied = tie_to_test_process(&command, self.as_postgres_user.then_some("postgres"));
         tied.stdin(Stdio::null()).stdout(log).stderr(log_for_stderr);
         self.server = Some(spawn_tied(tied).context("starting postgres")?);
@@ -213,7 +237,12 @@ impl PrivatePostgres {
                     self.log()
                 );
             }
-            if logged_since(&log_path, log_offset).contains(READY_LINE) && accepts_tcp(self.port) {
+            let ready = if collector {
+                accepts_tcp(self.port) && self.pg_isready()
+            } else {
+                logged_since(&log_path, log_offset).contains(READY_LINE) && accepts_tcp(self.port)
+            };
+            if ready {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -226,6 +255,17 @@ impl PrivatePostgres {
             }
             std::thread::sleep(POLL_INTERVAL);
         }
+    }
+
+    /// Whether `pg_isready` says the server accepts connections.
+    fn pg_isready(&self) -> bool {
+        Command::new(self.bin_dir.join("pg_isready"))
+            .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
     }
 
     /// Sends `signal` to the postmaster and waits for it to exit.

@@ -215,3 +215,102 @@ fn upkeepctl_disk_agrees_with_df() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_backup_volume_without_room_for_the_next_backup_is_critical_until_it_has() {
+    // Arrange: a backup directory on a real filesystem and a good backup in the catalog bigger
+    // than two thirds of what that filesystem has free (no need to fill the disk).
+    let backups = tempfile::tempdir().expect("a backup directory");
+    let (usages, _) = upkeep_shared::disk::measure(&[backups.path().to_owned()]);
+    let avail = usages[0].avail_bytes;
+    let subject = backups.path().to_string_lossy().into_owned();
+    let deployment = Deployment::new().await;
+    deployment.write_config(&format!(
+        "[backups]\ndirectory = \"{subject}\"\n[[backups.databases]]\nname = \"app\"\n\
+         url = \"postgres://unused@127.0.0.1:1/app\"\n"
+    ));
+    let mut ledger = deployment.ledger().await;
+    let insert = |path: &str, size: u64, verification: &str| {
+        sqlx::query(
+            "INSERT INTO backups (database, format, path, manifest_path, size_bytes, sha256, \
+               server_version, pg_dump_version, started_at, finished_at, verification, table_count) \
+             VALUES ('app', 'custom', $1, $1 || '.manifest', $2, 'x', '16', '16', \
+               now() - interval '1 minute', now(), $3, 1) RETURNING id",
+        )
+        .bind(format!("{subject}/{path}"))
+        .bind(i64::try_from(size).expect("fits"))
+        .bind(verification.to_owned())
+    };
+    // 0.7 × free: 1.5 × that is more than what is free.
+    let big = insert("big.dump", avail / 10 * 7, "full_read")
+        .fetch_one(&mut ledger)
+        .await
+        .expect("a backup row");
+    let big_id: i64 = sqlx::Row::get(&big, "id");
+    // A newer unverified backup does not count (not "good").
+    insert("newer.dump", 1, "toc")
+        .execute(&mut ledger)
+        .await
+        .expect("a backup row");
+    let mut worker = deployment.start("upkeep-worker-reports", [] as [&str; 0]);
+    wait_for_worker(&mut worker, "reports");
+
+    // Act + assert: critical while the last good backup needs more than is free.
+    let (_, outcome) = check(&deployment, &mut ledger).await;
+    assert_eq!(
+        severity_of(&outcome, "disk.backup_headroom", &subject).as_deref(),
+        Some("critical"),
+        "{outcome:#}"
+    );
+
+    // The backup is replaced by a small good one: the finding resolves.
+    sqlx::query("UPDATE backups SET deleted_at = now() WHERE id = $1")
+        .bind(big_id)
+        .execute(&mut ledger)
+        .await
+        .expect("deleting the big backup");
+    insert("small.dump", 4096, "restored")
+        .execute(&mut ledger)
+        .await
+        .expect("a backup row");
+    let (_, outcome) = check(&deployment, &mut ledger).await;
+    assert_eq!(
+        severity_of(&outcome, "disk.backup_headroom", &subject).as_deref(),
+        Some("ok"),
+        "{outcome:#}"
+    );
+}
+
+#[tokio::test]
+async fn system_disk_checks_the_directory_a_local_redis_persists_to() {
+    // Arrange: a Redis of the test's own, its `dir` a temporary directory; every filesystem
+    // is reported (warn at 1 %) so the outcome names the paths it measured.
+    let redis = upkeep_tests::PrivateRedis::start().expect("a private Redis");
+    let redis_dir = redis.dir().canonicalize().expect("the Redis dir");
+    let mut deployment = Deployment::new().await;
+    deployment.set_env("REDIS_URL", &redis.url());
+    deployment.write_config("[disk]\nwarn_pct = 1\ncritical_pct = 100\n");
+    let mut ledger = deployment.ledger().await;
+    let mut worker = deployment.start("upkeep-worker-reports", [] as [&str; 0]);
+    wait_for_worker(&mut worker, "reports");
+
+    // Act
+    let (_, outcome) = check(&deployment, &mut ledger).await;
+
+    // Assert: the Redis dir is among the measured paths (no path was configured).
+    let measured: Vec<String> = outcome["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["code"] == "disk.used_pct")
+        .flat_map(|f| f["detail"]["paths"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p.as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        measured
+            .iter()
+            .any(|p| Path::new(p).canonicalize().ok().as_deref() == Some(redis_dir.as_path())),
+        "{} not among {measured:?}: {outcome:#}",
+        redis_dir.display()
+    );
+}

@@ -427,3 +427,125 @@ fn upkeepctl_logs_targets_lists_each_file_with_its_size_generations_and_next_rot
     assert_eq!(file["generations"].as_array().map(Vec::len), Some(1));
     assert!(text.contains("due now (Size)"), "{text}");
 }
+
+/// What `pg_current_logfile()` names, as a file name.
+async fn current_logfile(pg: &mut sqlx::PgConnection) -> String {
+    let path: String = sqlx::query_scalar("SELECT pg_current_logfile()")
+        .fetch_one(pg)
+        .await
+        .expect("pg_current_logfile()");
+    Path::new(&path)
+        .file_name()
+        .expect("a file name")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Logs `marker` through the server (RAISE LOG goes to the server log at the default
+/// log_min_messages) and waits until the collector's current file holds it.
+async fn log_marker(pg: &mut sqlx::PgConnection, log_dir: &Path, marker: &str) {
+    // The marker is a literal of this file, not input.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DO $$ BEGIN RAISE LOG '{marker}'; END $$"
+    )))
+    .execute(&mut *pg)
+    .await
+    .expect("RAISE LOG");
+    let file = log_dir.join(current_logfile(pg).await);
+    crate::support::eventually(
+        &format!("{marker} in {}", file.display()),
+        Duration::from_secs(20),
+        async || {
+            std::fs::read_to_string(&file)
+                .ok()
+                .filter(|text| text.contains(marker))
+                .map(|_| ())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_mode_with_a_real_collector_leaves_the_file_the_server_writes_alone() {
+    // Arrange: a private server with the logging collector on, rotated three times (one
+    // second apart: the file names carry the second), a marker line in each file.
+    let pg = upkeep_tests::PrivatePostgres::start_with_settings(&[
+        ("logging_collector", "on"),
+        ("log_directory", "pglog"),
+        ("log_filename", "postgresql-%Y%m%d_%H%M%S.log"),
+        ("log_rotation_age", "0"),
+        ("log_rotation_size", "0"),
+    ])
+    .expect("a private postgres with the collector on");
+    let mut admin = upkeep_tests::connect_ledger(&pg.url()).await;
+    let data_directory: String = sqlx::query_scalar("SELECT current_setting('data_directory')")
+        .fetch_one(&mut admin)
+        .await
+        .expect("the data directory");
+    let log_dir = PathBuf::from(data_directory).join("pglog");
+    let mut files = Vec::new();
+    for idx in 0..3 {
+        log_marker(&mut admin, &log_dir, &format!("upkeep-marker-{idx}")).await;
+        let before = current_logfile(&mut admin).await;
+        files.push(before.clone());
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        sqlx::query("SELECT pg_rotate_logfile()")
+            .execute(&mut admin)
+            .await
+            .expect("pg_rotate_logfile()");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while current_logfile(&mut admin).await == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the collector did not switch files after pg_rotate_logfile()"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    log_marker(&mut admin, &log_dir, "upkeep-marker-3").await;
+    let current = current_logfile(&mut admin).await;
+    let database_url = upkeep_tests::fresh_migrated_database(&pg.url()).await;
+    let deployment = Deployment::with_database_url(database_url);
+    deployment.write_config(&format!(
+        "[[logs.targets]]\nname = \"pg\"\ndirectory = \"{}\"\npattern = \"postgresql-*.log\"\n\
+         mode = \"postgres\"\nkeep = 2\ncompress = \"zstd\"\n",
+        log_dir.display()
+    ));
+    let mut worker = deployment.start("upkeep-worker-logs", [] as [&str; 0]);
+    wait_for_worker(&mut worker, "logs");
+
+    // Act
+    let id = deployment.enqueue("logs.rotate", r#"{"target":"pg"}"#, &[])[0];
+    let mut ledger = deployment.ledger().await;
+    wait_for_status(&mut ledger, id, "succeeded", Duration::from_secs(60)).await;
+
+    // Assert: of the three files the server no longer writes, the oldest is pruned (keep = 2),
+    // the middle one compressed (and decompresses to its marker), the newest left plain; the
+    // current file is untouched and the server still writes it.
+    let mut after: Vec<String> = std::fs::read_dir(&log_dir)
+        .expect("the log directory")
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    after.sort();
+    assert_eq!(
+        after,
+        vec![
+            format!("{}.zst", files[1]),
+            files[2].clone(),
+            current.clone()
+        ],
+        "the collector's directory after logs.rotate"
+    );
+    let mut text = String::new();
+    rotate::open_decompressed(&log_dir.join(format!("{}.zst", files[1])))
+        .and_then(|mut reader| reader.read_to_string(&mut text))
+        .expect("the compressed generation decompresses");
+    assert!(text.contains("upkeep-marker-1"), "{text}");
+    log_marker(&mut admin, &log_dir, "upkeep-marker-after").await;
+    assert_eq!(current_logfile(&mut admin).await, current);
+}

@@ -361,6 +361,7 @@ impl Pruner {
         }
         let n_runs = report.default_rows_deleted;
         let n_ticks = ticks::delete_ticks_older_than(&self.pool, cutoff, Self::BATCH).await?;
+        upkeep_shared::logs::retention::prune(&self.pool, cutoff).await?;
         if n_runs + n_ticks > 0 || !report.dropped.is_empty() {
             tracing::info!(n_runs, n_ticks, dropped = ?report.dropped, %cutoff, "pruned the ledger");
         }
@@ -437,7 +438,7 @@ pub async fn run_daemon(service: &'static str, queues: &[&str]) -> std::process:
             .iter()
             .map(|q| QueueName::parse(q))
             .collect::<Result<Vec<_>, _>>()?;
-        let settings = daemon.settings().clone();
+        let settings = upkeep_shared::disk::discover_redis_dir(daemon.settings().clone()).await;
         let ctx =
             HandlerContext::connect_lazy(settings.clone()).context("building the Postgres pool")?;
         let registry = Registry::standard(&ctx);

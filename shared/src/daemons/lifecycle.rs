@@ -74,6 +74,8 @@ pub struct Daemon {
     /// Set when the dependencies were not ready within `startup_timeout`: the daemon was
     /// stopped and exits 3.
     gave_up: Arc<AtomicBool>,
+    /// The log writer; dropped last, when `finish` returns.
+    _telemetry: crate::telemetry::TelemetryGuard,
 }
 
 impl Daemon {
@@ -95,11 +97,14 @@ impl Daemon {
                 return Err(ExitCode::from(EXIT_BAD_CONFIG));
             }
         };
-        crate::telemetry::init(
-            service,
-            &settings.telemetry.filter,
-            settings.telemetry.format,
-        );
+        // Held by the daemon until it exits: dropping it flushes the non-blocking writer.
+        let telemetry = match crate::telemetry::init_daemon(service, &settings.telemetry) {
+            Ok(guard) => guard,
+            Err(error) => {
+                eprintln!("{service}: telemetry.file: {error}");
+                return Err(ExitCode::from(EXIT_BAD_CONFIG));
+            }
+        };
         tracing::info!(
             service,
             version = env!("CARGO_PKG_VERSION"),
@@ -124,6 +129,7 @@ impl Daemon {
             shutdown,
             watchdog,
             gave_up: Arc::new(AtomicBool::new(false)),
+            _telemetry: telemetry,
         })
     }
 

@@ -109,6 +109,66 @@ fn measure_one(path: &Path) -> std::io::Result<Usage> {
     })
 }
 
+/// How long start-up waits for Redis to say its `dir`.
+const REDIS_DIR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Whether a Redis URL names a server on this host: `127.0.0.1` (any of 127/8), `localhost`,
+/// `::1`, or a unix socket (`unix://`, `redis+unix://`). Cluster and Sentinel setups are never
+/// local here (their data lives on several hosts).
+#[must_use]
+pub fn redis_is_local(redis: &crate::queue::RedisSettings) -> bool {
+    use secrecy::ExposeSecret as _;
+    if !redis.cluster_urls.is_empty() {
+        return false;
+    }
+    let Ok(url) = url::Url::parse(redis.url.expose_secret()) else {
+        return false;
+    };
+    match url.scheme() {
+        "unix" | "redis+unix" => true,
+        "redis" | "rediss" => match url.host() {
+            Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        },
+        _ => false,
+    }
+}
+
+/// Asks a local Redis for `CONFIG GET dir` once (a worker daemon's start-up) and records it in
+/// `settings.disk.redis_dir`, so `system.disk` checks the filesystem Redis persists to without
+/// handlers ever talking to Redis. A remote Redis, one that does not answer within a few
+/// seconds, or one where CONFIG is renamed or denied adds nothing (said at debug/info level).
+pub async fn discover_redis_dir(mut settings: crate::config::Settings) -> crate::config::Settings {
+    if !redis_is_local(&settings.redis) {
+        return settings;
+    }
+    let asked = async {
+        let conn = crate::queue::RedisConn::open(&settings.redis.target())?;
+        let pair: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("dir")
+            .query_async(&mut conn.clone())
+            .await?;
+        Ok::<_, redis::RedisError>(pair.get(1).cloned())
+    };
+    match tokio::time::timeout(REDIS_DIR_TIMEOUT, asked).await {
+        Ok(Ok(Some(dir))) if Path::new(&dir).is_absolute() => {
+            tracing::debug!(redis_dir = %dir, "system.disk will check the Redis data directory");
+            settings.disk.redis_dir = Some(PathBuf::from(dir));
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::info!(%error, "redis did not say its dir: system.disk will not check it");
+        }
+        Err(_) => tracing::info!(
+            "redis did not say its dir within {REDIS_DIR_TIMEOUT:?}: system.disk will not check it"
+        ),
+    }
+    settings
+}
+
 /// The highest ancestor of `path` on `device`.
 fn mount_point(path: &Path, device: u64) -> PathBuf {
     let mut mount = path.to_owned();
@@ -219,6 +279,38 @@ mod tests {
             level(85.0, Some(Severity::Critical), 80.0, 90.0, 5.0),
             Severity::Warn
         );
+    }
+
+    #[test]
+    fn only_a_redis_on_this_host_is_local() {
+        let redis = |url: &str| crate::queue::RedisSettings {
+            url: secrecy::SecretString::from(url.to_owned()),
+            ..crate::queue::RedisSettings::default()
+        };
+        for url in [
+            "redis://127.0.0.1:6379/",
+            "redis://localhost/0",
+            "rediss://[::1]:6380",
+            "redis+unix:///run/redis.sock",
+            "unix:///run/redis.sock",
+        ] {
+            assert!(redis_is_local(&redis(url)), "{url}");
+        }
+        for url in [
+            "redis://10.0.0.5:6379/",
+            "redis://cache.example:6379",
+            "redis+sentinel://127.0.0.1:26379/mymaster",
+            "not a url",
+        ] {
+            assert!(!redis_is_local(&redis(url)), "{url}");
+        }
+        let cluster = crate::queue::RedisSettings {
+            cluster_urls: vec![secrecy::SecretString::from(
+                "redis://127.0.0.1:7000".to_owned(),
+            )],
+            ..redis("redis://127.0.0.1:6379")
+        };
+        assert!(!redis_is_local(&cluster));
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub struct DiskSettings {
     /// Samples older than this are deleted. Defaults to 30d.
     #[serde(with = "humantime_serde")]
     pub sample_retention: Duration,
+    /// Not a key: the Redis server's `dir`, which a worker daemon asks for once at start when
+    /// Redis runs on this host ([`super::discover_redis_dir`]); `system.disk` checks it too.
+    #[serde(skip)]
+    pub redis_dir: Option<PathBuf>,
 }
 
 impl Default for DiskSettings {
@@ -42,6 +46,7 @@ impl Default for DiskSettings {
             trend_window: Duration::from_secs(6 * 3600),
             full_within: Duration::from_secs(24 * 3600),
             sample_retention: Duration::from_secs(30 * 86_400),
+            redis_dir: None,
         }
     }
 }

@@ -7,10 +7,12 @@
 //!   compression through a partial file; pruning by count and age.
 //! - [`signature`]: per-format line classification and the signature normaliser (pure).
 //! - [`reader`]: the rotation-aware reader that resumes from a cursor.
+//! - [`retention`]: pruning of scan batches and report snapshots with the ledger's retention.
 //!
 //! Nothing here issues SQL: the cursors and counts go through `store::log_cursors`.
 
 pub mod reader;
+pub mod retention;
 pub mod rotate;
 pub mod settings;
 pub mod signature;

@@ -313,12 +313,46 @@ pub fn run(
         }
     }
     // Re-read: the rotations above added generations.
+    maintain_into(target, protected, now, &mut report)?;
+    Ok(report)
+}
+
+/// The part of [`run`] that follows the renames: removes `.partial` files a crash left,
+/// prunes generations by count and age, and compresses every generation but the newest. It
+/// never renames a live file. upkeep's own log file (`telemetry::file`) rotates in-process and
+/// calls this for the rest, so both follow the same rules.
+///
+/// # Errors
+/// As [`run`].
+pub fn maintain(
+    target: &TargetSettings,
+    protected: &[String],
+    now: DateTime<Utc>,
+) -> Result<TargetReport, RotateError> {
+    let mut report = TargetReport {
+        target: target.name.clone(),
+        ..TargetReport::default()
+    };
+    let listing = list(target, protected)?;
+    for partial in &listing.partials {
+        remove_regular_file(partial)?;
+    }
+    maintain_into(target, protected, now, &mut report)?;
+    Ok(report)
+}
+
+fn maintain_into(
+    target: &TargetSettings,
+    protected: &[String],
+    now: DateTime<Utc>,
+    report: &mut TargetReport,
+) -> Result<(), RotateError> {
     let listing = list(target, protected)?;
     for generations in listing.generations.values() {
-        let kept = prune(target, generations, now, &mut report)?;
-        compress_all_but_newest(target, &kept, &mut report)?;
+        let kept = prune(target, generations, now, report)?;
+        compress_all_but_newest(target, &kept, report)?;
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Renames (or copies and truncates) one live file to a new generation; returns its name.
@@ -329,7 +363,7 @@ fn rotate_one(
     report: &mut TargetReport,
 ) -> Result<String, RotateError> {
     let live = target.directory.join(name);
-    let generation = free_generation_name(&target.directory, name, now);
+    let generation = generation_name(&target.directory, name, now);
     let generation_path = target.directory.join(&generation);
     match target.mode {
         RotateMode::RenameReopen => {
@@ -586,7 +620,8 @@ pub fn open_decompressed(path: &Path) -> io::Result<Box<dyn Read>> {
 
 /// `<name>.<stamp>`, or `<name>.<stamp>.<n>` with the first free `n`: several rotations in one
 /// second get increasing numbers, so names sort in rotation order.
-fn free_generation_name(directory: &Path, name: &str, now: DateTime<Utc>) -> String {
+#[must_use]
+pub fn generation_name(directory: &Path, name: &str, now: DateTime<Utc>) -> String {
     let stamp = now.format(STAMP_FORMAT);
     let base = format!("{name}.{stamp}");
     let taken = |candidate: &str| {
@@ -651,7 +686,10 @@ fn remove_regular_file(path: &Path) -> Result<(), RotateError> {
 }
 
 /// fsyncs a directory so renames and deletions in it are durable.
-fn sync_directory(directory: &Path) -> Result<(), RotateError> {
+///
+/// # Errors
+/// When the directory cannot be opened or synced.
+pub fn sync_directory(directory: &Path) -> Result<(), RotateError> {
     File::open(directory)
         .and_then(|dir| dir.sync_all())
         .map_err(io_error("syncing", directory))

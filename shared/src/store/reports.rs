@@ -318,6 +318,25 @@ pub struct SnapshotRecord {
     pub note: Option<String>,
 }
 
+/// Deletes snapshots taken before `cutoff`; returns how many (see `logs::retention`).
+///
+/// # Errors
+/// When the delete fails.
+pub async fn prune_snapshots(
+    pool: &PgPool,
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> Result<u64, Error> {
+    super::delete_in_batches(
+        pool,
+        "WITH doomed AS (SELECT id FROM report_snapshots WHERE taken_at < $1 LIMIT $2), \
+         gone AS (DELETE FROM report_snapshots WHERE id IN (SELECT id FROM doomed) RETURNING 1) \
+         SELECT count(*) FROM gone",
+        cutoff,
+        5000,
+    )
+    .await
+}
+
 /// Records `snapshot`; a repeated delivery of the same job replaces its earlier write.
 ///
 /// # Errors

@@ -27,6 +27,26 @@ pub const INODES_CODE: &str = "disk.inodes_used_pct";
 pub const TREND_CODE: &str = "disk.full_soon";
 /// A configured path could not be measured.
 pub const UNREADABLE_CODE: &str = "disk.unreadable";
+/// The backup volume has less free space than [`BACKUP_HEADROOM`] × the last good backups.
+pub const BACKUP_HEADROOM_CODE: &str = "disk.backup_headroom";
+/// Free space the backup volume needs, as a multiple of the last good backups' size: the next
+/// dump is written before retention deletes an old one, and a database grows.
+pub const BACKUP_HEADROOM: f64 = 1.5;
+
+/// The path whose filesystem holds the backups, when backups are configured: `[backups]
+/// directory`, or its nearest existing ancestor before the first backup creates it.
+#[must_use]
+pub fn backup_volume_path(settings: &upkeep_shared::config::Settings) -> Option<PathBuf> {
+    if settings.backups.databases.is_empty() {
+        return None;
+    }
+    settings
+        .backups
+        .directory
+        .ancestors()
+        .find(|dir| dir.exists())
+        .map(std::path::Path::to_path_buf)
+}
 
 /// The paths `system.disk` checks for these settings, automatic ones included (the data
 /// directory is added by the handler, which needs the database for it).
@@ -35,6 +55,8 @@ pub fn configured_paths(settings: &upkeep_shared::config::Settings) -> Vec<PathB
     let mut paths = settings.disk.paths.clone();
     paths.extend(settings.logs.targets.iter().map(|t| t.directory.clone()));
     paths.extend(settings.logs.sources.iter().map(|s| s.split().0));
+    paths.extend(backup_volume_path(settings));
+    paths.extend(settings.disk.redis_dir.clone());
     paths
 }
 
@@ -60,7 +82,13 @@ pub async fn run(ctx: &HandlerContext, job: Job) -> Result<Outcome, JobError> {
     let (usages, errors) = measured;
     let open = store::findings::open(
         &ctx.db,
-        &[USED_CODE, INODES_CODE, TREND_CODE, UNREADABLE_CODE],
+        &[
+            USED_CODE,
+            INODES_CODE,
+            TREND_CODE,
+            UNREADABLE_CODE,
+            BACKUP_HEADROOM_CODE,
+        ],
     )
     .await
     .map_err(|e| JobError::retryable(format!("reading open findings: {}", chain(&e))))?;
@@ -156,6 +184,9 @@ pub async fn run(ctx: &HandlerContext, job: Job) -> Result<Outcome, JobError> {
             );
         }
     }
+    if let Some(finding) = backup_headroom(ctx, &usages).await? {
+        outcome.findings.push(finding);
+    }
     for error in &errors {
         outcome.findings.push(
             Finding::new(UNREADABLE_CODE, Severity::Warn, error.to_string())
@@ -186,4 +217,66 @@ pub async fn run(ctx: &HandlerContext, job: Job) -> Result<Outcome, JobError> {
         .metrics
         .insert("max_used_pct".to_owned(), json!(worst_pct));
     Ok(outcome)
+}
+
+/// The critical finding when the backup volume's free space is below [`BACKUP_HEADROOM`] × the
+/// size of the last good backup of every configured database (the next `backup.run` writes
+/// them all). Its subject is `[backups] directory`, so it resolves once there is room again.
+async fn backup_headroom(
+    ctx: &HandlerContext,
+    usages: &[disk::Usage],
+) -> Result<Option<Finding>, JobError> {
+    let Some(volume_path) = backup_volume_path(&ctx.settings) else {
+        return Ok(None);
+    };
+    let Some(usage) = usages.iter().find(|u| u.paths.contains(&volume_path)) else {
+        return Ok(None);
+    };
+    let configured: Vec<&str> = ctx
+        .settings
+        .backups
+        .databases
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
+    let newest = store::backups::newest_good(&ctx.db)
+        .await
+        .map_err(|e| JobError::retryable(format!("reading the backup catalog: {}", chain(&e))))?;
+    let last_bytes: u64 = newest
+        .iter()
+        .filter(|(database, _, _)| configured.contains(&database.as_str()))
+        .map(|(_, _, size)| u64::try_from(*size).unwrap_or(0))
+        .sum();
+    if last_bytes == 0 {
+        return Ok(None);
+    }
+    let needed = (last_bytes as f64 * BACKUP_HEADROOM).ceil() as u64;
+    if usage.avail_bytes >= needed {
+        return Ok(None);
+    }
+    let subject = ctx
+        .settings
+        .backups
+        .directory
+        .to_string_lossy()
+        .into_owned();
+    Ok(Some(
+        Finding::new(
+            BACKUP_HEADROOM_CODE,
+            Severity::Critical,
+            format!(
+                "the backup volume {} has {} bytes free, less than {BACKUP_HEADROOM} x the last \
+                 good backups ({last_bytes} bytes): the next backup may not fit",
+                usage.mount_point.display(),
+                usage.avail_bytes
+            ),
+        )
+        .with_subject(subject)
+        .with_detail(json!({
+            "mount_point": usage.mount_point,
+            "avail_bytes": usage.avail_bytes,
+            "last_backup_bytes": last_bytes,
+            "needed_bytes": needed,
+        })),
+    ))
 }
