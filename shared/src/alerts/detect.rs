@@ -275,6 +275,9 @@ SELECT n.name, COALESCE(s.paused, false),
   FROM unnest($1::text[]) AS n(name)
   LEFT JOIN schedules s ON s.name = n.name";
 
+/// A row of [`SILENT_SQL`]: name, paused, last success, first tick.
+type SilentRow = (String, bool, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 async fn silent_schedules(
     pool: &PgPool,
     settings: &Settings,
@@ -282,11 +285,10 @@ async fn silent_schedules(
 ) -> anyhow::Result<Vec<Condition>> {
     let enabled: Vec<&ScheduleSettings> = settings.schedules.iter().filter(|s| s.enabled).collect();
     let names: Vec<String> = enabled.iter().map(|s| s.name.clone()).collect();
-    let rows: Vec<(String, bool, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> =
-        sqlx::query_as(SILENT_SQL)
-            .bind(&names)
-            .fetch_all(pool)
-            .await?;
+    let rows: Vec<SilentRow> = sqlx::query_as(SILENT_SQL)
+        .bind(&names)
+        .fetch_all(pool)
+        .await?;
     let mut out = Vec::new();
     for (name, paused, last_success, first_tick) in rows {
         if paused {
