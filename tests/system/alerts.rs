@@ -201,7 +201,11 @@ async fn an_alert_is_delivered_after_the_receiver_was_down_for_30_seconds() {
         .iter()
         .find(|(sink, ..)| sink == "hook")
         .expect("a webhook message is queued");
-    assert_eq!(webhook.1, "pending", "still waiting: {states:?}");
+    // Waiting for its next try, or in the middle of one when sampled.
+    assert!(
+        webhook.1 == "pending" || webhook.1 == "sending",
+        "still waiting: {states:?}"
+    );
     assert!(
         webhook.2 >= 5,
         "retried with a backoff capped at 2s, attempts: {}",

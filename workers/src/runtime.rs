@@ -442,7 +442,13 @@ pub async fn run_daemon(service: &'static str, queues: &[&str]) -> std::process:
         let ctx =
             HandlerContext::connect_lazy(settings.clone()).context("building the Postgres pool")?;
         let registry = Registry::standard(&ctx);
-        let runtime = WorkerRuntime::build_with_pool(settings, queues, registry, ctx.db).await?;
+        // A stop (SIGTERM, or the start-up timeout giving up on Redis) also ends a build that is
+        // still waiting for its dependencies.
+        let stopped = daemon.shutdown();
+        let runtime = tokio::select! {
+            built = WorkerRuntime::build_with_pool(settings, queues, registry, ctx.db) => built?,
+            () = stopped.wait() => return Ok(()),
+        };
         tracing::info!(identity = runtime.identity(), queues = %runtime.queues_label(), "workers built");
         runtime.run_until_stopped(daemon.shutdown()).await
     }

@@ -44,7 +44,7 @@ async fn a_wrong_token_is_refused_and_audited_and_the_right_one_signs_in(pool: P
         audit_entries(&server.pool, "dashboard.login").await,
         vec![
             ("anonymous".to_owned(), "refused: invalid token".to_owned()),
-            ("default".to_owned(), "ok".to_owned()),
+            ("env".to_owned(), "ok".to_owned()),
         ]
     );
 }
@@ -127,7 +127,7 @@ async fn forms_posted_without_their_csrf_token_are_refused(pool: PgPool) {
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(
         audit_entries(&server.pool, "dead.retry").await,
-        vec![("default".to_owned(), "ok".to_owned())]
+        vec![("env".to_owned(), "ok".to_owned())]
     );
     let response = server
         .post_form("/logout", Some(&cookie), &[("csrf", &session_csrf)])

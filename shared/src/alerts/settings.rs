@@ -495,13 +495,21 @@ to = ["ops@example.com"]
     }
 
     #[test]
-    fn an_unknown_event_and_plain_smtp_to_a_remote_host_are_refused() {
+    fn an_unknown_event_is_refused_naming_the_key_and_the_value() {
         let text = problems(
-            "[[alerts.sinks]]\nname = \"m\"\ntype = \"email\"\nsmtp_host = \"smtp.example.com\"\ntls = \"none\"\nfrom = \"a@b.c\"\nto = [\"d@e.f\"]\n\n[[alerts.rules]]\nname = \"r\"\nevents = [\"finding_bad\"]\nsinks = [\"m\"]\n",
+            "[[alerts.sinks]]\nname = \"m\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/h\"\n\n[[alerts.rules]]\nname = \"r\"\nevents = [\"finding_bad\"]\nsinks = [\"m\"]\n",
             &[],
         );
         assert!(text.contains("alerts.rules[0].events"), "{text}");
         assert!(text.contains("finding_bad"), "{text}");
+    }
+
+    #[test]
+    fn plain_smtp_to_a_remote_host_is_refused() {
+        let text = problems(
+            "[[alerts.sinks]]\nname = \"m\"\ntype = \"email\"\nsmtp_host = \"smtp.example.com\"\ntls = \"none\"\nfrom = \"a@b.c\"\nto = [\"d@e.f\"]\n",
+            &[],
+        );
         assert!(text.contains("alerts.sinks[0].tls"), "{text}");
     }
 

@@ -900,6 +900,9 @@ fn the_example_config_documents_exactly_the_keys_the_settings_accept() {
 
     // A secret may be documented in its indirect form (`url_env`, `url_file`) instead.
     let plain = |key: &String| {
+        if accepted.contains(key) {
+            return key.clone();
+        }
         key.strip_suffix("_env")
             .or_else(|| key.strip_suffix("_file"))
             .filter(|plain| accepted.contains(*plain))

@@ -127,7 +127,13 @@ pub fn redis_is_local(redis: &crate::queue::RedisSettings) -> bool {
     match url.scheme() {
         "unix" | "redis+unix" => true,
         "redis" | "rediss" => match url.host() {
-            Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+            // A non-special scheme keeps an IPv4 address as an opaque host: parse it here.
+            Some(url::Host::Domain(domain)) => {
+                domain.eq_ignore_ascii_case("localhost")
+                    || domain
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
             Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
             Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
             None => false,
