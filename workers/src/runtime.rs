@@ -134,9 +134,14 @@ impl WorkerRuntime {
     /// # Errors
     /// When the monitor fails to run.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        upkeep_shared::queue::check_eviction_policy(&self.conn)
-            .await
-            .log();
+        // Advice only, and slow while Redis is away: a stop meanwhile ends the run at once.
+        tokio::select! {
+            checked = upkeep_shared::queue::check_eviction_policy(&self.conn) => checked.log(),
+            () = shutdown.wait() => {}
+        }
+        if shutdown.is_triggered() {
+            return Ok(());
+        }
         let reconciler = self.pool.clone().and_then(|pool| {
             (self.settings.maintenance.reconcile_action != ReconcileAction::Off).then(|| {
                 tokio::spawn(
