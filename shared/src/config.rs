@@ -27,7 +27,6 @@ use crate::job::QueueName;
 use crate::queue::{Error as QueueError, Queue, RedisConn};
 use crate::settings::{Problems, key_segment};
 use crate::tasks::TasksSettings;
-use crate::telemetry::LogFormat;
 
 mod keys;
 mod layers;
@@ -259,10 +258,7 @@ impl Settings {
             self.api.addr,
             set(self.api.token.is_some()),
             set(self.secret_key.is_some()),
-            match self.telemetry.format {
-                LogFormat::Json => "json",
-                LogFormat::Pretty => "pretty",
-            },
+            self.telemetry.format.as_str(),
             self.telemetry.filter,
         )
     }

@@ -35,25 +35,49 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// JSON when the lines go to a file or a pipe (journald, a supervisor, a log shipper),
+    /// human-readable lines on a terminal. The default.
+    #[default]
+    Auto,
     /// One JSON object per line, for log shippers.
     Json,
-    /// Human-readable lines. Defaults to this.
-    #[default]
+    /// Human-readable lines.
     Pretty,
 }
 
 impl LogFormat {
-    /// Parses `json` or `pretty`.
+    /// Parses `auto`, `json` or `pretty`.
     ///
     /// # Errors
     /// Names the bad value.
     pub fn parse(value: &str) -> Result<Self, String> {
         match value {
+            "auto" => Ok(Self::Auto),
             "json" => Ok(Self::Json),
             "pretty" => Ok(Self::Pretty),
             other => Err(format!(
-                "UPKEEP_LOG_FORMAT must be json or pretty, got {other:?}"
+                "UPKEEP_LOG_FORMAT must be auto, json or pretty, got {other:?}"
             )),
+        }
+    }
+
+    /// The name as written in the configuration.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Json => "json",
+            Self::Pretty => "pretty",
+        }
+    }
+
+    /// Whether lines are JSON for a destination that is (or is not) a terminal.
+    #[must_use]
+    pub fn is_json(self, to_terminal: bool) -> bool {
+        match self {
+            Self::Auto => !to_terminal,
+            Self::Json => true,
+            Self::Pretty => false,
         }
     }
 }
@@ -66,9 +90,11 @@ pub fn init(service: &str, default_filter: &str, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let result = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+    // upkeepctl's stderr is for the person at the prompt: `auto` stays human-readable there.
+    let result = if format == LogFormat::Json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.compact().try_init()
     };
     if result.is_ok() {
         tracing::debug!(service, "telemetry initialised");
@@ -162,9 +188,11 @@ pub fn init_daemon(service: &str, settings: &TelemetrySettings) -> std::io::Resu
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(writer);
-    let result = match settings.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+    // `ansi` is true only for a terminal: a file or a pipe gets JSON under `auto`.
+    let result = if settings.format.is_json(ansi) {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.compact().try_init()
     };
     if result.is_err() {
         return Ok(empty);
@@ -263,7 +291,8 @@ async fn watch(log_file: Option<LogFile>, counter: ErrorCounter) {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetrySettings {
-    /// Log line format. Defaults to `pretty`; `UPKEEP_LOG_FORMAT` overrides it.
+    /// Log line format: `auto` (the default: JSON unless the lines go to a terminal), `json`
+    /// or `pretty`; `UPKEEP_LOG_FORMAT` overrides it.
     pub format: LogFormat,
     /// Default `tracing` filter when `RUST_LOG` is unset. Defaults to `info`.
     pub filter: String,
@@ -288,7 +317,7 @@ pub struct TelemetrySettings {
 impl Default for TelemetrySettings {
     fn default() -> Self {
         Self {
-            format: LogFormat::Pretty,
+            format: LogFormat::Auto,
             filter: "info".to_owned(),
             file: None,
             rotate_size: ByteSize(100 << 20),

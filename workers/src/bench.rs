@@ -89,11 +89,7 @@ fn logging_label(format: LogFormat) -> String {
     if level == tracing::level_filters::LevelFilter::OFF {
         return "off".to_owned();
     }
-    let format = match format {
-        LogFormat::Json => "json",
-        LogFormat::Pretty => "pretty",
-    };
-    format!("{}/{format}", level.to_string().to_lowercase())
+    format!("{}/{}", level.to_string().to_lowercase(), format.as_str())
 }
 
 /// Runs one benchmark and prints one summary line.

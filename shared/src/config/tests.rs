@@ -9,6 +9,7 @@ use super::*;
 use crate::job::{self, JobKind};
 use crate::schedule::{CatchUp, Overlap};
 use crate::settings::Section;
+use crate::telemetry::LogFormat;
 
 fn env(vars: &[(&str, &str)]) -> HashMap<String, String> {
     vars.iter()
@@ -174,7 +175,7 @@ fn an_empty_file_gives_the_documented_defaults() {
     assert_eq!(settings.scheduler.confirm_timeout, Duration::from_secs(10));
     assert_eq!(settings.api.addr, "127.0.0.1:8080".parse().unwrap());
     assert!(settings.api.token.is_none());
-    assert_eq!(settings.telemetry.format, LogFormat::Pretty);
+    assert_eq!(settings.telemetry.format, LogFormat::Auto);
     assert_eq!(settings.telemetry.filter, "info");
     assert!(settings.secret_key.is_none());
     assert!(settings.schedules.is_empty());
@@ -450,7 +451,7 @@ fn each_validation_error_names_its_key_and_the_bad_value() {
         ),
         (
             "[telemetry]\nformat = \"xml\"".into(),
-            "telemetry.format: unknown variant `xml`, expected `json` or `pretty`",
+            "telemetry.format: unknown variant `xml`, expected one of `auto`, `json`, `pretty`",
         ),
         (
             "[telemetry]\nfilter = \"info,[[[\"".into(),
@@ -711,7 +712,7 @@ fn a_bad_environment_value_names_the_variable() {
         ),
         (
             ("UPKEEP_LOG_FORMAT", "xml"),
-            "UPKEEP_LOG_FORMAT: unknown variant `xml`, expected `json` or `pretty`",
+            "UPKEEP_LOG_FORMAT: unknown variant `xml`, expected one of `auto`, `json`, `pretty`",
         ),
         (
             ("REDIS_URL", "http://x"),
