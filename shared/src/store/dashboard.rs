@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::Error;
-use super::findings::OpenFinding;
+use super::findings::{OpenFinding, OpenRow, open_findings_of};
 use super::runs::RunRow;
 use crate::job::Severity;
 
@@ -171,29 +171,7 @@ pub async fn open_findings(pool: &PgPool) -> Result<Vec<OpenFinding>, Error> {
         .bind(&codes)
         .fetch_all(pool)
         .await?;
-    let mut open = Vec::with_capacity(rows.len());
-    for row in rows {
-        let severity = match row.severity.as_str() {
-            "warn" => Severity::Warn,
-            "critical" => Severity::Critical,
-            other => {
-                return Err(Error::Invalid(format!(
-                    "finding {} has an unknown severity {other:?}",
-                    row.id
-                )));
-            }
-        };
-        open.push(OpenFinding {
-            id: row.id,
-            job_id: row.job_id,
-            kind: row.kind,
-            code: row.code,
-            subject: row.subject,
-            severity,
-            message: row.message,
-            created_at: row.created_at,
-        });
-    }
+    let mut open = open_findings_of(rows)?;
     let rank = |finding: &OpenFinding| u8::from(finding.severity != Severity::Critical);
     open.sort_by(|a, b| {
         rank(a)
@@ -202,18 +180,6 @@ pub async fn open_findings(pool: &PgPool) -> Result<Vec<OpenFinding>, Error> {
             .then_with(|| a.subject.cmp(&b.subject))
     });
     Ok(open)
-}
-
-#[derive(sqlx::FromRow)]
-struct OpenRow {
-    id: i64,
-    job_id: uuid::Uuid,
-    kind: String,
-    code: String,
-    subject: Option<String>,
-    severity: String,
-    message: String,
-    created_at: DateTime<Utc>,
 }
 
 /// The newest finding of every `(code, subject)` pair with a subject (a recursive skip scan

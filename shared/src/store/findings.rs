@@ -47,10 +47,31 @@ impl OpenFinding {
 /// When the query fails.
 pub async fn open(pool: &PgPool, codes: &[&str]) -> Result<Vec<OpenFinding>, Error> {
     let codes: Vec<String> = codes.iter().map(|code| (*code).to_owned()).collect();
-    let rows: Vec<Row> = sqlx::query_as(OPEN_SQL)
+    let rows: Vec<OpenRow> = sqlx::query_as(OPEN_SQL)
         .bind(&codes)
         .fetch_all(pool)
         .await?;
+    open_findings_of(rows)
+}
+
+/// The newest finding of a condition, as the open-condition queries select it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct OpenRow {
+    id: i64,
+    job_id: uuid::Uuid,
+    kind: String,
+    code: String,
+    subject: Option<String>,
+    severity: String,
+    message: String,
+    created_at: DateTime<Utc>,
+}
+
+/// The open conditions among `rows`: an `ok` newest finding closes its condition.
+///
+/// # Errors
+/// A row with an unknown severity.
+pub(crate) fn open_findings_of(rows: Vec<OpenRow>) -> Result<Vec<OpenFinding>, Error> {
     let mut open = Vec::with_capacity(rows.len());
     for row in rows {
         let severity = match row.severity.as_str() {
@@ -76,18 +97,6 @@ pub async fn open(pool: &PgPool, codes: &[&str]) -> Result<Vec<OpenFinding>, Err
         });
     }
     Ok(open)
-}
-
-#[derive(sqlx::FromRow)]
-struct Row {
-    id: i64,
-    job_id: uuid::Uuid,
-    kind: String,
-    code: String,
-    subject: Option<String>,
-    severity: String,
-    message: String,
-    created_at: DateTime<Utc>,
 }
 
 /// The newest finding of every `(code, subject)` pair of the given codes, read in index order
