@@ -1,6 +1,10 @@
 //! Records the git commit the build was made from as `UPKEEP_GIT_COMMIT`, for every daemon's
 //! `--version`: the variable of the same name when the build environment sets it (container
-//! builds without `.git`), else `git rev-parse --short HEAD`, else `unknown`.
+//! builds without `.git`), else `git rev-parse --short HEAD` in a release build, else `unknown`.
+//!
+//! A debug build records `dev` instead and does not watch HEAD: every crate depends on `shared`,
+//! so watching HEAD made each commit rebuild the whole workspace before the next test run, and a
+//! debug binary is never what gets deployed.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,7 +14,12 @@ fn main() {
     let from_env = std::env::var("UPKEEP_GIT_COMMIT")
         .ok()
         .filter(|commit| !commit.trim().is_empty());
+    let release = std::env::var("PROFILE").is_ok_and(|profile| profile == "release");
     let commit = from_env.unwrap_or_else(|| {
+        if !release {
+            println!("cargo:rerun-if-changed=build.rs");
+            return "dev".to_owned();
+        }
         watch_git_head();
         git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".to_owned())
     });

@@ -43,8 +43,9 @@ use crate::queue::RedisConn;
 use crate::shutdown::Shutdown;
 use crate::store::schema::schema_state;
 
-/// The commit this build was made from (`git rev-parse --short HEAD` at build time, or the
-/// `UPKEEP_GIT_COMMIT` variable of the build, or `unknown`).
+/// The commit this build was made from: the `UPKEEP_GIT_COMMIT` variable of the build, else
+/// `git rev-parse --short HEAD` at build time in a release build (`unknown` without git), else
+/// `dev` in a debug build.
 pub const GIT_COMMIT: &str = env!("UPKEEP_GIT_COMMIT");
 
 /// Exit code of a failure other than the ones below.
