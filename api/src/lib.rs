@@ -17,6 +17,7 @@
 mod audit;
 pub mod auth;
 pub mod checklist;
+pub mod coalesce;
 pub mod dashboard;
 mod error;
 mod metrics;
@@ -33,12 +34,14 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use chrono::{NaiveDate, Utc};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 use upkeep_shared::config::Settings;
-use upkeep_shared::queue::{Queue, RedisConn};
+use upkeep_shared::queue::{Queue, QueueStats, RedisConn};
+use upkeep_shared::tasks::{Period, Window};
 
 pub use error::ApiError;
 pub use routes::openapi::ApiDoc;
@@ -64,6 +67,57 @@ pub struct AppState {
     pub redis: RedisConn,
     /// The accepted tokens and the rate limiter of mutating calls.
     pub access: Arc<auth::Access>,
+    /// Shared computations of the checklists and the queue stats (see [`coalesce`]).
+    pub answers: Arc<Answers>,
+}
+
+/// The read answers that concurrent requests share ([`coalesce::Coalescer`]): each request
+/// gets one computed after it arrived, never a cached one from before.
+#[derive(Debug, Default)]
+pub struct Answers {
+    /// Checklists by period and window's first day.
+    pub checklists: coalesce::Coalescer<(Period, NaiveDate), Arc<checklist::Checklist>>,
+    /// Every queue's stats, in configuration order.
+    pub queue_stats: coalesce::Coalescer<(), Arc<Vec<QueueStats>>>,
+}
+
+impl AppState {
+    /// The checklist of `period` for the window containing `date`, evaluated at the time its
+    /// computation starts.
+    ///
+    /// # Errors
+    /// When the ledger cannot be read.
+    pub async fn checklist(
+        &self,
+        period: Period,
+        date: NaiveDate,
+    ) -> Result<Arc<checklist::Checklist>, upkeep_shared::store::Error> {
+        let tasks = &self.settings.tasks;
+        let first_day = Window::containing(period, date, tasks.zone()).first_day;
+        self.answers
+            .checklists
+            .get((period, first_day), || async {
+                checklist::checklist(&self.db, tasks, period, first_day, Utc::now())
+                    .await
+                    .map(Arc::new)
+            })
+            .await
+    }
+
+    /// Every queue's stats, the script calls of all queues in flight at once.
+    ///
+    /// # Errors
+    /// The first queue whose stats could not be read.
+    pub async fn queue_stats(&self) -> Result<Arc<Vec<QueueStats>>, upkeep_shared::queue::Error> {
+        self.answers
+            .queue_stats
+            .get((), || async {
+                futures::future::try_join_all(self.queues.iter().map(Queue::stats))
+                    .await
+                    .map(Arc::new)
+            })
+            .await
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -98,6 +152,7 @@ impl AppState {
             db,
             queues: Arc::new(queues),
             redis,
+            answers: Arc::default(),
         })
     }
 }

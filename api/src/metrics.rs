@@ -374,7 +374,7 @@ async fn postgres_families(
     let tasks = &state.settings.tasks;
     let today = checklist::today(tasks, now);
     for period in [Period::Daily, Period::Weekly, Period::Monthly] {
-        let list = checklist::checklist(db, tasks, period, today, now).await?;
+        let list = state.checklist(period, today).await?;
         for status in TASK_STATUSES {
             let n = list.summary.get(status).copied().unwrap_or(0);
             f.tasks

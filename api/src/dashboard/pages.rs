@@ -12,6 +12,7 @@
 //! message and leaves the checklist readable, and the other way round.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Form, Path, Query, State};
 use axum::http::StatusCode;
@@ -106,11 +107,11 @@ impl PageQuery {
 
 /// Everything the overview shows; each part read on its own.
 struct Overview {
-    today: Result<Checklist, store::Error>,
-    yesterday: Result<Checklist, store::Error>,
-    week: Result<Checklist, store::Error>,
-    month: Result<Checklist, store::Error>,
-    queues: Result<Vec<QueueStats>, String>,
+    today: Result<Arc<Checklist>, store::Error>,
+    yesterday: Result<Arc<Checklist>, store::Error>,
+    week: Result<Arc<Checklist>, store::Error>,
+    month: Result<Arc<Checklist>, store::Error>,
+    queues: Result<Arc<Vec<QueueStats>>, String>,
     dead: Result<Vec<(String, JobRecord)>, String>,
     throughput: Result<Vec<(i64, i64)>, store::Error>,
     failures: Result<Vec<RunRow>, store::Error>,
@@ -131,13 +132,13 @@ pub(crate) async fn overview(
     let yesterday = today.pred_opt().unwrap_or(today);
     let db = &state.db;
     let (today_list, yesterday_list, week, month) = tokio::join!(
-        checklist::checklist(db, tasks, Period::Daily, today, now),
-        checklist::checklist(db, tasks, Period::Daily, yesterday, now),
-        checklist::checklist(db, tasks, Period::Weekly, today, now),
-        checklist::checklist(db, tasks, Period::Monthly, today, now),
+        state.checklist(Period::Daily, today),
+        state.checklist(Period::Daily, yesterday),
+        state.checklist(Period::Weekly, today),
+        state.checklist(Period::Monthly, today),
     );
     let (queues, dead, throughput, failures) = tokio::join!(
-        queue_stats(&state),
+        async { state.queue_stats().await.map_err(|error| error.to_string()) },
         dead_letters(&state),
         store::dashboard::throughput_last_hour(db, now),
         store::dashboard::failures(db, None, OVERVIEW_ROWS),
@@ -484,7 +485,11 @@ fn section_error(what: &str, error: &store::Error) -> Markup {
     html! { p class="notice notice-error" { "The " (what) " could not be read; the server log has the detail." } }
 }
 
-fn checklist_section(id: &str, heading: &str, list: &Result<Checklist, store::Error>) -> Markup {
+fn checklist_section(
+    id: &str,
+    heading: &str,
+    list: &Result<Arc<Checklist>, store::Error>,
+) -> Markup {
     html! {
         section class="checklist" id=(format!("tasks-{id}")) aria-labelledby=(format!("tasks-{id}-h")) {
             @match list {
@@ -504,7 +509,7 @@ fn checklist_section(id: &str, heading: &str, list: &Result<Checklist, store::Er
 
 /// Yesterday's daily items that ended badly: a closed window is where `missed` shows, and the
 /// morning's first question is what slipped overnight.
-fn leftovers_section(list: &Result<Checklist, store::Error>) -> Markup {
+fn leftovers_section(list: &Result<Arc<Checklist>, store::Error>) -> Markup {
     let Ok(list) = list else {
         return html! {};
     };
@@ -918,14 +923,6 @@ fn human_bytes(n: i64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
-}
-
-async fn queue_stats(state: &AppState) -> Result<Vec<QueueStats>, String> {
-    let mut all = Vec::with_capacity(state.queues.len());
-    for queue in state.queues.iter() {
-        all.push(queue.stats().await.map_err(|error| error.to_string())?);
-    }
-    Ok(all)
 }
 
 async fn dead_letters(state: &AppState) -> Result<Vec<(String, JobRecord)>, String> {

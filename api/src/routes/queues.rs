@@ -1,5 +1,6 @@
 //! `GET /api/v1/queues/stats`: every queue's depths, counters and latency, from the backend's
-//! O(1) counters (one script call per queue; no history is scanned).
+//! O(1) counters (one script call per queue, all in flight at once; no history is scanned;
+//! concurrent requests share one computation that started after they arrived).
 
 use axum::Json;
 use axum::extract::State;
@@ -25,12 +26,12 @@ pub(crate) async fn stats(
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Role::Read)?;
-    let mut queues = Vec::with_capacity(state.queues.len());
-    for queue in state.queues.iter() {
-        let stats = queue
-            .stats()
-            .await
-            .map_err(|_| ApiError::Unavailable("redis"))?;
+    let all = state
+        .queue_stats()
+        .await
+        .map_err(|_| ApiError::Unavailable("redis"))?;
+    let mut queues = Vec::with_capacity(all.len());
+    for stats in all.iter() {
         let total = |name: &str| stats.totals.get(name).copied().unwrap_or(0);
         queues.push(json!({
             "name": stats.name,

@@ -63,8 +63,8 @@ pub(crate) async fn list(
             ApiError::bad("date", format!("expected a date YYYY-MM-DD, got {text:?}"))
         })?,
     };
-    let list = checklist::checklist(&state.db, &state.settings.tasks, period, date, now).await?;
-    Ok(Json(list))
+    let list = state.checklist(period, date).await?;
+    Ok(Json(Checklist::clone(&list)))
 }
 
 /// The body of an acknowledgement.

@@ -3,9 +3,12 @@
 //!
 //! Gathering a window's evidence costs a few index probes per item, whatever the size of
 //! `job_runs`: the newest succeeded and the newest failed run of each kind inside the window
-//! come from `job_runs_kind_status_finished_at_idx` (newest first, stopping at the first match),
-//! the findings of that one run from `findings (job_id, attempt, ordinal)`, and the newest
-//! acknowledgement from `task_acks_item_window_idx`.
+//! come from `job_runs_task_evidence_idx` (newest first, stopping at the first match). Its key
+//! is `finished_at AT TIME ZONE 'UTC'`, and the query filters and orders on that expression,
+//! so no other index can serve it (on the plain `finished_at` index the planner used to walk a
+//! whole window for a kind with no run in it). The findings of that one run come from
+//! `findings (job_id, attempt, ordinal)`, and the newest acknowledgement from
+//! `task_acks_item_window_idx`.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgPool;
@@ -23,22 +26,11 @@ pub async fn evidence(
     items: &[TaskItem],
     window: &Window,
 ) -> Result<Vec<Evidence>, Error> {
-    let names: Vec<String> = items.iter().map(|item| item.name.clone()).collect();
-    let kinds: Vec<Option<String>> = items
-        .iter()
-        .map(|item| item.kind().map(str::to_owned))
-        .collect();
-    let args: Vec<Option<serde_json::Value>> = items
-        .iter()
-        .map(|item| match &item.satisfied_by {
-            crate::tasks::Satisfier::Kind { args, .. } if !args.is_null() => Some(args.clone()),
-            _ => None,
-        })
-        .collect();
+    let params = EvidenceParams::new(items);
     let rows: Vec<EvidenceRow> = sqlx::query_as(EVIDENCE_SQL)
-        .bind(&names)
-        .bind(&kinds)
-        .bind(&args)
+        .bind(&params.names)
+        .bind(&params.kinds)
+        .bind(&params.args)
         .bind(window.start)
         .bind(window.end)
         .bind(window.period.as_str())
@@ -89,6 +81,60 @@ pub async fn evidence(
         }
     }
     Ok(evidence)
+}
+
+/// The plan Postgres chooses for [`evidence`]'s query (`EXPLAIN`), so a test can pin that it
+/// probes `job_runs_task_evidence_idx` and never walks a window.
+///
+/// # Errors
+/// When the query fails.
+#[doc(hidden)]
+pub async fn explain_evidence(
+    pool: &PgPool,
+    items: &[TaskItem],
+    window: &Window,
+) -> Result<String, Error> {
+    let params = EvidenceParams::new(items);
+    let lines: Vec<String> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {EVIDENCE_SQL}")))
+            .bind(&params.names)
+            .bind(&params.kinds)
+            .bind(&params.args)
+            .bind(window.start)
+            .bind(window.end)
+            .bind(window.period.as_str())
+            .bind(window.first_day)
+            .fetch_all(pool)
+            .await?;
+    Ok(lines.join("\n"))
+}
+
+/// The per-item arrays the evidence query unnests.
+struct EvidenceParams {
+    names: Vec<String>,
+    kinds: Vec<Option<String>>,
+    args: Vec<Option<serde_json::Value>>,
+}
+
+impl EvidenceParams {
+    fn new(items: &[TaskItem]) -> Self {
+        Self {
+            names: items.iter().map(|item| item.name.clone()).collect(),
+            kinds: items
+                .iter()
+                .map(|item| item.kind().map(str::to_owned))
+                .collect(),
+            args: items
+                .iter()
+                .map(|item| match &item.satisfied_by {
+                    crate::tasks::Satisfier::Kind { args, .. } if !args.is_null() => {
+                        Some(args.clone())
+                    }
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Records an acknowledgement of `item` in the window starting on `window_start`.
@@ -251,16 +297,18 @@ FROM unnest($1::text[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS i(name, kind
 LEFT JOIN LATERAL (
     SELECT r.id, r.job_id, r.attempt, r.finished_at FROM job_runs r
     WHERE r.kind = i.kind AND r.status = 'succeeded'
-      AND r.finished_at >= $4 AND r.finished_at < $5
+      AND (r.finished_at AT TIME ZONE 'UTC') >= ($4 AT TIME ZONE 'UTC')
+      AND (r.finished_at AT TIME ZONE 'UTC') < ($5 AT TIME ZONE 'UTC')
       AND (i.args IS NULL OR r.args @> i.args)
-    ORDER BY r.finished_at DESC LIMIT 1
+    ORDER BY (r.finished_at AT TIME ZONE 'UTC') DESC LIMIT 1
 ) s ON i.kind IS NOT NULL
 LEFT JOIN LATERAL (
     SELECT r.id, r.job_id, r.attempt, r.finished_at, r.error FROM job_runs r
     WHERE r.kind = i.kind AND r.status = 'failed'
-      AND r.finished_at >= $4 AND r.finished_at < $5
+      AND (r.finished_at AT TIME ZONE 'UTC') >= ($4 AT TIME ZONE 'UTC')
+      AND (r.finished_at AT TIME ZONE 'UTC') < ($5 AT TIME ZONE 'UTC')
       AND (i.args IS NULL OR r.args @> i.args)
-    ORDER BY r.finished_at DESC LIMIT 1
+    ORDER BY (r.finished_at AT TIME ZONE 'UTC') DESC LIMIT 1
 ) f ON i.kind IS NOT NULL
 LEFT JOIN LATERAL (
     SELECT t.actor, t.note, t.created_at FROM task_acks t

@@ -12,4 +12,5 @@ mod helpers;
 mod partitions;
 mod runs;
 mod schedules;
+mod tasks;
 mod ticks;
