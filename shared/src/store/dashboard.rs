@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::Error;
-use super::findings::{OpenFinding, OpenRow, open_findings_of};
+use super::findings::OpenFinding;
 use super::runs::RunRow;
 use crate::job::Severity;
 
@@ -153,10 +153,8 @@ pub async fn failures(
 /// # Errors
 /// When a query fails or a row has an unknown severity.
 pub async fn open_findings(pool: &PgPool) -> Result<Vec<OpenFinding>, Error> {
-    // Skip scans over findings_code_subject_created_at_idx: one index probe per distinct code,
-    // one per distinct (code, subject) pair, and one for the newest row of each pair. There
-    // are a few hundred pairs; the history behind them can be millions of rows, which
-    // `findings::open`'s DISTINCT ON would read in full (900 ms at 200,000 findings).
+    // A skip scan over findings_code_subject_created_at_idx: one index probe per distinct
+    // code; `findings::open` then probes per pair, never reading the history behind them.
     let codes: Vec<String> = sqlx::query_scalar(
         "WITH RECURSIVE codes(code) AS ( \
            (SELECT code FROM findings ORDER BY code LIMIT 1) \
@@ -167,11 +165,8 @@ pub async fn open_findings(pool: &PgPool) -> Result<Vec<OpenFinding>, Error> {
     )
     .fetch_all(pool)
     .await?;
-    let rows: Vec<OpenRow> = sqlx::query_as(OPEN_PAIRS_SQL)
-        .bind(&codes)
-        .fetch_all(pool)
-        .await?;
-    let mut open = open_findings_of(rows)?;
+    let codes: Vec<&str> = codes.iter().map(String::as_str).collect();
+    let mut open = super::findings::open(pool, &codes).await?;
     let rank = |finding: &OpenFinding| u8::from(finding.severity != Severity::Critical);
     open.sort_by(|a, b| {
         rank(a)
@@ -181,29 +176,3 @@ pub async fn open_findings(pool: &PgPool) -> Result<Vec<OpenFinding>, Error> {
     });
     Ok(open)
 }
-
-/// The newest finding of every `(code, subject)` pair with a subject (a recursive skip scan
-/// over the pairs), and of every code's subject-less findings (`$1`: the codes), when that
-/// newest finding is not `ok`.
-const OPEN_PAIRS_SQL: &str = "\
-WITH RECURSIVE pairs(code, subject) AS (
-  (SELECT code, subject FROM findings WHERE subject IS NOT NULL ORDER BY code, subject LIMIT 1)
-  UNION ALL
-  SELECT n.code, n.subject FROM pairs p CROSS JOIN LATERAL (
-    SELECT f.code, f.subject FROM findings f
-    WHERE f.subject IS NOT NULL AND (f.code, f.subject) > (p.code, p.subject)
-    ORDER BY f.code, f.subject LIMIT 1) n
-)
-SELECT * FROM (
-  SELECT l.* FROM pairs p CROSS JOIN LATERAL (
-    SELECT f.id, f.job_id, f.kind, f.code, f.subject, f.severity, f.message, f.created_at
-    FROM findings f WHERE f.code = p.code AND f.subject = p.subject
-    ORDER BY f.created_at DESC, f.id DESC LIMIT 1) l
-  UNION ALL
-  SELECT l.* FROM unnest($1::text[]) c(code) CROSS JOIN LATERAL (
-    SELECT f.id, f.job_id, f.kind, f.code, f.subject, f.severity, f.message, f.created_at
-    FROM findings f WHERE f.code = c.code AND f.subject IS NULL
-    ORDER BY f.created_at DESC, f.id DESC LIMIT 1) l
-) newest
-WHERE severity <> 'ok'
-LIMIT 1000";

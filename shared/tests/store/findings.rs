@@ -81,3 +81,70 @@ async fn a_condition_is_open_until_its_newest_finding_is_ok(pool: PgPool) {
             .is_empty()
     );
 }
+
+/// The dashboard's open findings enumerate codes and pairs by skip scans: across a history of
+/// many checks per pair, each pair counts once, by its newest finding, critical first.
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn the_dashboard_lists_each_open_pair_once_by_its_newest_finding_critical_first(
+    pool: PgPool,
+) {
+    let used = |severity, subject: &str| {
+        Finding::new("disk.used_pct", severity, "used").with_subject(subject)
+    };
+    // Forty checks: /a alternates and ends critical, /b ends ok, /c stays warn; the
+    // subject-less backup.stale ends warn and index.unused ends ok.
+    for check in 0..40 {
+        let last = check == 39;
+        let a = if check % 2 == 1 {
+            Severity::Critical
+        } else {
+            Severity::Warn
+        };
+        let b = if last {
+            Severity::Ok
+        } else {
+            Severity::Critical
+        };
+        let stale = if check % 3 == 1 {
+            Severity::Ok
+        } else {
+            Severity::Warn
+        };
+        let unused = if last { Severity::Ok } else { Severity::Warn };
+        report(
+            &pool,
+            check,
+            vec![
+                used(a, "/a"),
+                used(b, "/b"),
+                used(Severity::Warn, "/c"),
+                Finding::new("backup.stale", stale, "old"),
+                Finding::new("index.unused", unused, "unused").with_subject("db.idx"),
+            ],
+        )
+        .await;
+    }
+    let open = upkeep_shared::store::dashboard::open_findings(&pool)
+        .await
+        .unwrap();
+    let listed: Vec<_> = open
+        .iter()
+        .map(|f| (f.code.as_str(), f.subject.as_deref(), f.severity))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("disk.used_pct", Some("/a"), Severity::Critical),
+            ("backup.stale", None, Severity::Warn),
+            ("disk.used_pct", Some("/c"), Severity::Warn),
+        ]
+    );
+    // Each is the pair's newest row.
+    let newest_a: i64 = sqlx::query_scalar(
+        "SELECT max(id) FROM findings WHERE code = 'disk.used_pct' AND subject = '/a'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(open[0].id, newest_a);
+}
