@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark of the dashboard's pages with a large ledger: a fresh database gets ROWS attempts
 # in job_runs (default 1,000,000, over 90 days, 1 % failed, the newest hour as dense as the
-# rest), 200,000 findings and 50,000 audit entries; a real upkeep-api (the debug build, as
-# tests use) serves it, and each page is fetched N times (default 20) with a signed-in
+# rest), 200,000 findings and 50,000 audit entries; a real upkeep-api serves it (BIN_DIR:
+# target/release when built, else the debug build, which is built if needed), and each page is fetched N times (default 20) with a signed-in
 # session. Prints min / median / p95 / max of the full request time per page (curl's
 # time_total: server render plus loopback transfer).
 #
@@ -15,8 +15,13 @@ N="${2:-20}"
 
 # shellcheck source=scripts/dev-services.sh
 source scripts/dev-services.sh >/dev/null
-cargo build -q -p upkeep-api --bin upkeep-api
-BIN=target/debug
+if [[ -z "${BIN_DIR:-}" ]]; then
+    BIN_DIR=target/debug
+    [[ -x target/release/upkeep-api ]] && BIN_DIR=target/release
+fi
+[[ "$BIN_DIR" == target/debug ]] && cargo build -q -p upkeep-api --bin upkeep-api
+BIN=$BIN_DIR
+echo "bench-dashboard: $BIN/upkeep-api, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 DB="upkeep_bench_dashboard_$$"
 BASE_URL="${DATABASE_URL%/*}"
