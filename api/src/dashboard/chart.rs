@@ -1,12 +1,13 @@
 //! The last hour's throughput as an inline SVG bar chart, drawn on the server (no script).
 //!
-//! Pure: takes the per-minute counts `store::dashboard::throughput_last_hour` returned and
+//! Pure: takes the per-minute counts of every queue (the settle scripts' per-minute rollups,
+//! read with the queue stats, so the chart costs no query however busy the queues are) and
 //! draws exactly 60 bars, one per minute ending at `now`, succeeded stacked under failed.
 //! Colours come from classes in the stylesheet (the CSP allows no inline style).
 
 use chrono::{DateTime, DurationRound as _, TimeDelta, Utc};
 use maud::{Markup, html};
-use upkeep_shared::store::dashboard::MinuteCount;
+use upkeep_shared::queue::QueueStats;
 
 /// Minutes drawn.
 pub(crate) const N_MINUTES: usize = 60;
@@ -15,10 +16,40 @@ const WIDTH: i64 = 600;
 const HEIGHT: i64 = 120;
 const BAR_WIDTH: i64 = WIDTH / N_MINUTES as i64;
 
+/// Attempts settled in one minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MinuteCount {
+    /// The minute's first instant.
+    pub(crate) minute: DateTime<Utc>,
+    /// Attempts that succeeded.
+    pub(crate) succeeded: i64,
+    /// Attempts that failed (retried, dead or lost).
+    pub(crate) failed: i64,
+}
+
+/// The per-minute counts of every queue in `stats`.
+pub(crate) fn minute_counts(stats: &[QueueStats]) -> Vec<MinuteCount> {
+    let mut counts = Vec::new();
+    for queue in stats {
+        let first = queue.minute - i64::try_from(queue.per_minute.len()).unwrap_or(0) + 1;
+        for (offset, (succeeded, failed)) in (0..).zip(&queue.per_minute) {
+            let Some(minute) = DateTime::from_timestamp((first + offset) * 60, 0) else {
+                continue;
+            };
+            counts.push(MinuteCount {
+                minute,
+                succeeded: i64::try_from(*succeeded).unwrap_or(i64::MAX),
+                failed: i64::try_from(*failed).unwrap_or(i64::MAX),
+            });
+        }
+    }
+    counts
+}
+
 /// One bar per minute of the hour ending at `now`, oldest first: (succeeded, failed).
 #[must_use]
 pub(crate) fn buckets(counts: &[MinuteCount], now: DateTime<Utc>) -> Vec<(i64, i64)> {
-    let mut bars = vec![(0, 0); N_MINUTES];
+    let mut bars = vec![(0_i64, 0_i64); N_MINUTES];
     // The current minute is the last bar; it is partial, like every live counter.
     let last = now.duration_trunc(TimeDelta::minutes(1)).unwrap_or(now);
     for count in counts {
@@ -27,8 +58,8 @@ pub(crate) fn buckets(counts: &[MinuteCount], now: DateTime<Utc>) -> Vec<(i64, i
             && ago < N_MINUTES
         {
             let bar = &mut bars[N_MINUTES - 1 - ago];
-            bar.0 += count.succeeded;
-            bar.1 += count.failed;
+            bar.0 = bar.0.saturating_add(count.succeeded);
+            bar.1 = bar.1.saturating_add(count.failed);
         }
     }
     bars
@@ -116,6 +147,26 @@ mod tests {
         assert_eq!(bars[58], (5, 2));
         assert_eq!(bars[59], (3, 0));
         assert_eq!(bars.iter().map(|b| b.0 + b.1).sum::<i64>(), 11);
+    }
+
+    #[test]
+    fn each_queue_s_minutes_end_at_its_own_minute_and_add_up() {
+        let now = at(12, 30, 15);
+        let minute = now.timestamp().div_euclid(60);
+        let queue = |per_minute: Vec<(u64, u64)>| QueueStats {
+            per_minute,
+            minute,
+            ..QueueStats::default()
+        };
+        let mut a = vec![(0, 0); 60];
+        a[59] = (3, 1);
+        a[0] = (7, 0);
+        let mut b = vec![(0, 0); 60];
+        b[59] = (2, 0);
+        let bars = buckets(&minute_counts(&[queue(a), queue(b)]), now);
+        assert_eq!(bars[59], (5, 1), "the current minute of both queues");
+        assert_eq!(bars[0], (7, 0), "59 minutes ago");
+        assert_eq!(bars.iter().map(|b| b.0 + b.1).sum::<i64>(), 13);
     }
 
     #[test]

@@ -264,6 +264,13 @@ pub struct QueueStats {
     /// Attempts settled (succeeded + failed) per minute over the last 4 full minutes and the
     /// current one so far.
     pub throughput_per_min: f64,
+    /// Attempts settled in each of the 60 minutes ending with `minute`, oldest first:
+    /// (succeeded, failed). The dashboard's chart; not part of the serialized stats.
+    #[serde(skip)]
+    pub per_minute: Vec<(u64, u64)>,
+    /// The unix minute (by Redis' clock) of the last entry of `per_minute`.
+    #[serde(skip)]
+    pub minute: i64,
 }
 
 /// One job's current record in Redis.
@@ -703,9 +710,10 @@ impl Queue {
             succeeded_1h,
             failed_1h,
             processed_5m,
+            per_minute,
         ] = parts.as_slice()
         else {
-            return Err(protocol("stats reply is not 12 parts"));
+            return Err(protocol("stats reply is not 13 parts"));
         };
         let now_ms = int(now)?;
         // The 5-minute window is 4 full minutes plus the elapsed part of the current one.
@@ -731,6 +739,16 @@ impl Queue {
             succeeded_1h: int(succeeded_1h)?.max(0) as u64,
             failed_1h: int(failed_1h)?.max(0) as u64,
             throughput_per_min: int(processed_5m)?.max(0) as f64 / window_min,
+            per_minute: array(per_minute.clone())?
+                .chunks(2)
+                .map(|pair| match pair {
+                    [succeeded, failed] => {
+                        Ok((int(succeeded)?.max(0) as u64, int(failed)?.max(0) as u64))
+                    }
+                    _ => Err(protocol("stats per-minute counts are not pairs")),
+                })
+                .collect::<Result<_, _>>()?,
+            minute: now_ms.div_euclid(60_000),
         })
     }
 

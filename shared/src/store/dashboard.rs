@@ -90,39 +90,6 @@ pub async fn delete_session(pool: &PgPool, id_hash: &[u8]) -> Result<bool, Error
     Ok(done.rows_affected() > 0)
 }
 
-/// Attempts that finished in one minute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
-pub struct MinuteCount {
-    /// The minute's first instant.
-    pub minute: DateTime<Utc>,
-    /// Attempts that succeeded (or were skipped as already done).
-    pub succeeded: i64,
-    /// Attempts that failed or were abandoned.
-    pub failed: i64,
-}
-
-/// Per-minute counts of the attempts that finished in the hour before `now`, oldest first;
-/// minutes without any are absent. Reads one hour of `job_runs_finished_at_idx`.
-///
-/// # Errors
-/// When the query fails.
-pub async fn throughput_last_hour(
-    pool: &PgPool,
-    now: DateTime<Utc>,
-) -> Result<Vec<MinuteCount>, Error> {
-    Ok(sqlx::query_as(
-        "SELECT date_trunc('minute', finished_at) AS minute, \
-                count(*) FILTER (WHERE status IN ('succeeded', 'skipped')) AS succeeded, \
-                count(*) FILTER (WHERE status IN ('failed', 'abandoned')) AS failed \
-         FROM job_runs \
-         WHERE finished_at > $1 - interval '1 hour' AND finished_at <= $1 \
-         GROUP BY 1 ORDER BY 1 LIMIT 61",
-    )
-    .bind(now)
-    .fetch_all(pool)
-    .await?)
-}
-
 /// Failed and abandoned attempts, newest first, `limit` at most (clamped to 1..=200), older
 /// than the row `before` when given: one page of `job_runs_failures_id_idx`.
 ///

@@ -3,7 +3,9 @@
 -- KEYS[7] workers
 -- ARGV[1] key base, ARGV[2] worker liveness window ms
 -- Returns { pending, scheduled, retrying, running, dead, workers, oldest_pending_enq_ms (-1),
---           now_ms, counters (flat field/value list), succeeded_1h, failed_1h, processed_5m }
+--           now_ms, counters (flat field/value list), succeeded_1h, failed_1h, processed_5m,
+--           per_minute (flat succeeded/failed pairs of the 60 minutes, oldest first, the last
+--           being the current minute) }
 -- The 1 h and 5 min figures sum the per-minute rollup hashes `tp:<unix minute>` that ack.lua
 -- and release.lua increment: the current minute and the 59 (or 4) before it, so at most 60
 -- HMGETs, whatever the history.
@@ -20,11 +22,14 @@ if tail then
 end
 local minute = math.floor(now / 60000)
 local s1h, f1h, p5m = 0, 0, 0
+local per_minute = {}
 for m = minute - 59, minute do
   local c = redis.call('HMGET', ARGV[1] .. 'tp:' .. m, 's', 'f')
   local s, f = tonumber(c[1]) or 0, tonumber(c[2]) or 0
   s1h = s1h + s
   f1h = f1h + f
+  per_minute[#per_minute + 1] = s
+  per_minute[#per_minute + 1] = f
   if m > minute - 5 then p5m = p5m + s + f end
 end
 return {
@@ -40,4 +45,5 @@ return {
   s1h,
   f1h,
   p5m,
+  per_minute,
 }
