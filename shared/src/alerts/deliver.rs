@@ -11,9 +11,9 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 
-use super::outbox::{self, Claimed};
 use super::{AlertPayload, AlertsSettings, DeliverReport, SinkKind, SinkSettings, SmtpTls};
 use crate::config::Settings;
+use crate::store::alerts::{self as store, ClaimedMessage, ExpiredMessage};
 
 /// Messages claimed per pass and worker (sent concurrently).
 const CLAIM_BATCH: i64 = 16;
@@ -92,8 +92,11 @@ pub(super) async fn deliver_once(
 ) -> Result<DeliverReport, crate::store::Error> {
     let alerts = &settings.alerts;
     let mut report = DeliverReport::default();
-    for (id, message_id, claimed_by) in
-        outbox::sweep_expired(pool, alerts.redeliver_in_doubt).await?
+    for ExpiredMessage {
+        id,
+        message_id,
+        claimed_by,
+    } in store::sweep_expired(pool, alerts.redeliver_in_doubt).await?
     {
         report.in_doubt += 1;
         tracing::warn!(
@@ -104,7 +107,7 @@ pub(super) async fn deliver_once(
             "an alert message's worker stopped mid-delivery; it may or may not have arrived"
         );
     }
-    let claimed = outbox::claim(pool, worker, alerts.lease, CLAIM_BATCH).await?;
+    let claimed = store::claim(pool, worker, alerts.lease, CLAIM_BATCH).await?;
     // Each message is settled as soon as its own send ends, so a slow receiver never holds
     // another message's `sent` back (a kill then would leave it in doubt for nothing).
     let deliveries = claimed
@@ -135,7 +138,7 @@ async fn deliver_one(
     client: &reqwest::Client,
     settings: &Settings,
     worker: &str,
-    message: &Claimed,
+    message: &ClaimedMessage,
 ) -> Result<Settled, crate::store::Error> {
     let alerts = &settings.alerts;
     let result = tokio::time::timeout(
@@ -146,7 +149,7 @@ async fn deliver_one(
     .unwrap_or_else(|_| Err(DeliveryError::Timeout(message.sink.clone())));
     match result {
         Ok(()) => {
-            if !outbox::mark_sent(pool, message.id, worker).await? {
+            if !store::mark_sent(pool, message.id, worker).await? {
                 return Ok(Settled::Lost);
             }
             tracing::info!(id = message.id, message_id = %message.message_id, kind = %message.kind, sink = %message.sink, "alert message sent");
@@ -164,7 +167,7 @@ async fn deliver_one(
                         | DeliveryError::Malformed(..)
                 );
             let retry_in = backoff(alerts, message.attempts);
-            if !outbox::mark_failed(
+            if !store::mark_failed(
                 pool,
                 message.id,
                 worker,
@@ -203,7 +206,7 @@ fn backoff(alerts: &AlertsSettings, attempts: i32) -> Duration {
 async fn send_claimed(
     client: &reqwest::Client,
     settings: &Settings,
-    message: &Claimed,
+    message: &ClaimedMessage,
 ) -> Result<(), DeliveryError> {
     match message.kind.as_str() {
         "ping" => {

@@ -15,7 +15,7 @@ use crate::config::Settings;
 use crate::job::Severity;
 use crate::queue::RedisConn;
 use crate::schedule::{ScheduleSettings, ScheduleSpec};
-use crate::store::{backups, findings};
+use crate::store::{alerts, backups, findings};
 
 /// One observed condition that may become an incident.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,19 +69,8 @@ pub(super) async fn conditions(
     }
 }
 
-/// Every finding code in the table, by a skip scan of `findings_code_created_at_idx` (one
-/// index probe per distinct code, whatever the history's size).
-const CODES_SQL: &str = "\
-WITH RECURSIVE codes AS (
-    (SELECT code FROM findings ORDER BY code LIMIT 1)
-    UNION ALL
-    SELECT (SELECT f.code FROM findings f WHERE f.code > c.code ORDER BY f.code LIMIT 1)
-      FROM codes c WHERE c.code IS NOT NULL
-)
-SELECT code FROM codes WHERE code IS NOT NULL";
-
 async fn open_findings(pool: &PgPool, severity: Severity) -> anyhow::Result<Vec<Condition>> {
-    let codes: Vec<String> = sqlx::query_scalar(CODES_SQL).fetch_all(pool).await?;
+    let codes = alerts::finding_codes(pool).await?;
     let codes: Vec<&str> = codes.iter().map(String::as_str).collect();
     let open = findings::open(pool, &codes).await?;
     let event = match severity {
@@ -156,26 +145,18 @@ async fn dead_letters(conn: &RedisConn, settings: &Settings) -> anyhow::Result<V
     Ok(out)
 }
 
-/// Per schedule: its `missed` ticks newer than both the lookback and its newest successful
-/// run's tick (`job_runs_schedule_tick_at_idx`, `schedule_ticks_schedule_unrun_idx`).
-const MISSED_SQL: &str = "\
-SELECT t.schedule, count(*), min(t.fire_at), max(t.fire_at)
-  FROM schedule_ticks t
- WHERE t.decision = 'missed' AND t.fire_at > $1
-   AND t.fire_at > COALESCE((SELECT max(r.tick_at) FROM job_runs r
-                              WHERE r.schedule = t.schedule AND r.status = 'succeeded'),
-                            '-infinity')
- GROUP BY t.schedule
- ORDER BY t.schedule";
-
 async fn missed_ticks(pool: &PgPool, now: DateTime<Utc>) -> anyhow::Result<Vec<Condition>> {
-    let rows: Vec<(String, i64, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(MISSED_SQL)
-        .bind(now - MISSED_LOOKBACK)
-        .fetch_all(pool)
-        .await?;
+    let rows = alerts::missed_ticks(pool, now - MISSED_LOOKBACK).await?;
     Ok(rows
         .into_iter()
-        .map(|(schedule, n, first, last)| Condition {
+        .map(|missed| {
+            let alerts::MissedTicks {
+                schedule,
+                n_missed: n,
+                first_missed: first,
+                last_missed: last,
+            } = missed;
+            Condition {
             event: Event::MissedTick,
             subject: schedule.clone(),
             severity: "warn",
@@ -191,7 +172,7 @@ async fn missed_ticks(pool: &PgPool, now: DateTime<Utc>) -> anyhow::Result<Vec<C
             code: None,
             queue: None,
             name: Some(schedule),
-        })
+        }})
         .collect())
 }
 
@@ -264,20 +245,6 @@ async fn stale_backups(
     Ok(out)
 }
 
-/// Per schedule: its newest successful run and its oldest tick (the reference of a schedule
-/// that never succeeded).
-const SILENT_SQL: &str = "\
-SELECT n.name, COALESCE(s.paused, false),
-       (SELECT max(r.finished_at) FROM job_runs r
-         WHERE r.schedule = n.name AND r.status = 'succeeded'),
-       (SELECT t.fire_at FROM schedule_ticks t WHERE t.schedule = n.name
-         ORDER BY t.fire_at LIMIT 1)
-  FROM unnest($1::text[]) AS n(name)
-  LEFT JOIN schedules s ON s.name = n.name";
-
-/// A row of [`SILENT_SQL`]: name, paused, last success, first tick.
-type SilentRow = (String, bool, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
-
 async fn silent_schedules(
     pool: &PgPool,
     settings: &Settings,
@@ -285,12 +252,14 @@ async fn silent_schedules(
 ) -> anyhow::Result<Vec<Condition>> {
     let enabled: Vec<&ScheduleSettings> = settings.schedules.iter().filter(|s| s.enabled).collect();
     let names: Vec<String> = enabled.iter().map(|s| s.name.clone()).collect();
-    let rows: Vec<SilentRow> = sqlx::query_as(SILENT_SQL)
-        .bind(&names)
-        .fetch_all(pool)
-        .await?;
     let mut out = Vec::new();
-    for (name, paused, last_success, first_tick) in rows {
+    for alerts::ScheduleSuccess {
+        name,
+        paused,
+        last_success,
+        first_tick,
+    } in alerts::schedule_successes(pool, &names).await?
+    {
         if paused {
             continue;
         }

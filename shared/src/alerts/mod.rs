@@ -5,7 +5,7 @@
 //!
 //! Every worker daemon runs one [`Alerter`] beside its queues ([`Alerter::run_until_stopped`]).
 //! Nothing here touches a job: the alerter reads the ledger, Redis' dead sets and `backups`,
-//! and writes only `alert_incidents` and `alert_outbox`.
+//! and writes only `alert_incidents` and `alert_outbox`. Its SQL is in `store::alerts`.
 //!
 //! # Invariants
 //! - One open incident per (rule, event, subject): a partial unique index, written with
@@ -37,8 +37,8 @@ use crate::config::Settings;
 use crate::outage::Outage;
 use crate::queue::RedisConn;
 
+pub use crate::store::alerts::{IncidentRow, OutboxCounts};
 pub use deliver::DeliveryError;
-pub use outbox::{IncidentRow, OutboxCounts};
 pub use settings::{AlertsSettings, RuleSettings, SinkKind, SinkSettings, SmtpTls};
 
 /// What an alert rule can watch.
@@ -322,7 +322,7 @@ pub async fn send_test(settings: &Settings, sink: &str) -> Result<AlertPayload, 
 /// # Errors
 /// When the query fails.
 pub async fn open_incidents(pool: &PgPool) -> Result<Vec<IncidentRow>, crate::store::Error> {
-    outbox::open_incidents(pool).await
+    crate::store::alerts::open_incidents(pool).await
 }
 
 /// How many outbox messages are in each state.
@@ -330,7 +330,7 @@ pub async fn open_incidents(pool: &PgPool) -> Result<Vec<IncidentRow>, crate::st
 /// # Errors
 /// When the query fails.
 pub async fn outbox_counts(pool: &PgPool) -> Result<OutboxCounts, crate::store::Error> {
-    outbox::counts(pool).await
+    crate::store::alerts::outbox_counts(pool).await
 }
 
 /// `interval` give or take 10%, so workers spread out.

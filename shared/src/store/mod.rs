@@ -1,5 +1,7 @@
 //! The Postgres ledger: the only module that issues SQL.
 //!
+//! - [`alerts`]: `alert_incidents` and `alert_outbox` (the evaluation lock, incident upserts,
+//!   the outbox's claim and settle), and the ledger reads behind alert conditions.
 //! - [`backups`]: the backup catalog and the one-runner-per-database lock.
 //! - [`runs`]: `job_runs`, one row per attempt, and the `findings` each attempt reported.
 //! - [`findings`]: which `(code, subject)` conditions are open, so checks can resolve them.
@@ -28,6 +30,7 @@
 //! tests in `shared/tests/store/` run every query against a real Postgres. Connection details
 //! come from [`DatabaseSettings`] (the `[database]` section, owned here); this module never reads the environment.
 
+pub mod alerts;
 pub mod backups;
 pub mod dashboard;
 pub mod disk_samples;
