@@ -1,7 +1,8 @@
 //! The gate of every mutating route: authenticate, check the `operate` role, take one call
 //! from the token's rate-limit bucket, and write the call to `audit_log` (token name, action,
 //! target, client address, result) whatever its outcome, refusals included. A call that is
-//! refused before it is authenticated is recorded under the actor `-`.
+//! refused before it is authenticated is recorded under the actor [`ANONYMOUS`], as is a
+//! refused dashboard sign-in.
 
 use std::net::SocketAddr;
 
@@ -19,8 +20,8 @@ pub(crate) struct Mutation {
     client: String,
 }
 
-/// The actor recorded for a call without a valid token.
-const ANONYMOUS: &str = "-";
+/// The actor recorded for a call without a valid token, by the API and the dashboard alike.
+pub(crate) const ANONYMOUS: &str = "anonymous";
 
 impl Mutation {
     /// Lets a call to `action` on `target` through, or records and returns why not.

@@ -123,7 +123,7 @@ pub(crate) async fn login(
     let Some(caller) = authenticate(&state, token).await else {
         audit(
             &state,
-            "anonymous",
+            crate::audit::ANONYMOUS,
             "dashboard.login",
             client,
             "refused: invalid token",

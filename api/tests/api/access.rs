@@ -30,7 +30,7 @@ const MUTATING_ROUTES: &[&str] = &[
 
 #[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
 async fn every_route_but_health_and_the_document_needs_a_known_token(pool: PgPool) {
-    let api = Api::start(pool, "").await;
+    let api = Api::start(pool.clone(), "").await;
     for path in READ_ROUTES {
         error_body(api.get(path, None).await, StatusCode::UNAUTHORIZED).await;
         error_body(api.get(path, Some("wrong")).await, StatusCode::UNAUTHORIZED).await;
@@ -44,6 +44,16 @@ async fn every_route_but_health_and_the_document_needs_a_known_token(pool: PgPoo
         let body = error_body(response, StatusCode::UNAUTHORIZED).await;
         assert!(body.get("field").is_none(), "{body}");
     }
+    // Each refusal is audited under the same actor as a refused dashboard sign-in.
+    let audited: Vec<(String, String)> =
+        sqlx::query_as("SELECT actor, left(result, 3) FROM audit_log ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .expect("audit rows");
+    assert_eq!(
+        audited,
+        vec![("anonymous".to_owned(), "401".to_owned()); MUTATING_ROUTES.len()]
+    );
     for path in ["/api/v1/health", "/api/v1/openapi.json"] {
         assert_eq!(api.get(path, None).await.status(), StatusCode::OK, "{path}");
     }
