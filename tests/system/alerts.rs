@@ -14,7 +14,7 @@ use upkeep_tests::receivers::{HttpReceiver, SmtpReceiver};
 use crate::support::{Deployment, eventually, wait_for_worker};
 
 /// Fast timings so every test stays well under a minute of waiting.
-fn alerts_config(hook: &HttpReceiver, smtp_port: u16, extra: &str) -> String {
+fn alerts_config(hook: &HttpReceiver, smtp_port: u16) -> String {
     format!(
         r#"
 [alerts]
@@ -24,7 +24,6 @@ delivery_timeout = "6s"
 lease = "8s"
 retry_base = "300ms"
 retry_max = "2s"
-{extra}
 
 [[alerts.sinks]]
 name = "hook"
@@ -53,6 +52,29 @@ repeat_interval = "1h"
 "#,
         hook_url = hook.url("/hook"),
     )
+}
+
+/// A deployment configured by [`alerts_config`] and the receivers of its sinks: `hook` takes
+/// the webhook (`/hook`) and the Slack messages (`/slack`), `smtp` the email.
+struct Setup {
+    hook: HttpReceiver,
+    smtp: SmtpReceiver,
+    deployment: Deployment,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let hook = HttpReceiver::start().await;
+        let smtp = SmtpReceiver::start().await;
+        let mut deployment = Deployment::new().await;
+        deployment.set_env("TEST_SLACK_URL", &hook.url("/slack"));
+        deployment.write_config(&alerts_config(&hook, smtp.port()));
+        Self {
+            hook,
+            smtp,
+            deployment,
+        }
+    }
 }
 
 async fn seed_finding(ledger: &mut PgConnection, code: &str, subject: &str, severity: &str) {
@@ -98,11 +120,11 @@ fn hooks(receiver: &HttpReceiver) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_send_one_message_per_incident_and_one_resolve_when_it_clears() {
-    let hook = HttpReceiver::start().await;
-    let smtp = SmtpReceiver::start().await;
-    let mut deployment = Deployment::new().await;
-    deployment.set_env("TEST_SLACK_URL", &hook.url("/slack"));
-    deployment.write_config(&alerts_config(&hook, smtp.port(), ""));
+    let Setup {
+        hook,
+        smtp,
+        deployment,
+    } = Setup::new().await;
     let mut ledger = deployment.ledger().await;
     let _workers: Vec<ChildProcess> = ["w1", "w2", "w3"]
         .iter()
@@ -185,11 +207,11 @@ async fn three_workers_send_one_message_per_incident_and_one_resolve_when_it_cle
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_is_delivered_after_the_receiver_was_down_for_30_seconds() {
-    let mut hook = HttpReceiver::start().await;
-    let smtp = SmtpReceiver::start().await;
-    let mut deployment = Deployment::new().await;
-    deployment.set_env("TEST_SLACK_URL", &hook.url("/slack"));
-    deployment.write_config(&alerts_config(&hook, smtp.port(), ""));
+    let Setup {
+        mut hook,
+        smtp,
+        deployment,
+    } = Setup::new().await;
     let mut ledger = deployment.ledger().await;
     let _worker = start_worker(&deployment, "w1");
     hook.stop();
@@ -234,11 +256,11 @@ async fn an_alert_is_delivered_after_the_receiver_was_down_for_30_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_delivery_leaves_the_message_in_doubt_and_nothing_is_sent_twice() {
-    let hook = HttpReceiver::start().await;
-    let smtp = SmtpReceiver::start().await;
-    let mut deployment = Deployment::new().await;
-    deployment.set_env("TEST_SLACK_URL", &hook.url("/slack"));
-    deployment.write_config(&alerts_config(&hook, smtp.port(), ""));
+    let Setup {
+        hook,
+        smtp,
+        deployment,
+    } = Setup::new().await;
     let mut ledger = deployment.ledger().await;
     let mut workers: Vec<(String, ChildProcess)> = ["w1", "w2", "w3"]
         .iter()
@@ -318,11 +340,11 @@ async fn a_worker_killed_mid_delivery_leaves_the_message_in_doubt_and_nothing_is
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upkeepctl_alerts_test_sends_through_each_sink_and_fails_loudly() {
-    let mut hook = HttpReceiver::start().await;
-    let smtp = SmtpReceiver::start().await;
-    let mut deployment = Deployment::new().await;
-    deployment.set_env("TEST_SLACK_URL", &hook.url("/slack"));
-    deployment.write_config(&alerts_config(&hook, smtp.port(), ""));
+    let Setup {
+        mut hook,
+        smtp,
+        deployment,
+    } = Setup::new().await;
 
     let run = |args: &[&str]| {
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();

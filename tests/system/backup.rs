@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sqlx::{Connection as _, PgConnection};
-use upkeep_tests::{fresh_database, shared_database_url};
+use upkeep_tests::{ChildProcess, fresh_database, shared_database_url};
 use uuid::Uuid;
 
 use crate::support::{Deployment, wait_for_status, wait_for_worker};
@@ -15,6 +15,9 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(90);
 /// `upkeepctl` commands that create or drop databases wait for checkpoints, which take long on
 /// a busy machine.
 const CTL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Retention that keeps only the newest good backup.
+const KEEP_ONE: &str = "[backups.retention]\nkeep_last = 1\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\nmin_keep = 1\n";
 
 fn ctl(deployment: &Deployment, args: &[&str]) -> crate::support::Finished {
     deployment.run_command(
@@ -135,6 +138,27 @@ impl Setup {
         ));
     }
 
+    /// Starts an `upkeep-worker-backup` and waits until it serves the `backups` queue.
+    fn start_worker(&self) -> ChildProcess {
+        let mut worker = self
+            .deployment
+            .start("upkeep-worker-backup", Vec::<&str>::new());
+        wait_for_worker(&mut worker, "backups");
+        worker
+    }
+
+    /// Backs up through a `pg_dump` that stalls for `BACKUP_TEST_STALL` seconds (`seconds`
+    /// until the test sets it again) after its first 4 KiB of output ([`slow_pg_bin`]).
+    fn stall_pg_dump(&mut self, seconds: u32) {
+        let bin = slow_pg_bin(self.backups.path());
+        self.configure(
+            &format!("pg_bin_dir = \"{}\"", bin.display()),
+            "BACKUP_SOURCE_URL",
+        );
+        self.deployment
+            .set_env("BACKUP_TEST_STALL", &seconds.to_string());
+    }
+
     fn app_dir(&self) -> PathBuf {
         self.backups.path().join("app")
     }
@@ -209,10 +233,7 @@ async fn findings_of(deployment: &Deployment, job: Uuid) -> Vec<(String, String,
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_restored_with_upkeepctl_has_the_same_row_counts_and_table_contents() {
     let setup = Setup::new("").await;
-    let mut worker = setup
-        .deployment
-        .start("upkeep-worker-backup", Vec::<&str>::new());
-    wait_for_worker(&mut worker, "backups");
+    let _worker = setup.start_worker();
     let job = setup.backup_now().await;
     let mut ledger = setup.deployment.ledger().await;
     wait_for_status(&mut ledger, job, "succeeded", JOB_TIMEOUT).await;
@@ -291,10 +312,7 @@ async fn a_backup_restored_with_upkeepctl_has_the_same_row_counts_and_table_cont
 async fn truncated_and_bit_flipped_dumps_fail_the_full_read_and_a_restore_test_of_a_corrupt_dump_fails_with_a_finding()
  {
     let setup = Setup::new("").await;
-    let mut worker = setup
-        .deployment
-        .start("upkeep-worker-backup", Vec::<&str>::new());
-    wait_for_worker(&mut worker, "backups");
+    let _worker = setup.start_worker();
     let mut ledger = setup.deployment.ledger().await;
     for _ in 0..3 {
         let job = setup.backup_now().await;
@@ -383,10 +401,7 @@ async fn a_failing_pg_dump_fails_the_run_with_its_stderr_leaves_no_final_file_an
         .await
         .expect("creating a role");
     }
-    let mut worker = setup
-        .deployment
-        .start("upkeep-worker-backup", Vec::<&str>::new());
-    wait_for_worker(&mut worker, "backups");
+    let worker = setup.start_worker();
     let mut ledger = setup.deployment.ledger().await;
     for _ in 0..2 {
         let job = setup.backup_now().await;
@@ -406,16 +421,12 @@ async fn a_failing_pg_dump_fails_the_run_with_its_stderr_leaves_no_final_file_an
     setup
         .deployment
         .set_env("BACKUP_UNREACHABLE_URL", unreachable.as_str());
-    let retention = "[backups.retention]\nkeep_last = 1\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\nmin_keep = 1\n";
     for (url_env, needle) in [
         ("BACKUP_NOPERM_URL", "permission denied"),
         ("BACKUP_UNREACHABLE_URL", "127.0.0.1:1"),
     ] {
-        setup.configure(retention, url_env);
-        let mut worker = setup
-            .deployment
-            .start("upkeep-worker-backup", Vec::<&str>::new());
-        wait_for_worker(&mut worker, "backups");
+        setup.configure(KEEP_ONE, url_env);
+        let _worker = setup.start_worker();
         let job = setup.backup_now().await;
         wait_for_status(&mut ledger, job, "failed", JOB_TIMEOUT).await;
         let (_, outcome, error) = outcome_of(&setup.deployment, job).await;
@@ -474,20 +485,9 @@ async fn a_failing_pg_dump_fails_the_run_with_its_stderr_leaves_no_final_file_an
 #[tokio::test(flavor = "multi_thread")]
 async fn two_backup_runs_of_one_database_on_two_workers_commit_one_backup_and_skip_the_other() {
     let mut setup = Setup::new("").await;
-    let bin = slow_pg_bin(setup.backups.path());
-    setup.configure(
-        &format!("pg_bin_dir = \"{}\"", bin.display()),
-        "BACKUP_SOURCE_URL",
-    );
-    setup.deployment.set_env("BACKUP_TEST_STALL", "4");
-    let mut first = setup
-        .deployment
-        .start("upkeep-worker-backup", Vec::<&str>::new());
-    let mut second = setup
-        .deployment
-        .start("upkeep-worker-backup", Vec::<&str>::new());
-    wait_for_worker(&mut first, "backups");
-    wait_for_worker(&mut second, "backups");
+    setup.stall_pg_dump(4);
+    let _first = setup.start_worker();
+    let _second = setup.start_worker();
     let jobs = [setup.backup_now().await, setup.backup_now().await];
     let mut ledger = setup.deployment.ledger().await;
     let mut summaries = Vec::new();
@@ -528,16 +528,8 @@ async fn two_backup_runs_of_one_database_on_two_workers_commit_one_backup_and_sk
 async fn a_worker_killed_mid_dump_leaves_no_final_file_and_no_row_and_the_next_run_sweeps_the_partial()
  {
     let mut setup = Setup::new("").await;
-    let bin = slow_pg_bin(setup.backups.path());
-    setup.configure(
-        &format!("pg_bin_dir = \"{}\"", bin.display()),
-        "BACKUP_SOURCE_URL",
-    );
-    setup.deployment.set_env("BACKUP_TEST_STALL", "20");
-    let mut doomed = setup
-        .deployment
-        .start("upkeep-worker-backup", Vec::<&str>::new());
-    wait_for_worker(&mut doomed, "backups");
+    setup.stall_pg_dump(20);
+    let mut doomed = setup.start_worker();
     setup.backup_now().await;
     crate::support::eventually(
         "a partial dump under .tmp",
@@ -564,10 +556,7 @@ async fn a_worker_killed_mid_dump_leaves_no_final_file_and_no_row_and_the_next_r
     );
 
     setup.deployment.set_env("BACKUP_TEST_STALL", "0");
-    let mut next = setup
-        .deployment
-        .start("upkeep-worker-backup", Vec::<&str>::new());
-    wait_for_worker(&mut next, "backups");
+    let next = setup.start_worker();
     let job = setup.backup_now().await;
     let mut ledger = setup.deployment.ledger().await;
     wait_for_status(&mut ledger, job, "succeeded", JOB_TIMEOUT).await;
@@ -630,14 +619,8 @@ async fn the_free_space_pre_flight_fails_before_dumping_when_less_than_one_and_a
 #[tokio::test(flavor = "multi_thread")]
 async fn backup_stale_is_raised_without_any_backup_and_resolved_by_the_next_good_one_whose_retention_deletes_the_old()
  {
-    let setup = Setup::new(
-        "[backups.retention]\nkeep_last = 1\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\nmin_keep = 1\n",
-    )
-    .await;
-    let mut worker = setup
-        .deployment
-        .start("upkeep-worker-backup", Vec::<&str>::new());
-    wait_for_worker(&mut worker, "backups");
+    let setup = Setup::new(KEEP_ONE).await;
+    let _worker = setup.start_worker();
     let mut ledger = setup.deployment.ledger().await;
     // The daily full read notices that there is no good backup at all, though no backup job ran.
     let check = setup
@@ -700,10 +683,7 @@ async fn backup_stale_is_raised_without_any_backup_and_resolved_by_the_next_good
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dump_below_min_size_fails_with_backup_too_small_and_leaves_no_final_file() {
     let setup = Setup::new("min_size = \"100MiB\"").await;
-    let mut worker = setup
-        .deployment
-        .start("upkeep-worker-backup", Vec::<&str>::new());
-    wait_for_worker(&mut worker, "backups");
+    let _worker = setup.start_worker();
     let mut ledger = setup.deployment.ledger().await;
     let job = setup.backup_now().await;
     wait_for_status(&mut ledger, job, "failed", JOB_TIMEOUT).await;
@@ -734,10 +714,7 @@ async fn a_directory_format_backup_dumped_with_two_jobs_restores_the_same_conten
         setup.backups.path().display(),
         copies.path().display()
     ));
-    let mut worker = setup
-        .deployment
-        .start("upkeep-worker-backup", Vec::<&str>::new());
-    wait_for_worker(&mut worker, "backups");
+    let _worker = setup.start_worker();
     let mut ledger = setup.deployment.ledger().await;
     let job = setup.backup_now().await;
     wait_for_status(&mut ledger, job, "succeeded", JOB_TIMEOUT).await;

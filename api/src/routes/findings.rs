@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use crate::auth::{Caller, Role};
 use crate::params::Params;
 use crate::routes::openapi::ErrorBody;
-use crate::routes::runs::{DEFAULT_LIMIT, MAX_LIMIT, next_cursor};
+use crate::routes::page::PageRequest;
 use crate::{ApiError, AppState};
 
 /// The longest `code` accepted.
@@ -84,16 +84,15 @@ pub(crate) async fn list(
         ));
     }
     let open = params.bool("open")?;
-    let limit = params.int("limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
-    let before = params.int("before", 1, i64::MAX)?;
+    let page = PageRequest::take(&mut params)?;
     params.finish(&["severity", "code", "open", "limit", "before"])?;
     let filter = FindingFilter {
         severity,
         code,
         open,
     };
-    let rows = findings::page(&state.db, &filter, before, limit).await?;
-    let next = next_cursor(rows.len(), limit, rows.last().map(|row| row.id));
+    let rows = findings::page(&state.db, &filter, page.before, page.limit).await?;
+    let next = page.next(&rows, |row| row.id);
     Ok(Json(FindingsPage {
         findings: rows,
         next,

@@ -8,6 +8,7 @@ mod findings;
 mod health;
 mod jobs;
 pub(crate) mod openapi;
+mod page;
 mod queues;
 mod runs;
 mod schedules;

@@ -10,12 +10,8 @@ use utoipa::ToSchema;
 use crate::auth::{Caller, Role};
 use crate::params::Params;
 use crate::routes::openapi::ErrorBody;
+use crate::routes::page::PageRequest;
 use crate::{ApiError, AppState};
-
-/// The default page size of the keyset-paginated lists.
-pub(crate) const DEFAULT_LIMIT: i64 = 50;
-/// The largest page size.
-pub(crate) const MAX_LIMIT: i64 = 1000;
 
 /// A `job_runs` status, as the `status` filter takes it.
 #[derive(Debug, ToSchema)]
@@ -65,27 +61,17 @@ pub(crate) async fn list(
     caller.require(Role::Read)?;
     let kind = params.text("kind")?;
     let status = params.text("status")?;
-    let limit = params.int("limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
-    let before = params.int("before", 1, i64::MAX)?;
+    let page = PageRequest::take(&mut params)?;
     params.finish(&["kind", "status", "limit", "before"])?;
-    let filter = RunFilter::parse(kind.as_deref(), status.as_deref(), limit)?;
+    let filter = RunFilter::parse(kind.as_deref(), status.as_deref(), page.limit)?;
     let rows = runs::runs_page(
         &state.db,
         filter.kind.as_deref(),
         filter.status,
-        before,
+        page.before,
         filter.limit,
     )
     .await?;
-    let next = next_cursor(rows.len(), limit, rows.last().map(|row| row.id));
+    let next = page.next(&rows, |row| row.id);
     Ok(Json(RunsPage { runs: rows, next }))
-}
-
-/// The cursor of the next page: the last id when the page is full.
-pub(crate) fn next_cursor(n: usize, limit: i64, last_id: Option<i64>) -> Option<i64> {
-    if i64::try_from(n).unwrap_or(i64::MAX) >= limit {
-        last_id
-    } else {
-        None
-    }
 }
