@@ -188,6 +188,12 @@ async fn run_settler(
         flushes,
     }) = rx.recv().await
     {
+        // From here the settle reply, not a racing renewal, says whether each lease was lost.
+        leases.mark_settling(
+            settlements
+                .iter()
+                .map(|settlement| (settlement.id.as_str(), settlement.token.as_str())),
+        );
         while !settlements.is_empty() {
             match queue.settle(&settlements).await {
                 Ok(results) => {

@@ -112,6 +112,7 @@ pub(super) async fn fetch_batch(
                 started_at_ms: None,
                 job: job.clone(),
                 confirmed_until,
+                settling: false,
             },
         );
         if history.succeeded {
@@ -212,6 +213,7 @@ async fn take_over(shared: &Shared, lost: Reclaimed, confirmed_until: Instant) {
             started_at_ms,
             job: job.clone(),
             confirmed_until,
+            settling: false,
         },
     );
     let last = job.attempt >= job.max_attempts;

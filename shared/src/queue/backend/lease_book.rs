@@ -48,6 +48,10 @@ pub struct LeaseEntry {
     /// whatever the wall clocks say. A result is recorded in the ledger only while this is
     /// comfortably in the future (see [`LeaseBook::is_confirmed`]): that is the ledger's fence.
     pub confirmed_until: Instant,
+    /// Set once the attempt's settlement is on its way to Redis (its result, if any, is
+    /// committed). From then on the settle reply says whether the lease was still this
+    /// worker's: a renewal that runs after the ack landed finds the lease gone either way.
+    pub(super) settling: bool,
 }
 
 impl LeaseBook {
@@ -68,6 +72,33 @@ impl LeaseBook {
     pub(super) fn remove(&self, id: &str, token: &str) -> Option<LeaseEntry> {
         let mut entries = self.lock();
         if entries.get(id).is_some_and(|entry| entry.token == token) {
+            entries.remove(id)
+        } else {
+            None
+        }
+    }
+
+    /// Marks the leases `(id, token)` as being settled (see `LeaseEntry::settling`).
+    pub(super) fn mark_settling<'a>(&self, leases: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let mut entries = self.lock();
+        for (id, token) in leases {
+            if let Some(entry) = entries.get_mut(id)
+                && entry.token == token
+            {
+                entry.settling = true;
+            }
+        }
+    }
+
+    /// Removes lease `(id, token)`, which a renewal found lost, unless it is being settled: then
+    /// the renewal may have run after this worker's own ack, and the settle reply decides
+    /// (a refused ack is counted there, an applied one is no loss).
+    pub(super) fn remove_lost(&self, id: &str, token: &str) -> Option<LeaseEntry> {
+        let mut entries = self.lock();
+        if entries
+            .get(id)
+            .is_some_and(|entry| entry.token == token && !entry.settling)
+        {
             entries.remove(id)
         } else {
             None
@@ -128,5 +159,52 @@ impl LeaseBook {
         self.entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{JobId, QueueName};
+
+    fn entry(token: &str) -> LeaseEntry {
+        LeaseEntry {
+            token: token.to_owned(),
+            purpose: LeasePurpose::Run,
+            started_at_ms: Some(0),
+            job: Arc::new(Job {
+                id: JobId::new(),
+                kind: "test.noop".to_owned(),
+                queue: QueueName::parse("q").expect("a valid queue name"),
+                args: serde_json::Value::Null,
+                payload_error: None,
+                attempt: 1,
+                max_attempts: 3,
+                enqueued_at_ms: 0,
+                schedule: None,
+                tick_ms: None,
+            }),
+            confirmed_until: Instant::now(),
+            settling: false,
+        }
+    }
+
+    #[test]
+    fn a_lease_found_lost_by_a_renewal_is_dropped_unless_its_settlement_is_on_its_way() {
+        let book = LeaseBook::default();
+        book.insert("running".to_owned(), entry("t1"));
+        book.insert("acked".to_owned(), entry("t2"));
+        book.mark_settling([("acked", "t2"), ("running", "stale")]);
+
+        assert!(book.remove_lost("running", "t1").is_some(), "really lost");
+        assert!(
+            book.remove_lost("acked", "t2").is_none(),
+            "the settle reply decides"
+        );
+        assert!(
+            book.remove("acked", "t2").is_some(),
+            "the settler removes it"
+        );
+        assert!(book.is_empty());
     }
 }

@@ -35,8 +35,9 @@ pub(super) async fn run_renewer(
                 // A worker whose slots are all busy does not fetch; its renewals are its beat.
                 crate::daemons::vitals().worker_round_trip(queue.name().as_str(), kept.len());
                 for (id, token) in gone {
-                    // Still in the book means we did not settle it ourselves in the meantime.
-                    if leases.remove(&id, &token).is_some() {
+                    // A renewal sent after this worker's own ack finds that lease gone too: one
+                    // still in the book and not being settled is really lost.
+                    if leases.remove_lost(&id, &token).is_some() {
                         counters.lost_leases.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(queue = %queue.name(), job_id = %id, worker_id = %worker_id, "lease lost; its ack will be refused");
                     }
