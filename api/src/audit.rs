@@ -21,7 +21,7 @@ pub(crate) struct Mutation {
 }
 
 /// The actor recorded for a call without a valid token, by the API and the dashboard alike.
-pub(crate) const ANONYMOUS: &str = "anonymous";
+pub(crate) use upkeep_shared::api_access::ANONYMOUS_ACTOR as ANONYMOUS;
 
 impl Mutation {
     /// Lets a call to `action` on `target` through, or records and returns why not.

@@ -55,6 +55,9 @@ pub struct ApiToken {
 /// The name of the token `UPKEEP_API_TOKEN` (`api.token`) defines, with the `operate` role.
 pub const ENV_TOKEN_NAME: &str = "env";
 
+/// The audit actor of a call refused before it was authenticated; no token may take it.
+pub const ANONYMOUS_ACTOR: &str = "anonymous";
+
 /// Problems of the `tokens`, `mutating_rate_per_minute` and `cors_origins` keys of `[api]`.
 pub fn validate(
     tokens: &[ApiToken],
@@ -84,6 +87,14 @@ pub fn validate(
             problems.push(
                 format!("{at}.name"),
                 format!("{ENV_TOKEN_NAME:?} is the name of UPKEEP_API_TOKEN's token; pick another"),
+            );
+        } else if name == ANONYMOUS_ACTOR {
+            problems.push(
+                format!("{at}.name"),
+                format!(
+                    "{ANONYMOUS_ACTOR:?} is how the audit trail names refused, unauthenticated \
+                     calls; pick another"
+                ),
             );
         } else if !names.insert(name.to_owned()) {
             problems.push(
@@ -183,6 +194,23 @@ mod tests {
         assert_eq!(decode_digest(&hex), Some([0xab; 32]));
         assert_eq!(decode_digest("abc"), None);
         assert_eq!(decode_digest(&"zz".repeat(32)), None);
+    }
+
+    #[test]
+    fn the_env_and_anonymous_names_are_reserved() {
+        for reserved in [ENV_TOKEN_NAME, ANONYMOUS_ACTOR, "ok-name"] {
+            let token = ApiToken {
+                name: reserved.to_owned(),
+                role: ApiRole::Read,
+                sha256: Some("ab".repeat(32)),
+                token: None,
+            };
+            let mut problems = Problems::default();
+            validate(&[token], 60, &[], "api", &mut problems);
+            let keys: Vec<String> = problems.into_vec().into_iter().map(|p| p.key).collect();
+            let named = keys.iter().any(|key| key == "api.tokens[0].name");
+            assert_eq!(named, reserved != "ok-name", "{reserved}: {keys:?}");
+        }
     }
 
     #[test]
