@@ -12,6 +12,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::settings::{Problems, Section, check_min_duration, redact_url};
 
+/// How long a pooled connection may sit idle before it is pinged when handed out again.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// The `[database]` section.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -71,12 +74,28 @@ impl DatabaseSettings {
         PgConnectOptions::from_str(self.url.expose_secret())
     }
 
-    /// Pool options: `max_connections`, and `connect_timeout` as the acquire timeout.
+    /// Pool options: `max_connections`, `connect_timeout` as the acquire timeout, and a
+    /// liveness check only for connections idle at least a second.
+    ///
+    /// sqlx pings every connection it hands out by default: a round trip before every ledger
+    /// write, on the path of every job in live mode (`upkeepctl bench --live`). A connection in
+    /// steady use is proven alive by its last statement (sqlx pings it again when it comes
+    /// back, and closes it when that fails), so only one that sat idle, where a restarted
+    /// server or a forgetful firewall may have cut it, is pinged before use.
     #[must_use]
     pub fn pool_options(&self) -> PgPoolOptions {
         PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(self.connect_timeout)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IDLE_AFTER {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
     }
 
     /// Opens a pool and checks one connection.

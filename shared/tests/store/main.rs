@@ -10,6 +10,7 @@ mod findings;
 mod health;
 mod helpers;
 mod partitions;
+mod pool;
 mod runs;
 mod schedules;
 mod tasks;
