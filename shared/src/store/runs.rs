@@ -14,11 +14,13 @@
 //! whole months there. [`delete_runs_older_than`] deletes rows in bounded batches, for callers
 //! that need a finer cut.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
+use sqlx::types::Json;
 use sqlx::{FromRow, PgPool, Row};
 use uuid::Uuid;
 
@@ -126,7 +128,7 @@ pub struct RunRow {
 /// When the batch holds the same attempt twice, the most final record wins.
 ///
 /// # Errors
-/// [`Error::Database`] on a database error, [`Error::Encode`] when an outcome cannot be encoded.
+/// [`Error::Database`] on a database error, or when an outcome cannot be encoded.
 /// Nothing is written then: the statement is atomic.
 pub async fn record_runs(pool: &PgPool, records: &[RunRecord]) -> Result<u64, Error> {
     Ok(write_batch(pool, records).await?.len() as u64)
@@ -153,7 +155,7 @@ async fn write_batch(pool: &PgPool, records: &[RunRecord]) -> Result<HashSet<(Uu
     let n_rows = best.len();
     let mut columns = Columns::with_capacity(n_rows);
     for record in best.into_values() {
-        columns.push(record)?;
+        columns.push(record);
     }
     let written: Vec<(Uuid, i32)> = sqlx::query_as(RECORD_RUNS_SQL)
         .bind(columns.job_id)
@@ -310,15 +312,21 @@ pub async fn record_runs_read_back(
 ) -> Result<Vec<StoredRun>, Error> {
     let mut stored: Vec<Option<StoredRun>> = vec![None; records.len()];
     let mut pending: Vec<usize> = (0..records.len()).collect();
-    let mut batch: Vec<RunRecord> = records.to_vec();
+    // Copied only when a record is renumbered (after Redis lost writes): the common batch is
+    // written straight from `records`.
+    let mut batch: Cow<'_, [RunRecord]> = Cow::Borrowed(records);
     // Each round writes what is pending; a renumbered record that loses a race for its new
     // number to a concurrent writer is tried again with the next one.
     for _round in 0..4 {
         if pending.is_empty() {
             break;
         }
-        let to_write: Vec<RunRecord> = pending.iter().map(|idx| batch[*idx].clone()).collect();
-        let written = write_batch(pool, &to_write).await?;
+        let written = if pending.len() == batch.len() {
+            write_batch(pool, &batch).await?
+        } else {
+            let to_write: Vec<RunRecord> = pending.iter().map(|idx| batch[*idx].clone()).collect();
+            write_batch(pool, &to_write).await?
+        };
         let unwritten: Vec<usize> = pending
             .iter()
             .copied()
@@ -372,7 +380,7 @@ pub async fn record_runs_read_back(
                 && summary.is_some_and(|summary| summary.success.is_some());
             match (replayed, second_success, summary) {
                 (true, false, Some(summary)) => {
-                    batch[idx].attempt = summary.last_attempt + 1;
+                    batch.to_mut()[idx].attempt = summary.last_attempt + 1;
                     renumbered.push(idx);
                 }
                 (_, true, Some(summary)) => {
@@ -669,7 +677,8 @@ struct Columns<'a> {
     finished_at: Vec<Option<DateTime<Utc>>>,
     worker: Vec<&'a str>,
     args: Vec<&'a serde_json::Value>,
-    outcome: Vec<Option<serde_json::Value>>,
+    /// Serialized straight from the outcome when bound (no intermediate `serde_json::Value`).
+    outcome: Vec<Option<Json<&'a Outcome>>>,
     error: Vec<Option<&'a str>>,
     next_state: Vec<Option<&'a str>>,
 }
@@ -695,16 +704,7 @@ impl<'a> Columns<'a> {
         }
     }
 
-    fn push(&mut self, record: &'a RunRecord) -> Result<(), Error> {
-        let outcome = record
-            .outcome
-            .as_ref()
-            .map(serde_json::to_value)
-            .transpose()
-            .map_err(|source| Error::Encode {
-                what: "an outcome",
-                source,
-            })?;
+    fn push(&mut self, record: &'a RunRecord) {
         self.job_id.push(record.job_id.0);
         self.attempt.push(record.attempt);
         self.kind.push(&record.kind);
@@ -717,10 +717,9 @@ impl<'a> Columns<'a> {
         self.finished_at.push(record.finished_at);
         self.worker.push(&record.worker);
         self.args.push(&record.args);
-        self.outcome.push(outcome);
+        self.outcome.push(record.outcome.as_ref().map(Json));
         self.error.push(record.error.as_deref());
         self.next_state.push(record.next_state.as_deref());
-        Ok(())
     }
 }
 

@@ -117,6 +117,86 @@ async fn a_replayed_attempt_number_is_stored_under_the_next_one_and_a_second_suc
 }
 
 #[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn a_replayed_attempt_inside_a_batch_is_renumbered_and_the_rest_of_the_batch_reads_back_as_given(
+    pool: PgPool,
+) {
+    // Arrange: one job's attempt 1 already failed on another worker; a batch holds that
+    // attempt number again (Redis lost writes) between fresh first attempts.
+    let replayed_job = JobId::new();
+    runs::record_runs(&pool, &[record(replayed_job, 1, RunStatus::Failed)])
+        .await
+        .unwrap();
+    let mut replayed = record(replayed_job, 1, RunStatus::Succeeded);
+    replayed.worker = "worker-b".to_owned();
+    let fresh: Vec<_> = (0..5)
+        .map(|_| record(JobId::new(), 1, RunStatus::Succeeded))
+        .collect();
+    let mut batch = fresh.clone();
+    batch.insert(2, replayed);
+
+    // Act
+    let stored = runs::record_runs_read_back(&pool, &batch).await.unwrap();
+
+    // Assert: one answer per record, in order; only the replayed one moved.
+    let summary: Vec<(i32, RunStatus)> = stored.iter().map(|s| (s.attempt, s.status)).collect();
+    let mut expected = vec![(1, RunStatus::Succeeded); 5];
+    expected.insert(2, (2, RunStatus::Succeeded));
+    assert_eq!(summary, expected);
+    for record in &fresh {
+        let rows = runs::runs_for_job(&pool, record.job_id).await.unwrap();
+        assert_eq!(rows.len(), 1, "a fresh record is written once");
+    }
+    let rows = runs::runs_for_job(&pool, replayed_job).await.unwrap();
+    let attempts: Vec<(i32, RunStatus)> = rows.iter().map(|r| (r.attempt, r.status)).collect();
+    assert_eq!(
+        attempts,
+        vec![(1, RunStatus::Failed), (2, RunStatus::Succeeded)]
+    );
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn two_batches_written_at_once_with_the_same_attempt_leave_one_row_and_read_back_the_same(
+    pool: PgPool,
+) {
+    // Arrange: a worker keeps two ledger writes in flight; a redelivery puts the same attempt
+    // in both (the late result of a lease that another fetch took over as abandoned), each
+    // between other jobs' results.
+    let job_id = JobId::new();
+    let result = record(job_id, 1, RunStatus::Succeeded);
+    let mut takeover = record(job_id, 1, RunStatus::Abandoned);
+    takeover.worker = "worker-b".to_owned();
+    takeover.next_state = Some("retrying".to_owned());
+    let mut first: Vec<_> = (0..50)
+        .map(|_| record(JobId::new(), 1, RunStatus::Succeeded))
+        .collect();
+    first.push(result);
+    let mut second: Vec<_> = (0..50)
+        .map(|_| record(JobId::new(), 1, RunStatus::Succeeded))
+        .collect();
+    second.insert(0, takeover);
+
+    // Act
+    let (first_stored, second_stored) = tokio::join!(
+        runs::record_runs_read_back(&pool, &first),
+        runs::record_runs_read_back(&pool, &second)
+    );
+    let (first_stored, second_stored) = (first_stored.unwrap(), second_stored.unwrap());
+
+    // Assert: one row for the attempt, whichever batch committed first, and both batches
+    // read back that row for it; every other record is written once.
+    let rows = runs::runs_for_job(&pool, job_id).await.unwrap();
+    assert_eq!(rows.len(), 1, "one row per (job, attempt)");
+    let standing = (rows[0].attempt, rows[0].status);
+    let in_first = first_stored.last().expect("the first batch is not empty");
+    assert_eq!((in_first.attempt, in_first.status), standing);
+    assert_eq!(
+        (second_stored[0].attempt, second_stored[0].status),
+        standing
+    );
+    assert_eq!(count(&pool, "SELECT count(*) FROM job_runs").await, 101);
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
 async fn a_running_row_is_completed_by_its_final_record_and_not_by_another_running_one(
     pool: PgPool,
 ) {

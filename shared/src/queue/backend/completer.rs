@@ -2,8 +2,10 @@
 //! call, each job settled to what the ledger holds for its attempt.
 //!
 //! A two-stage pipeline: stage one writes a batch to the ledger, stage two settles it in Redis.
-//! Each stage is sequential, so ledger batches stay as large as the backlog allows (one commit,
-//! one fsync, per batch), while one batch's settle overlaps the next batch's commit. A job
+//! Stage one keeps up to two batches in flight (each one statement and one commit, on its own
+//! connection), so one batch's statement runs while the other's commit is flushed; stage two is
+//! sequential and settles the batches in the order stage one took them. Batches stay as large
+//! as the backlog allows, and one batch's settle overlaps the next batches' commits. A job
 //! reaches stage two only after its row is committed.
 //!
 //! The ledger decides: [`Ledger::record`] returns the row that stands for each attempt, and the
@@ -13,11 +15,13 @@
 //! again; without one, the attempt counts and the job goes back to `ready` (or dead on the last
 //! attempt).
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use super::lease_book::{LeaseBook, LeasePurpose};
 use super::{BackendCounters, fence_margin, now_ms};
@@ -43,6 +47,26 @@ pub(super) enum Completion {
 /// Most attempts recorded and settled per round trip.
 const COMPLETION_BATCH: usize = 256;
 
+/// Most ledger writes in flight at once, each a batch on its own connection. With one, the
+/// ledger stage idles through every commit's fsync and round trip while the next batch waits;
+/// with two, one batch's statement runs while the other's commit is flushed, and Postgres
+/// can flush both commits in one fsync. Their settles still go to Redis in the order the
+/// batches were taken, each after its own commit.
+const LEDGER_WRITES_IN_FLIGHT: usize = 2;
+
+/// What a ledger write needs, shared by the writes in flight.
+struct LedgerStage {
+    queue_name: String,
+    ledger: Arc<dyn Ledger>,
+    leases: Arc<LeaseBook>,
+    counters: Arc<BackendCounters>,
+    ledger_down: Arc<AtomicBool>,
+    margin: Duration,
+    /// One outage for the stage, whichever write meets it. A std mutex: it is held only
+    /// around `failed`/`recovered`, never across an await.
+    outage: Mutex<Outage>,
+}
+
 /// Runs the pipeline until the channel closes.
 pub(super) async fn run_completer(
     mut rx: mpsc::Receiver<Completion>,
@@ -53,20 +77,70 @@ pub(super) async fn run_completer(
     ledger_down: Arc<AtomicBool>,
 ) {
     let (settle_tx, settle_rx) = mpsc::channel::<RecordedBatch>(2);
-    let margin = fence_margin(&queue);
-    let queue_name = queue.name().to_string();
+    let stage = Arc::new(LedgerStage {
+        queue_name: queue.name().to_string(),
+        ledger,
+        leases: leases.clone(),
+        counters: counters.clone(),
+        ledger_down,
+        margin: fence_margin(&queue),
+        outage: Mutex::new(Outage::new("postgres", "record attempts")),
+    });
     let settler = tokio::spawn(run_settler(
         settle_rx,
         queue,
         leases.clone(),
         counters.clone(),
     ));
-    let mut ledger_outage = Outage::new("postgres", "record attempts");
+    // Ledger writes in flight, oldest first: they are settled in this order.
+    let mut writes: VecDeque<JoinHandle<RecordedBatch>> = VecDeque::new();
     let mut batch = Vec::with_capacity(COMPLETION_BATCH);
-    while rx.recv_many(&mut batch, COMPLETION_BATCH).await > 0 {
+    let mut open = true;
+    loop {
+        let full = writes.len() >= LEDGER_WRITES_IN_FLIGHT;
+        let recorded = tokio::select! {
+            biased;
+            joined = async { writes.front_mut().expect("checked non-empty").await },
+                if !writes.is_empty() => {
+                writes.pop_front();
+                joined
+            }
+            n_received = rx.recv_many(&mut batch, COMPLETION_BATCH), if open && !full => {
+                if n_received == 0 {
+                    open = false;
+                } else {
+                    let stage = stage.clone();
+                    let completions = std::mem::replace(
+                        &mut batch,
+                        Vec::with_capacity(COMPLETION_BATCH),
+                    );
+                    writes.push_back(tokio::spawn(stage.record(completions)));
+                }
+                continue;
+            }
+            else => break,
+        };
+        let Ok(recorded) = recorded else {
+            // A write task panicked: its jobs stay leased in Redis, and whoever takes the
+            // expired leases over settles them from the ledger.
+            tracing::error!(queue = %stage.queue_name, "a ledger write failed unexpectedly; its leases will expire");
+            continue;
+        };
+        if settle_tx.send(recorded).await.is_err() {
+            return;
+        }
+    }
+    drop(settle_tx);
+    let _ = settler.await;
+}
+
+impl LedgerStage {
+    /// Writes one batch to the ledger (retrying until it is committed) and returns its
+    /// settlements, each following the row the ledger holds for its attempt.
+    async fn record(self: Arc<Self>, batch: Vec<Completion>) -> RecordedBatch {
         let mut finished = Vec::with_capacity(batch.len());
         let mut flushes = Vec::new();
-        for completion in batch.drain(..) {
+        for completion in batch {
             match completion {
                 Completion::Finished {
                     attempt,
@@ -82,13 +156,17 @@ pub(super) async fn run_completer(
             // worker cut off from Redis (whose job may be running elsewhere by now) never
             // records a second success. Checked again before every retry of the write.
             finished.retain(|(attempt, settlement, fenced)| {
-                if !fenced || leases.is_confirmed(&settlement.id, &settlement.token, margin) {
+                if !fenced
+                    || self
+                        .leases
+                        .is_confirmed(&settlement.id, &settlement.token, self.margin)
+                {
                     return true;
                 }
-                leases.remove(&settlement.id, &settlement.token);
-                counters.fenced_results.fetch_add(1, Ordering::Relaxed);
+                self.leases.remove(&settlement.id, &settlement.token);
+                self.counters.fenced_results.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
-                    queue = %queue_name, job_id = %settlement.id,
+                    queue = %self.queue_name, job_id = %settlement.id,
                     attempt = attempt.as_ref().map(|a| a.attempt),
                     "lease no longer confirmed; result dropped before the ledger"
                 );
@@ -101,15 +179,15 @@ pub(super) async fn run_completer(
             if attempts.is_empty() {
                 break Vec::new();
             }
-            match ledger.record(attempts).await {
+            match self.ledger.record(attempts).await {
                 Ok(recorded) => {
-                    ledger_outage.recovered();
-                    ledger_down.store(false, Ordering::Release);
+                    lock(&self.outage).recovered();
+                    self.ledger_down.store(false, Ordering::Release);
                     break recorded;
                 }
                 Err(error) => {
-                    ledger_down.store(true, Ordering::Release);
-                    let delay = ledger_outage.failed(&*error);
+                    self.ledger_down.store(true, Ordering::Release);
+                    let delay = lock(&self.outage).failed(&*error);
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -119,25 +197,25 @@ pub(super) async fn run_completer(
             .into_iter()
             .map(|(attempt, settlement, _)| match attempt {
                 Some(attempt) => match recorded.next() {
-                    Some(row) => settle_as_recorded(&queue_name, &attempt, &row, settlement),
+                    Some(row) => settle_as_recorded(&self.queue_name, &attempt, &row, settlement),
                     None => settlement,
                 },
                 None => settlement,
             })
             .collect();
-        if settle_tx
-            .send(RecordedBatch {
-                settlements,
-                flushes,
-            })
-            .await
-            .is_err()
-        {
-            return;
+        RecordedBatch {
+            settlements,
+            flushes,
         }
     }
-    drop(settle_tx);
-    let _ = settler.await;
+}
+
+fn lock(outage: &Mutex<Outage>) -> std::sync::MutexGuard<'_, Outage> {
+    // A poisoned lock means a panic inside `failed`/`recovered`; the outage state is still
+    // usable (at worst one log line too many).
+    outage
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The settlement that makes Redis agree with the ledger's `row` for `attempt`: the worker's
