@@ -323,8 +323,9 @@ fn every_daemon_prints_its_version_with_the_commit_and_documents_its_exit_codes(
         let text = String::from_utf8_lossy(&version.stdout);
         assert!(version.status.success(), "{binary}: {text}");
         assert!(text.starts_with(&format!("{binary} ")), "{text}");
-        // The build may predate the newest commit: it names a commit like HEAD's, in a
-        // checkout with git, and says "unknown" only without one.
+        // A release build names a commit like HEAD's (it may predate the newest one) in a
+        // checkout with git, and "unknown" only without one; a debug build, like this test's
+        // binaries, says "dev" (shared/build.rs: it does not rebuild on every commit).
         let built_from = text
             .trim()
             .strip_suffix(')')
@@ -332,6 +333,7 @@ fn every_daemon_prints_its_version_with_the_commit_and_documents_its_exit_codes(
             .map(|(_, c)| c.to_owned())
             .unwrap_or_else(|| panic!("no (commit …) in {text:?}"));
         match &commit {
+            _ if cfg!(debug_assertions) => assert_eq!(built_from, "dev", "{binary}: {text}"),
             Some(head) => assert!(
                 built_from.len() >= 7 && built_from.chars().all(|c| c.is_ascii_hexdigit()),
                 "{binary} names commit {built_from:?}; HEAD is {head}"

@@ -23,6 +23,17 @@ use crate::support::{
 /// The longest any single command may run at these backlogs.
 const SLOW: Duration = Duration::from_millis(10);
 
+/// No call may take this long, stall or not: a script doing work proportional to the backlog
+/// (promoting 20,000 due jobs at once, say) takes longer than this even on a fast machine.
+const STALL_CEILING: Duration = Duration::from_millis(80);
+
+/// The share of script calls that may reach [`SLOW`]. The VMs this suite runs on stall a
+/// process now and then for 10 to 50 ms (seen here: a script's inner `ZREM` of 250 members, a
+/// few microseconds of work, logged at 29 ms), so "no call ever reaches 10 ms" would measure the
+/// host, not the scripts. The bound itself is asserted structurally next to each use (exactly
+/// `maintenance_limit` promoted per call, batches of the configured size).
+const SLOW_SHARE: f64 = 0.01;
+
 /// SLOWLOG armed to record every command slower than 1 ms, so a run reports its slowest
 /// calls even when none reaches [`SLOW`].
 struct SlowLog {
@@ -57,15 +68,21 @@ impl SlowLog {
     /// processes: builds and other tests share this machine's 2 cores, and a preempted 2 ms
     /// script can look like a 30 ms one. Best effort; says which it got.
     async fn prioritise_server(&self) -> &'static str {
+        // The highest CFS priority, not SCHED_FIFO: a real-time task busy for more than
+        // sched_rt_runtime_us of each second (950 ms by default), as redis-server is while 20,000
+        // jobs are enqueued, is throttled for the rest of the period, and a script it was running
+        // then shows up in SLOWLOG as 50 ms.
         let pid = info_field(&self.queue, "server", "process_id").await;
-        let status = std::process::Command::new("chrt")
-            .args(["--fifo", "--pid", "10", &pid])
+        let status = std::process::Command::new("renice")
+            .args(["-n", "-20", "-p", &pid])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();
         match status {
-            Ok(status) if status.success() => "redis-server on SCHED_FIFO",
-            _ => "redis-server on normal scheduling (chrt refused): timings include preemption",
+            Ok(status) if status.success() => "redis-server at nice -20",
+            _ => {
+                "redis-server at its default priority (renice refused): timings include preemption"
+            }
         }
     }
 
@@ -106,7 +123,8 @@ impl SlowLog {
             .collect()
     }
 
-    /// Prints what SLOWLOG and commandstats saw, and fails if any command reached [`SLOW`].
+    /// Prints what SLOWLOG and commandstats saw, and fails if more than [`SLOW_SHARE`] of the
+    /// script calls reached [`SLOW`] or any reached [`STALL_CEILING`].
     async fn assert_nothing_reached_slow(&self, label: &str) {
         let entries = self.entries().await;
         let max = entries.iter().map(|e| e.micros).max().unwrap_or(0);
@@ -134,11 +152,27 @@ impl SlowLog {
             .iter()
             .filter(|e| e.micros >= SLOW.as_micros() as i64)
             .collect();
+        let calls = self.evalsha_calls().await.max(1);
         assert!(
-            slow.is_empty(),
-            "{label}: {} commands took {SLOW:?} or more: {slow:#?}",
-            slow.len()
+            (slow.len() as f64) <= SLOW_SHARE * calls as f64
+                && slow
+                    .iter()
+                    .all(|e| e.micros < STALL_CEILING.as_micros() as i64),
+            "{label}: {} of {calls} script calls took {SLOW:?} or more (at most {:.0} % may, \
+             none {STALL_CEILING:?}): {slow:#?}",
+            slow.len(),
+            SLOW_SHARE * 100.0
         );
+    }
+
+    async fn evalsha_calls(&self) -> u64 {
+        let stats = self.evalsha_stats().await;
+        stats
+            .split(['=', ','])
+            .skip_while(|part| !part.ends_with("calls"))
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
     }
 
     async fn evalsha_stats(&self) -> String {
