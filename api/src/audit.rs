@@ -1,4 +1,5 @@
-//! The gate of every mutating route: authenticate, check the `operate` role, take one call
+//! The gate of every mutating route (and of reading a secret): authenticate, check the
+//! `operate` role (`tokens` to read an access token), take one call
 //! from the token's rate-limit bucket, and write the call to `audit_log` (token name, action,
 //! target, client address, result) whatever its outcome, refusals included. A call that is
 //! refused before it is authenticated is recorded under the actor [`ANONYMOUS`], as is a
@@ -35,12 +36,27 @@ impl Mutation {
         action: &'static str,
         target: impl Into<String>,
     ) -> Result<Self, ApiError> {
+        Self::admit_with_role(state, caller, client, Role::Operate, action, target).await
+    }
+
+    /// As [`Mutation::admit`], for a call that needs `role` (reading a secret needs `tokens`).
+    ///
+    /// # Errors
+    /// 401, 403 or 429 (each audited), or the audit write's own failure.
+    pub(crate) async fn admit_with_role(
+        state: &AppState,
+        caller: Result<Caller, ApiError>,
+        client: SocketAddr,
+        role: Role,
+        action: &'static str,
+        target: impl Into<String>,
+    ) -> Result<Self, ApiError> {
         let target = target.into();
         let client = client.ip().to_string();
         let (actor, refused) = match caller {
             Err(error) => (ANONYMOUS.to_owned(), error),
             Ok(caller) => match caller
-                .require(Role::Operate)
+                .require(role)
                 .and_then(|()| state.access.admit_mutation(&caller))
             {
                 Ok(()) => {

@@ -79,7 +79,12 @@ pub struct Answers {
     pub checklists: coalesce::Coalescer<(Period, NaiveDate), Arc<checklist::Checklist>>,
     /// Every queue's stats, in configuration order.
     pub queue_stats: coalesce::Coalescer<(), Arc<Vec<QueueStats>>>,
+    /// Pages of `GET /api/v1/runs` by kind, status, `before` and limit.
+    pub(crate) runs_pages: coalesce::Coalescer<RunsPageKey, Arc<routes::RunsPage>>,
 }
+
+/// What a page of `GET /api/v1/runs` depends on.
+type RunsPageKey = (Option<String>, Option<&'static str>, Option<i64>, i64);
 
 impl AppState {
     /// The checklist of `period` for the window containing `date`, evaluated at the time its

@@ -6,9 +6,9 @@ use std::io::Read as _;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
-use secrecy::{ExposeSecret, SecretBox, SecretString};
-use upkeep_shared::config::{SecretKey, Settings};
-use upkeep_shared::tokens::{Key, Keyring, admin};
+use secrecy::{ExposeSecret, SecretString};
+use upkeep_shared::config::Settings;
+use upkeep_shared::tokens::{Keyring, admin};
 
 /// Arguments of `upkeepctl tokens`.
 #[derive(Debug, Args)]
@@ -146,13 +146,5 @@ pub(crate) async fn run(settings: &Settings, args: TokensArgs) -> anyhow::Result
 }
 
 fn keyring(settings: &Settings) -> anyhow::Result<Keyring> {
-    let key = |secret: &SecretKey| Key::new(&SecretBox::new(Box::new(*secret.expose_bytes())));
-    let current = settings
-        .secret_key
-        .as_ref()
-        .context("UPKEEP_SECRET_KEY is not set (base64 of 32 bytes); stored credentials need it")?;
-    Ok(Keyring::new(
-        key(current),
-        settings.secret_key_previous.as_ref().map(key),
-    ))
+    Ok(upkeep_shared::tokens::keyring(settings)?)
 }

@@ -11,8 +11,11 @@ pub(crate) mod openapi;
 mod page;
 mod queues;
 mod runs;
+
+pub(crate) use runs::RunsPage;
 mod schedules;
 mod tasks;
+mod tokens;
 
 use axum::Router;
 use axum::http::Method;
@@ -51,6 +54,12 @@ fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::POST, "/api/v1/tasks/{id}/ack", post(tasks::ack)),
         (Method::GET, "/api/v1/findings", get(findings::list)),
         (Method::GET, "/api/v1/backups", get(backups::list)),
+        (Method::GET, "/api/v1/tokens", get(tokens::list)),
+        (
+            Method::GET,
+            "/api/v1/tokens/{provider}/access_token",
+            get(tokens::access_token),
+        ),
     ]
 }
 

@@ -23,7 +23,7 @@ pub(crate) struct ErrorBody {
     info(
         title = "upkeep",
         description = "upkeep's operator API: task lists with evidence, queues, runs, dead \
-                       letters, schedules, findings, backups. Every route but health and this \
+                       letters, schedules, findings, backups, OAuth2 credentials. Every route but health and this \
                        document needs `Authorization: Bearer <token>`; errors are \
                        `{\"error\", \"field\"}`."
     ),
@@ -44,6 +44,8 @@ pub(crate) struct ErrorBody {
         super::tasks::ack,
         super::findings::list,
         super::backups::list,
+        super::tokens::list,
+        super::tokens::access_token,
     ),
     components(schemas(ErrorBody)),
     modifiers(&Bearer),
@@ -54,6 +56,7 @@ pub(crate) struct ErrorBody {
         (name = "queues", description = "Queue stats and dead letters"),
         (name = "schedules", description = "Cron schedules"),
         (name = "tasks", description = "The checklist"),
+        (name = "tokens", description = "OAuth2 credentials and their access tokens"),
     )
 )]
 pub struct ApiDoc;

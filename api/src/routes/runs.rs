@@ -1,5 +1,7 @@
 //! `GET /api/v1/runs`: attempts from the ledger, newest first, in keyset pages by row id.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
@@ -26,7 +28,7 @@ pub(crate) enum RunStatusParam {
 }
 
 /// One page of attempts.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct RunsPage {
     /// Attempts, newest row first.
     #[schema(value_type = Vec<Object>)]
@@ -64,14 +66,29 @@ pub(crate) async fn list(
     let page = PageRequest::take(&mut params)?;
     params.finish(&["kind", "status", "limit", "before"])?;
     let filter = RunFilter::parse(kind.as_deref(), status.as_deref(), page.limit)?;
-    let rows = runs::runs_page(
-        &state.db,
-        filter.kind.as_deref(),
-        filter.status,
+    // Concurrent requests for the same page (dashboards polling the newest attempts) share
+    // one query that started after they arrived.
+    let key = (
+        filter.kind.clone(),
+        filter.status.map(|status| status.as_str()),
         page.before,
         filter.limit,
-    )
-    .await?;
-    let next = page.next(&rows, |row| row.id);
-    Ok(Json(RunsPage { runs: rows, next }))
+    );
+    let shared = state
+        .answers
+        .runs_pages
+        .get(key, || async {
+            let rows = runs::runs_page(
+                &state.db,
+                filter.kind.as_deref(),
+                filter.status,
+                page.before,
+                filter.limit,
+            )
+            .await?;
+            let next = page.next(&rows, |row| row.id);
+            Ok::<_, ApiError>(Arc::new(RunsPage { runs: rows, next }))
+        })
+        .await?;
+    Ok(Json(RunsPage::clone(&shared)))
 }

@@ -7,6 +7,7 @@ mod openapi;
 mod pagination;
 mod routes;
 mod tasks;
+mod tokens;
 
 use std::collections::HashMap;
 
@@ -20,6 +21,8 @@ use upkeep_shared::config::Settings;
 pub(crate) const TOKEN: &str = "test-operate-token";
 /// A `read` token named `reader`, configured by its SHA-256 digest.
 pub(crate) const READ_TOKEN: &str = "test-read-token";
+/// Every byte of the servers' `UPKEEP_SECRET_KEY` (the OAuth2 credentials' key).
+pub(crate) const SECRET_KEY_BYTE: u8 = 7;
 /// A `tokens` token named `keeper`, configured through `token_env`.
 pub(crate) const KEEPER_TOKEN: &str = "test-keeper-token";
 
@@ -62,6 +65,11 @@ impl Api {
             ("REDIS_URL".to_owned(), redis_url),
             ("UPKEEP_API_TOKEN".to_owned(), TOKEN.to_owned()),
             ("KEEPER_TOKEN".to_owned(), KEEPER_TOKEN.to_owned()),
+            (
+                "UPKEEP_SECRET_KEY".to_owned(),
+                // base64 of 32 bytes of SECRET_KEY_BYTE
+                "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=".to_owned(),
+            ),
         ]);
         let settings = Settings::from_toml_str(&toml, &env).expect("test settings are valid");
         let mut state = AppState::connect_lazy(settings).expect("state");

@@ -23,6 +23,22 @@ pub mod refresher;
 pub mod settings;
 
 pub use crypto::{Column, Key, Keyring};
+
+/// The keyring of `settings`: `UPKEEP_SECRET_KEY`, and `UPKEEP_SECRET_KEY_PREVIOUS` during a
+/// rotation.
+///
+/// # Errors
+/// [`Error::NoKey`] without `UPKEEP_SECRET_KEY`.
+pub fn keyring(settings: &crate::config::Settings) -> Result<Keyring, Error> {
+    let key = |secret: &crate::config::SecretKey| {
+        Key::new(&secrecy::SecretBox::new(Box::new(*secret.expose_bytes())))
+    };
+    let current = settings.secret_key.as_ref().ok_or(Error::NoKey)?;
+    Ok(Keyring::new(
+        key(current),
+        settings.secret_key_previous.as_ref().map(key),
+    ))
+}
 pub use refresher::Refresher;
 pub use settings::{AuthMethod, ProviderSettings, TokenSettings};
 

@@ -29,12 +29,7 @@ struct RefreshArgs {
 /// When the HTTP client cannot be built.
 pub fn refresher(ctx: &HandlerContext) -> Result<Refresher, tokens::Error> {
     let settings = &ctx.settings;
-    let keyring = settings.secret_key.as_ref().map(|current| {
-        let key = |secret: &upkeep_shared::config::SecretKey| {
-            tokens::Key::new(&secrecy::SecretBox::new(Box::new(*secret.expose_bytes())))
-        };
-        tokens::Keyring::new(key(current), settings.secret_key_previous.as_ref().map(key))
-    });
+    let keyring = tokens::keyring(settings).ok();
     Refresher::new(settings.tokens.clone(), keyring)
 }
 
