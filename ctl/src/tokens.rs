@@ -116,7 +116,7 @@ pub(crate) async fn run(settings: &Settings, args: TokensArgs) -> anyhow::Result
         }
         TokensAction::Get { provider } => {
             let token = admin::get(&pool, &keyring(settings)?, &provider).await?;
-            println!("{}", token.expose_secret());
+            println!("{}", token.token.expose_secret());
         }
         TokensAction::Revoke { provider } => {
             if admin::revoke(&pool, &provider).await? {

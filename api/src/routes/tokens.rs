@@ -97,19 +97,13 @@ pub(crate) async fn access_token(
     let result = async {
         let PathOf(provider) = path?;
         let keyring = tokens::keyring(&state.settings).map_err(token_error)?;
-        let token = admin::get(&state.db, &keyring, &provider)
+        let access = admin::get(&state.db, &keyring, &provider)
             .await
             .map_err(token_error)?;
-        let expires_at = admin::list(&state.db, &state.settings.tokens)
-            .await
-            .map_err(token_error)?
-            .into_iter()
-            .find(|info| info.provider == provider)
-            .and_then(|info| info.expires_at);
         Ok(AccessToken {
             provider,
-            access_token: token.expose_secret().to_owned(),
-            expires_at,
+            access_token: access.token.expose_secret().to_owned(),
+            expires_at: access.expires_at,
         })
     }
     .await;

@@ -27,14 +27,8 @@ pub async fn evidence(
     window: &Window,
 ) -> Result<Vec<Evidence>, Error> {
     let params = EvidenceParams::new(items);
-    let rows: Vec<EvidenceRow> = sqlx::query_as(EVIDENCE_SQL)
-        .bind(&params.names)
-        .bind(&params.kinds)
-        .bind(&params.args)
-        .bind(window.start)
-        .bind(window.end)
-        .bind(window.period.as_str())
-        .bind(window.first_day)
+    let rows: Vec<EvidenceRow> = params
+        .bind(sqlx::query_as(EVIDENCE_SQL), window)
         .fetch_all(pool)
         .await?;
     let mut evidence = vec![Evidence::default(); items.len()];
@@ -95,17 +89,12 @@ pub async fn explain_evidence(
     window: &Window,
 ) -> Result<String, Error> {
     let params = EvidenceParams::new(items);
-    let lines: Vec<String> =
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {EVIDENCE_SQL}")))
-            .bind(&params.names)
-            .bind(&params.kinds)
-            .bind(&params.args)
-            .bind(window.start)
-            .bind(window.end)
-            .bind(window.period.as_str())
-            .bind(window.first_day)
-            .fetch_all(pool)
-            .await?;
+    let explain = sqlx::AssertSqlSafe(format!("EXPLAIN {EVIDENCE_SQL}"));
+    let lines: Vec<(String,)> = params
+        .bind(sqlx::query_as(explain), window)
+        .fetch_all(pool)
+        .await?;
+    let lines: Vec<String> = lines.into_iter().map(|(line,)| line).collect();
     Ok(lines.join("\n"))
 }
 
@@ -117,6 +106,22 @@ struct EvidenceParams {
 }
 
 impl EvidenceParams {
+    /// Binds `$1`..`$7` of the evidence query (see [`EVIDENCE_SQL`]) to `query`.
+    fn bind<'q, O>(
+        &'q self,
+        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+        window: &'q Window,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.names)
+            .bind(&self.kinds)
+            .bind(&self.args)
+            .bind(window.start)
+            .bind(window.end)
+            .bind(window.period.as_str())
+            .bind(window.first_day)
+    }
+
     fn new(items: &[TaskItem]) -> Self {
         Self {
             names: items.iter().map(|item| item.name.clone()).collect(),

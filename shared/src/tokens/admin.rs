@@ -127,12 +127,21 @@ pub async fn list(pool: &PgPool, settings: &TokenSettings) -> Result<Vec<Credent
     Ok(infos)
 }
 
-/// The current access token of `provider`, for scripts.
+/// A provider's current access token, as [`get`] returns it.
+#[derive(Debug)]
+pub struct AccessToken {
+    /// The token itself.
+    pub token: SecretString,
+    /// When it expires, if the provider said.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// The current access token of `provider`, for scripts and the API.
 ///
 /// # Errors
 /// [`Error::NotStored`], [`Error::NoAccessToken`] when the credential is not `active`, has no
 /// access token yet or it expired; [`Error::Crypto`] when it does not decrypt.
-pub async fn get(pool: &PgPool, keyring: &Keyring, provider: &str) -> Result<SecretString, Error> {
+pub async fn get(pool: &PgPool, keyring: &Keyring, provider: &str) -> Result<AccessToken, Error> {
     let row = store::oauth_tokens::get(pool, provider)
         .await?
         .ok_or_else(|| Error::NotStored(provider.to_owned()))?;
@@ -152,7 +161,10 @@ pub async fn get(pool: &PgPool, keyring: &Keyring, provider: &str) -> Result<Sec
     {
         return Err(unusable(format!("it expired at {expires_at}")));
     }
-    Ok(keyring.open(provider, Column::AccessToken, &row.key_id, access)?)
+    Ok(AccessToken {
+        token: keyring.open(provider, Column::AccessToken, &row.key_id, access)?,
+        expires_at: row.expires_at,
+    })
 }
 
 /// Forgets the credential of `provider` (its row is deleted); whether one was stored.
