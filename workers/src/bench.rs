@@ -134,6 +134,7 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
     let mode;
     let enqueue_per_s;
     let started;
+    let cpu_before;
     let worker;
     if let Some(n_live) = args.live {
         mode = format!("live n={n_live} rate={}/s", args.live_rate);
@@ -145,6 +146,7 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
         probe.reset(n_live);
         tokio::time::sleep(Duration::from_millis(500)).await;
         started = Instant::now();
+        cpu_before = CpuTimes::read(&mut admin).await;
         let period = Duration::from_secs_f64(1.0 / f64::from(args.live_rate.max(1)));
         let mut ticker = tokio::time::interval(period);
         for _ in 0..n_live {
@@ -171,9 +173,11 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
         }
         enqueue_per_s = n_jobs as f64 / enqueue_started.elapsed().as_secs_f64();
         started = Instant::now();
+        cpu_before = CpuTimes::read(&mut admin).await;
         worker = tokio::spawn(runtime.run_until_stopped(shutdown.clone()));
     }
     let finished = probe.wait_for(n_jobs, args.timeout).await;
+    let cpu = CpuTimes::read(&mut admin).await.since(&cpu_before);
     shutdown.trigger();
     worker.await.context("worker task")??;
     finished?;
@@ -185,7 +189,8 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
     println!(
         "peer=upkeep cfg=\"{mode} logging={logging} c={c} batch={b}\" n={n_jobs} c={c} \
          enqueue_per_s={enqueue_per_s:.0} process_per_s={process:.0} p50_ms={p50:.2} \
-         p99_ms={p99:.2} redis_cmds_per_job={cmds:.2} worker_peak_rss_mb={rss_mb:.1}",
+         p99_ms={p99:.2} redis_cmds_per_job={cmds:.2} worker_peak_rss_mb={rss_mb:.1} \
+         cpu_us_per_job={cpu}",
         logging = logging_label(args.log_format),
         c = args.concurrency,
         b = args.batch,
@@ -193,6 +198,7 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
         p50 = report.p50_ms,
         p99 = report.p99_ms,
         cmds = commands as f64 / n_jobs as f64,
+        cpu = cpu.per_job(n_jobs),
     );
     cleanup(&mut admin, &prefix).await;
     Ok(())
@@ -355,6 +361,99 @@ async fn total_commands(conn: &mut RedisConn) -> anyhow::Result<u64> {
         .filter_map(|rest| rest.split(',').next())
         .filter_map(|n| n.parse::<u64>().ok())
         .sum())
+}
+
+/// CPU seconds used so far by this process (the worker, all threads), by the Redis server (its
+/// `INFO cpu`) and by every process named `postgres` on this host (the ledger's backends, WAL
+/// writer, checkpointer, autovacuum; none when Postgres runs elsewhere). The difference of two
+/// readings says where a run's time went, per process, however busy the machine was.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuTimes {
+    worker: f64,
+    redis: Option<f64>,
+    postgres: Option<f64>,
+}
+
+/// Linux reports process times in `/proc` in units of `USER_HZ`, which is 100 on every
+/// architecture the kernel exposes to user space.
+const USER_HZ: f64 = 100.0;
+
+impl CpuTimes {
+    async fn read(conn: &mut RedisConn) -> Self {
+        let redis = match redis::cmd("INFO")
+            .arg("cpu")
+            .query_async::<String>(conn)
+            .await
+        {
+            Ok(info) => {
+                let field = |name: &str| {
+                    info.lines()
+                        .find_map(|line| line.strip_prefix(name))
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                };
+                Some(field("used_cpu_user:").unwrap_or(0.0) + field("used_cpu_sys:").unwrap_or(0.0))
+            }
+            Err(_) => None,
+        };
+        let postgres = std::fs::read_dir("/proc").ok().and_then(|entries| {
+            let mut total = None;
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let is_pid = path
+                    .file_name()
+                    .and_then(|name| name.to_str())
+                    .is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit()));
+                if !is_pid {
+                    continue;
+                }
+                let is_postgres = std::fs::read_to_string(path.join("comm"))
+                    .is_ok_and(|comm| comm.trim_end() == "postgres");
+                if let (true, Some(seconds)) = (is_postgres, process_seconds(&path)) {
+                    total = Some(total.unwrap_or(0.0) + seconds);
+                }
+            }
+            total
+        });
+        Self {
+            worker: process_seconds(std::path::Path::new("/proc/self")).unwrap_or(0.0),
+            redis,
+            postgres,
+        }
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        let diff = |after: Option<f64>, before: Option<f64>| Some(after? - before?);
+        Self {
+            worker: self.worker - before.worker,
+            redis: diff(self.redis, before.redis),
+            postgres: diff(self.postgres, before.postgres),
+        }
+    }
+
+    /// `worker:12.3,redis:20.1,postgres:30.4`, in microseconds per job.
+    fn per_job(&self, n_jobs: usize) -> String {
+        let us = |seconds: f64| format!("{:.1}", seconds * 1e6 / n_jobs.max(1) as f64);
+        let mut parts = vec![format!("worker:{}", us(self.worker))];
+        if let Some(redis) = self.redis {
+            parts.push(format!("redis:{}", us(redis)));
+        }
+        if let Some(postgres) = self.postgres {
+            parts.push(format!("postgres:{}", us(postgres)));
+        }
+        parts.join(",")
+    }
+}
+
+/// User plus system CPU seconds of a process, from `<proc dir>/stat`.
+fn process_seconds(proc_dir: &std::path::Path) -> Option<f64> {
+    let stat = std::fs::read_to_string(proc_dir.join("stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it start past its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 past the name.
+    let utime: f64 = fields.nth(11)?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / USER_HZ)
 }
 
 fn peak_rss_kib() -> Option<u64> {

@@ -31,6 +31,66 @@ async fn the_same_batch_recorded_twice_leaves_one_row_per_attempt(pool: PgPool) 
 }
 
 #[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn a_batch_with_one_attempt_already_recorded_writes_the_others_and_keeps_that_one(
+    pool: PgPool,
+) {
+    // Arrange: one attempt of the coming batch already has a final row (a redelivery), so the
+    // plain insert of the batch fails on its key and the idempotent statement writes it.
+    let known = record(JobId::new(), 1, RunStatus::Succeeded);
+    runs::record_runs(&pool, std::slice::from_ref(&known))
+        .await
+        .unwrap();
+    // The same execution delivered again, reporting otherwise (not a replayed attempt
+    // number, which is renumbered: see the replay tests).
+    let mut late = known.clone();
+    late.status = RunStatus::Failed;
+    late.error = Some("late".to_owned());
+    let mut batch: Vec<_> = (0..10)
+        .map(|_| record(JobId::new(), 1, RunStatus::Succeeded))
+        .collect();
+    batch.insert(5, late);
+
+    // Act
+    let written = runs::record_runs(&pool, &batch).await.unwrap();
+    let stored = runs::record_runs_read_back(&pool, &batch).await.unwrap();
+
+    // Assert
+    assert_eq!(written, 10, "the ten new attempts, not the known one");
+    assert_eq!(count(&pool, "SELECT count(*) FROM job_runs").await, 11);
+    assert_eq!(
+        stored[5].status,
+        RunStatus::Succeeded,
+        "the known row stands"
+    );
+    let kept = runs::runs_for_job(&pool, known.job_id).await.unwrap();
+    assert_eq!((kept.len(), kept[0].worker.as_str()), (1, "worker-a"));
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn both_batch_statements_store_the_duration_in_whole_milliseconds(pool: PgPool) {
+    // A batch of new attempts without findings takes the plain insert; one with findings
+    // takes the idempotent statement. Both round the duration like `numeric` to `bigint`.
+    let mut plain = record(JobId::new(), 1, RunStatus::Failed);
+    plain.finished_at = Some(plain.started_at + Duration::microseconds(1_500_500));
+    let mut with_findings =
+        succeeded_with_findings(JobId::new(), 1, &[("disk.used_pct", Severity::Ok)]);
+    with_findings.finished_at = Some(with_findings.started_at + Duration::microseconds(2_499_400));
+
+    runs::record_runs(&pool, &[plain.clone()]).await.unwrap();
+    runs::record_runs(&pool, &[with_findings.clone()])
+        .await
+        .unwrap();
+
+    let duration = |job_id| {
+        let pool = pool.clone();
+        async move { runs::runs_for_job(&pool, job_id).await.unwrap()[0].duration_ms }
+    };
+    assert_eq!(duration(plain.job_id).await, Some(1501));
+    assert_eq!(duration(with_findings.job_id).await, Some(2499));
+    assert_eq!(count(&pool, "SELECT count(*) FROM findings").await, 1);
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
 async fn a_duplicate_delivery_does_not_overwrite_a_finished_run(pool: PgPool) {
     let job_id = JobId::new();
     let succeeded = record(job_id, 1, RunStatus::Succeeded);
