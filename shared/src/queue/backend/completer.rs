@@ -3,7 +3,8 @@
 //!
 //! A two-stage pipeline: stage one writes a batch to the ledger, stage two settles it in Redis.
 //! Stage one keeps up to two batches in flight (each one statement and one commit, on its own
-//! connection), so one batch's statement runs while the other's commit is flushed; stage two is
+//! connection), so one batch's statement runs while the other's commit is flushed; the second
+//! starts only when half a batch waits, so a busy stage writes large batches; stage two is
 //! sequential and settles the batches in the order stage one took them. Batches stay as large
 //! as the backlog allows, and one batch's settle overlaps the next batches' commits. A job
 //! reaches stage two only after its row is committed.
@@ -54,6 +55,12 @@ const COMPLETION_BATCH: usize = 256;
 /// batches were taken, each after its own commit.
 const LEDGER_WRITES_IN_FLIGHT: usize = 2;
 
+/// A second ledger write starts only once this many completions wait; fewer wait for the
+/// write in flight and go with the next batch. A batch costs a fixed statement and commit
+/// besides its rows, so small batches taken only because a slot was free cost Postgres more
+/// per job; an idle ledger stage still writes the first completion at once.
+const SECOND_WRITE_MIN: usize = COMPLETION_BATCH / 2;
+
 /// What a ledger write needs, shared by the writes in flight.
 struct LedgerStage {
     queue_name: String,
@@ -97,7 +104,14 @@ pub(super) async fn run_completer(
     let mut batch = Vec::with_capacity(COMPLETION_BATCH);
     let mut open = true;
     loop {
-        let full = writes.len() >= LEDGER_WRITES_IN_FLIGHT;
+        let start_write = !batch.is_empty()
+            && (writes.is_empty()
+                || (writes.len() < LEDGER_WRITES_IN_FLIGHT && batch.len() >= SECOND_WRITE_MIN));
+        if start_write {
+            let completions = std::mem::replace(&mut batch, Vec::with_capacity(COMPLETION_BATCH));
+            writes.push_back(tokio::spawn(stage.clone().record(completions)));
+        }
+        let room = COMPLETION_BATCH - batch.len();
         let recorded = tokio::select! {
             biased;
             joined = async { writes.front_mut().expect("checked non-empty").await },
@@ -105,16 +119,9 @@ pub(super) async fn run_completer(
                 writes.pop_front();
                 joined
             }
-            n_received = rx.recv_many(&mut batch, COMPLETION_BATCH), if open && !full => {
+            n_received = rx.recv_many(&mut batch, room), if open && room > 0 => {
                 if n_received == 0 {
                     open = false;
-                } else {
-                    let stage = stage.clone();
-                    let completions = std::mem::replace(
-                        &mut batch,
-                        Vec::with_capacity(COMPLETION_BATCH),
-                    );
-                    writes.push_back(tokio::spawn(stage.record(completions)));
                 }
                 continue;
             }
