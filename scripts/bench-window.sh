@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One benchmark window (issue #19): BullMQ before, upkeep with the ledger and the daemons'
 # default logging (3 runs), upkeep without the ledger (3 runs), BullMQ after, then live-mode
-# latency with and without the ledger; `uptime` before and after.
+# latency with and without the ledger, then alternating BullMQ/upkeep pairs (PAIRS, default 8)
+# and the median of their ratios; `uptime` before and after.
 #
 # usage: scripts/bench-window.sh [N=20000] [C=16]
 #
@@ -81,5 +82,21 @@ for args in "" "--no-ledger"; do
   # shellcheck disable=SC2086 # Deliberately split: no argument or one.
   "$UPKEEPCTL" bench --live 500 --live-rate 100 --concurrency "$C" $args 2>>"$OUT/upkeep-live.log"
 done
+# This VM's speed drifts within a window (BullMQ's before and after medians can differ by a
+# fifth), so the ratio is also taken pair by pair: BullMQ and upkeep (ledger on, default
+# logging) alternate, and the median of the pairs' ratios is printed.
+PAIRS=${PAIRS:-8}
+ratios=()
+for pair in $(seq 1 "$PAIRS"); do
+  redis-cli -p "$PORT" flushall >/dev/null
+  b=$(cd "$PEERS_DIR" && node drivers/bullmq_driver.mjs "$N" "$C" remove "$PORT" |
+    grep -o '"process_per_s":[0-9.]*' | cut -d: -f2)
+  redis-cli -p "$PORT" flushall >/dev/null
+  u=$("$UPKEEPCTL" bench --jobs "$N" --concurrency "$C" 2>>"$OUT/upkeep-pairs.log" | field process_per_s)
+  r=$(awk -v u="$u" -v b="$b" 'BEGIN { printf "%.2f", u / b }')
+  echo "pair $pair: BullMQ $(printf '%.0f' "$b"), upkeep ledger-default-logging $(printf '%.0f' "$u"): ${r}x"
+  ratios+=("$r")
+done
+echo "pairs: median ratio $(printf '%s\n' "${ratios[@]}" | median)x over $PAIRS pairs"
 echo "window end $(date -u +%FT%TZ); $(uptime)"
 echo "raw output and logs in $OUT"
