@@ -2,7 +2,8 @@
 //!
 //! [`record_runs`] writes a whole batch in one statement (columns passed as arrays and
 //! expanded with `UNNEST`), together with the findings of the rows it actually wrote, so a batch
-//! costs one round trip and one transaction however large it is. It is idempotent on
+//! costs one round trip and one transaction however large it is (two when a plain insert of new
+//! attempts meets one already recorded and the idempotent statement takes over). It is idempotent on
 //! `(job_id, attempt)`: a finished row is never overwritten by a duplicate delivery; only a
 //! `running` row may be completed by a later write. An `abandoned` row is final too: the
 //! queue settles a taken-over job from it (see `queue::backend::completer`), so a result that
@@ -134,8 +135,9 @@ pub async fn record_runs(pool: &PgPool, records: &[RunRecord]) -> Result<u64, Er
     Ok(write_batch(pool, records).await?.len() as u64)
 }
 
-/// The one statement behind [`record_runs`]; returns the `(job_id, attempt)` of the rows it
-/// inserted or completed.
+/// The write behind [`record_runs`]: a plain insert for a batch of new attempts without
+/// findings, the idempotent statement otherwise or when that insert meets a recorded key;
+/// returns the `(job_id, attempt)` of the rows inserted or completed.
 async fn write_batch(pool: &PgPool, records: &[RunRecord]) -> Result<HashSet<(Uuid, i32)>, Error> {
     if records.is_empty() {
         return Ok(HashSet::new());
