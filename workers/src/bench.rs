@@ -486,3 +486,40 @@ async fn cleanup(conn: &mut RedisConn, prefix: &str) {
         cursor = next;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_seconds_reads_the_cpu_this_process_spent() {
+        // Arrange: a command name with a space and a parenthesis, as `/proc/<pid>/stat` may
+        // hold one: the fields are counted from the last ')'.
+        let dir = std::env::temp_dir().join(format!("upkeep-stat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fields_after_name = "S 1 1 1 0 -1 0 0 0 0 0 250 50 0 0 20 0 1 0";
+        std::fs::write(dir.join("stat"), format!("42 (a b) c) {fields_after_name}")).unwrap();
+
+        // Act
+        let parsed = process_seconds(&dir);
+        let own_before = process_seconds(std::path::Path::new("/proc/self")).unwrap();
+        let started = Instant::now();
+        let mut own_after = own_before;
+        while own_after - own_before < 0.02 && started.elapsed() < Duration::from_secs(10) {
+            let mut spin = 0_u64;
+            for _ in 0..1_000_000 {
+                spin = spin.wrapping_add(std::hint::black_box(1));
+            }
+            std::hint::black_box(spin);
+            own_after = process_seconds(std::path::Path::new("/proc/self")).unwrap();
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // Assert: utime 250 + stime 50 ticks of 1/100 s.
+        assert_eq!(parsed, Some(3.0));
+        assert!(
+            own_after - own_before >= 0.02,
+            "spinning shows in /proc/self/stat: {own_before} -> {own_after}"
+        );
+    }
+}

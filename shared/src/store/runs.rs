@@ -169,8 +169,7 @@ async fn write_batch(pool: &PgPool, records: &[RunRecord]) -> Result<HashSet<(Uu
     // findings CTE to set up); a key that already has a row fails it as a whole, with nothing
     // written, and the idempotent statement then settles the batch row by row.
     if !any_findings {
-        match columns
-            .bind(sqlx::query(INSERT_RUNS_SQL))
+        match sqlx::query_with(INSERT_RUNS_SQL, columns.arguments()?)
             .execute(pool)
             .await
         {
@@ -191,8 +190,7 @@ async fn write_batch(pool: &PgPool, records: &[RunRecord]) -> Result<HashSet<(Uu
             Err(error) => return Err(error.into()),
         }
     }
-    let written: Vec<(Uuid, i32)> = columns
-        .bind_as(sqlx::query_as(RECORD_RUNS_SQL))
+    let written: Vec<(Uuid, i32)> = sqlx::query_as_with(RECORD_RUNS_SQL, columns.arguments()?)
         .fetch_all(pool)
         .await?;
     Ok(written.into_iter().collect())
@@ -761,52 +759,34 @@ impl<'a> Columns<'a> {
 }
 
 impl Columns<'_> {
-    /// Binds the columns, in `$1..$16` order, to one of the two batch statements.
-    fn bind<'q>(
-        &'q self,
-        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-        query
-            .bind(&self.job_id)
-            .bind(&self.attempt)
-            .bind(&self.kind)
-            .bind(&self.queue)
-            .bind(&self.status)
-            .bind(&self.schedule)
-            .bind(&self.tick_at)
-            .bind(&self.enqueued_at)
-            .bind(&self.started_at)
-            .bind(&self.finished_at)
-            .bind(&self.duration_ms)
-            .bind(&self.worker)
-            .bind(&self.args)
-            .bind(&self.outcome)
-            .bind(&self.error)
-            .bind(&self.next_state)
+    /// The columns as the arguments `$1..$16` of either batch statement.
+    fn arguments(&self) -> Result<sqlx::postgres::PgArguments, sqlx::Error> {
+        let mut arguments = sqlx::postgres::PgArguments::default();
+        self.encode(&mut arguments).map_err(sqlx::Error::Encode)?;
+        Ok(arguments)
     }
 
-    /// [`Self::bind`] for a statement that returns rows.
-    fn bind_as<'q, O>(
-        &'q self,
-        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-        query
-            .bind(&self.job_id)
-            .bind(&self.attempt)
-            .bind(&self.kind)
-            .bind(&self.queue)
-            .bind(&self.status)
-            .bind(&self.schedule)
-            .bind(&self.tick_at)
-            .bind(&self.enqueued_at)
-            .bind(&self.started_at)
-            .bind(&self.finished_at)
-            .bind(&self.duration_ms)
-            .bind(&self.worker)
-            .bind(&self.args)
-            .bind(&self.outcome)
-            .bind(&self.error)
-            .bind(&self.next_state)
+    fn encode(
+        &self,
+        arguments: &mut sqlx::postgres::PgArguments,
+    ) -> Result<(), sqlx::error::BoxDynError> {
+        use sqlx::Arguments as _;
+        arguments.add(&self.job_id)?;
+        arguments.add(&self.attempt)?;
+        arguments.add(&self.kind)?;
+        arguments.add(&self.queue)?;
+        arguments.add(&self.status)?;
+        arguments.add(&self.schedule)?;
+        arguments.add(&self.tick_at)?;
+        arguments.add(&self.enqueued_at)?;
+        arguments.add(&self.started_at)?;
+        arguments.add(&self.finished_at)?;
+        arguments.add(&self.duration_ms)?;
+        arguments.add(&self.worker)?;
+        arguments.add(&self.args)?;
+        arguments.add(&self.outcome)?;
+        arguments.add(&self.error)?;
+        arguments.add(&self.next_state)
     }
 }
 
