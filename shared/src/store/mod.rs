@@ -3,7 +3,8 @@
 //! - [`alerts`]: `alert_incidents` and `alert_outbox` (the evaluation lock, incident upserts,
 //!   the outbox's claim and settle), and the ledger reads behind alert conditions.
 //! - [`backups`]: the backup catalog and the one-runner-per-database lock.
-//! - [`runs`]: `job_runs`, one row per attempt, and the `findings` each attempt reported.
+//! - [`runs`]: `job_runs`, one row per attempt, and the `findings` each attempt reported
+//!   (large batches of new attempts by binary `COPY`, written by `copy_binary`).
 //! - [`findings`]: which `(code, subject)` conditions are open, so checks can resolve them.
 //! - [`tasks`]: the evidence of checklist items, their acknowledgements, and the audit trail.
 //! - [`log_cursors`]: `logs.scan_errors` cursors, per-run counts and known signatures.
@@ -32,12 +33,14 @@
 
 pub mod alerts;
 pub mod backups;
+mod copy_binary;
 pub mod dashboard;
 pub mod disk_samples;
 pub mod findings;
 pub mod health;
 pub mod log_cursors;
 pub mod metrics;
+mod nagle;
 pub mod oauth_tokens;
 pub mod partitions;
 pub mod reconcile;

@@ -82,10 +82,26 @@ impl DatabaseSettings {
     /// steady use is proven alive by its last statement (sqlx pings it again when it comes
     /// back, and closes it when that fails), so only one that sat idle, where a restarted
     /// server or a forgetful firewall may have cut it, is pinged before use.
+    ///
+    /// Each new connection gets Nagle's algorithm turned off (see `store::nagle`), so that the
+    /// ledger may write large batches by `COPY`.
     #[must_use]
     pub fn pool_options(&self) -> PgPoolOptions {
+        // None for a Unix-domain socket, else the server's TCP port.
+        let server_port = self
+            .connect_options()
+            .ok()
+            .map(|options| options.get_socket().is_none().then(|| options.get_port()));
         PgPoolOptions::new()
             .max_connections(self.max_connections)
+            .after_connect(move |_, _| {
+                Box::pin(async move {
+                    if let Some(server_port) = server_port {
+                        super::nagle::after_connect(server_port);
+                    }
+                    Ok(())
+                })
+            })
             .acquire_timeout(self.connect_timeout)
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use chrono::Duration;
 use sqlx::PgPool;
+use upkeep_shared::store::DatabaseSettings;
 use upkeep_shared::store::runs::{self, RunStatus};
 use upkeep_shared::{JobId, Severity};
 
@@ -34,8 +35,38 @@ async fn the_same_batch_recorded_twice_leaves_one_row_per_attempt(pool: PgPool) 
 async fn a_batch_with_one_attempt_already_recorded_writes_the_others_and_keeps_that_one(
     pool: PgPool,
 ) {
+    one_attempt_already_recorded(pool, 10).await;
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn a_copied_batch_with_one_attempt_already_recorded_writes_the_others_and_keeps_that_one(
+    pool: PgPool,
+) {
+    let pool = pool_like_the_daemons(&pool).await;
+    assert!(runs::copy_enabled(), "the batch must take the COPY");
+    one_attempt_already_recorded(pool, runs::COPY_MIN_ROWS + 8).await;
+}
+
+/// A pool built as the daemons build theirs (`DatabaseSettings::pool_options`), on the test's
+/// database: its connections have Nagle's algorithm off, so large batches go by `COPY`.
+async fn pool_like_the_daemons(pool: &PgPool) -> PgPool {
+    let url = std::env::var("DATABASE_URL").expect("sqlx::test runs with DATABASE_URL set");
+    let settings = DatabaseSettings {
+        url: url.into(),
+        ..DatabaseSettings::default()
+    };
+    settings
+        .pool_options()
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .expect("connect like the daemons")
+}
+
+/// A batch of `n_new` new attempts and one already recorded, written by the plain insert or
+/// (from `COPY_MIN_ROWS` rows) by `COPY`.
+async fn one_attempt_already_recorded(pool: PgPool, n_new: usize) {
     // Arrange: one attempt of the coming batch already has a final row (a redelivery), so the
-    // plain insert of the batch fails on its key and the idempotent statement writes it.
+    // plain insert (or COPY) of the batch fails on its key and the idempotent statement writes it.
     let known = record(JobId::new(), 1, RunStatus::Succeeded);
     runs::record_runs(&pool, std::slice::from_ref(&known))
         .await
@@ -45,7 +76,7 @@ async fn a_batch_with_one_attempt_already_recorded_writes_the_others_and_keeps_t
     let mut late = known.clone();
     late.status = RunStatus::Failed;
     late.error = Some("late".to_owned());
-    let mut batch: Vec<_> = (0..10)
+    let mut batch: Vec<_> = (0..n_new)
         .map(|_| record(JobId::new(), 1, RunStatus::Succeeded))
         .collect();
     batch.insert(5, late);
@@ -55,8 +86,11 @@ async fn a_batch_with_one_attempt_already_recorded_writes_the_others_and_keeps_t
     let stored = runs::record_runs_read_back(&pool, &batch).await.unwrap();
 
     // Assert
-    assert_eq!(written, 10, "the ten new attempts, not the known one");
-    assert_eq!(count(&pool, "SELECT count(*) FROM job_runs").await, 11);
+    assert_eq!(written, n_new as u64, "the new attempts, not the known one");
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM job_runs").await,
+        n_new as i64 + 1
+    );
     assert_eq!(
         stored[5].status,
         RunStatus::Succeeded,
@@ -88,6 +122,82 @@ async fn both_batch_statements_store_the_duration_in_whole_milliseconds(pool: Pg
     assert_eq!(duration(plain.job_id).await, Some(1501));
     assert_eq!(duration(with_findings.job_id).await, Some(2499));
     assert_eq!(count(&pool, "SELECT count(*) FROM findings").await, 1);
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn a_copied_batch_stores_every_column_as_the_plain_insert_does(pool: PgPool) {
+    // Arrange: the same attempts twice over (each copy with its own job ids): written in
+    // batches below COPY_MIN_ROWS (the plain insert), and in one batch above it (COPY). Every
+    // column varies: statuses with and without an end, an error and a next state, a schedule
+    // and a tick, outcomes without findings, unicode text and arguments, odd durations.
+    let shapes: Vec<_> = (0..runs::COPY_MIN_ROWS + 4)
+        .map(|i| {
+            let status = [
+                RunStatus::Succeeded,
+                RunStatus::Failed,
+                RunStatus::Running,
+                RunStatus::Abandoned,
+                RunStatus::Skipped,
+            ][i % 5];
+            let mut shape = record(JobId::new(), 1 + i as i32 % 3, status);
+            shape.kind = format!("kind.{i}");
+            shape.worker = format!("wörker-{i} ✓");
+            shape.args =
+                serde_json::json!({"i": i, "name": "naïve \"quoted\"", "nested": [1, null]});
+            if i % 4 == 0 {
+                shape.schedule = Some(format!("nightly-{i}"));
+                shape.tick_at = Some(t0() - Duration::minutes(i as i64));
+            }
+            if let Some(finished) = shape.finished_at.as_mut() {
+                *finished += Duration::microseconds(i as i64 * 1_234_567);
+            }
+            if status == RunStatus::Succeeded {
+                shape.outcome = Some(upkeep_shared::Outcome {
+                    summary: format!("done {i} ✓"),
+                    metrics: serde_json::Map::from_iter([(
+                        "rows".to_owned(),
+                        serde_json::json!(i),
+                    )]),
+                    findings: Vec::new(),
+                    skipped: false,
+                });
+            }
+            shape
+        })
+        .collect();
+    let again = |shapes: &[runs::RunRecord]| -> Vec<runs::RunRecord> {
+        shapes
+            .iter()
+            .map(|shape| runs::RunRecord {
+                job_id: JobId::new(),
+                ..shape.clone()
+            })
+            .collect()
+    };
+    let inserted = again(&shapes);
+    let copied = again(&shapes);
+    let pool = pool_like_the_daemons(&pool).await;
+
+    // Act
+    for chunk in inserted.chunks(runs::COPY_MIN_ROWS - 1) {
+        runs::record_runs(&pool, chunk).await.unwrap();
+    }
+    assert!(runs::copy_enabled(), "the large batch must take the COPY");
+    let n_copied = runs::record_runs(&pool, &copied).await.unwrap();
+
+    // Assert
+    assert_eq!(n_copied, copied.len() as u64);
+    for (by_insert, by_copy) in inserted.iter().zip(&copied) {
+        let mut by_insert = runs::runs_for_job(&pool, by_insert.job_id).await.unwrap();
+        let mut by_copy = runs::runs_for_job(&pool, by_copy.job_id).await.unwrap();
+        assert_eq!((by_insert.len(), by_copy.len()), (1, 1));
+        let (by_insert, by_copy) = (&mut by_insert[0], &mut by_copy[0]);
+        // Only what the database assigns differs.
+        by_copy.id = by_insert.id;
+        by_copy.job_id = by_insert.job_id;
+        by_copy.recorded_at = by_insert.recorded_at;
+        assert_eq!(by_copy, by_insert);
+    }
 }
 
 #[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
