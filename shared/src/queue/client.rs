@@ -409,21 +409,47 @@ impl Queue {
             return Err(protocol("fetch reply has fewer than 3 parts"));
         };
         let mut fetched = Fetched::default();
-        for f in array(jobs)?.chunks(10) {
-            let [id, token, attempt, max, kind, args, enq, sched, tick, state] = f else {
-                return Err(protocol("fetch job entry is not 10 fields"));
+        let jobs = array(jobs)?;
+        if jobs.len() % 4 != 0 {
+            return Err(protocol("fetch job entries are not 4 fields each"));
+        }
+        fetched.jobs.reserve(jobs.len() / 4);
+        let mut fields = jobs.into_iter();
+        while let (Some(id), Some(kind), Some(args), Some(meta)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        {
+            let meta = owned_text(meta)?;
+            let mut meta = meta.splitn(7, '|');
+            let (
+                Some(token),
+                Some(attempt),
+                Some(max),
+                Some(enq),
+                Some(tick),
+                Some(state_was),
+                Some(sched),
+            ) = (
+                meta.next(),
+                meta.next(),
+                meta.next(),
+                meta.next(),
+                meta.next(),
+                meta.next(),
+                meta.next(),
+            )
+            else {
+                return Err(protocol("fetch job entry's numbers are not 7 fields"));
             };
-            let state_was = text(state)?;
             fetched.jobs.push(Leased {
-                id: text(id)?,
-                token: text(token)?,
-                attempt: int(attempt)? as u32,
-                max_attempts: int(max)? as u32,
-                kind: text(kind)?,
-                args: text(args)?,
-                enqueued_at_ms: int(enq)?,
-                schedule: non_empty(text(sched)?),
-                tick_ms: non_empty(text(tick)?).and_then(|t| t.parse().ok()),
+                id: owned_text(id)?,
+                token: token.to_owned(),
+                attempt: int_text(attempt)? as u32,
+                max_attempts: int_text(max)? as u32,
+                kind: owned_text(kind)?,
+                args: owned_text(args)?,
+                enqueued_at_ms: int_text(enq)?,
+                schedule: (!sched.is_empty()).then(|| sched.to_owned()),
+                tick_ms: tick.parse().ok(),
                 missing: state_was == "missing",
                 suspect: state_was == "suspect",
             });
@@ -505,20 +531,37 @@ impl Queue {
                 .arg(&s.error);
         }
         let reply: Value = invocation.invoke_async(&mut self.conn.clone()).await?;
-        array(reply)?
-            .chunks(2)
-            .map(|pair| {
-                let [id, state] = pair else {
-                    return Err(protocol("ack reply is not pairs"));
+        // One letter per settlement, in the order sent (see ack.lua).
+        let states = match reply {
+            Value::BulkString(bytes) => bytes,
+            Value::SimpleString(text) => text.into_bytes(),
+            other => return Err(protocol(&format!("ack reply is not a string: {other:?}"))),
+        };
+        if states.len() != settlements.len() {
+            return Err(protocol(&format!(
+                "ack reply has {} states for {} settlements",
+                states.len(),
+                settlements.len()
+            )));
+        }
+        states
+            .iter()
+            .zip(settlements)
+            .map(|(state, settlement)| {
+                let settled = match state {
+                    b'c' => Settled::Completed,
+                    b'r' => Settled::Retryable,
+                    b'd' => Settled::Discarded,
+                    b'a' => Settled::Available,
+                    b'x' => Settled::Refused,
+                    other => {
+                        return Err(protocol(&format!(
+                            "ack reply has an unknown state {:?}",
+                            char::from(*other)
+                        )));
+                    }
                 };
-                let settled = match text(state)?.as_str() {
-                    "completed" => Settled::Completed,
-                    "retryable" => Settled::Retryable,
-                    "discarded" => Settled::Discarded,
-                    "available" => Settled::Available,
-                    _ => Settled::Refused,
-                };
-                Ok((text(id)?, settled))
+                Ok((settlement.id.clone(), settled))
             })
             .collect()
     }
@@ -841,17 +884,28 @@ fn text(value: &Value) -> Result<String, Error> {
     }
 }
 
+/// [`text`] of a reply taken by value: a bulk string's bytes become the string without a copy.
+fn owned_text(value: Value) -> Result<String, Error> {
+    match value {
+        Value::BulkString(bytes) => Ok(String::from_utf8(bytes)
+            .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())),
+        other => text(&other),
+    }
+}
+
 fn int(value: &Value) -> Result<i64, Error> {
     match value {
         Value::Int(n) => Ok(*n),
         Value::Nil | Value::Boolean(false) => Ok(0),
-        other => {
-            let text = text(other)?;
-            if text.is_empty() {
-                return Ok(0);
-            }
-            text.parse()
-                .map_err(|_| Error::Protocol(format!("expected an integer, got {text:?}")))
-        }
+        other => int_text(&text(other)?),
     }
+}
+
+/// An integer written as text; empty is 0.
+fn int_text(text: &str) -> Result<i64, Error> {
+    if text.is_empty() {
+        return Ok(0);
+    }
+    text.parse()
+        .map_err(|_| Error::Protocol(format!("expected an integer, got {text:?}")))
 }

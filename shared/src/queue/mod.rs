@@ -67,6 +67,9 @@
 //!   schedule a retry, dead-letter, give back a counted attempt (`release`: ready, or dead on
 //!   the last attempt) or an unstarted one (`unstarted`: ready, not counted). Lease
 //!   bookkeeping is removed once per batch, and a completion is one ZADD to `done` per batch.
+//!   The reply is one string, a letter per settlement; `fetch.lua` replies with four strings
+//!   per leased job (its numbers joined in one): reply strings cost Redis and the worker's
+//!   RESP parser as much as the work itself.
 //! - `renew.lua`: extend leases whose token still matches; report the ones lost.
 //! - `release.lua`: give leases back to `ready` (on shutdown): unstarted attempts do not
 //!   count; a started one counts, and on the last attempt the job is dead instead.

@@ -8,8 +8,9 @@
 -- ARGV[5] promote/reclaim/clean-up limit, ARGV[6] dead retention ms, ARGV[7] retention ms,
 -- ARGV[8] idempotency ttl ms
 -- Returns { jobs, reclaimed, next_due_in_ms } where
---   jobs      = flat list of 10 fields per leased job:
---               id, token, attempt, max, kind, args, enq, sched, tick, state_was
+--   jobs      = flat list of 4 fields per leased job: id, kind, args, and
+--               'token|attempt|max|enq|tick|state_was|sched' in one string (numbers that are
+--               not numbers in the job's hash become the defaults; sched, free text, is last),
 --               where state_was is 'ok', 'missing' (no job data: dead-lettered here), or
 --               'suspect': the job was created by another incarnation of this server (see
 --               enqueue.lua), so a restart or failover may have lost its earlier leases and
@@ -33,6 +34,9 @@ local PIN = '~hashtable-encoding-pin~' .. string.rep('~', 48)
 -- float conversion; tokens and attempts are formatted as integers instead ('%d', or a table for
 -- the common attempt numbers): 2 % fewer instructions per leased and settled job (callgrind).
 local format = string.format
+-- Four reply strings per leased job instead of ten: each one costs Redis a reply conversion
+-- and the worker a RESP parse, which together cost about as much as leasing the job.
+local concat = table.concat
 local DIGITS = { '1', '2', '3', '4', '5', '6', '7', '8', '9' }
 
 -- 1. Promote due delayed and retrying jobs (oldest due first). `avail` records when a job
@@ -161,7 +165,8 @@ if count > 0 then
       local f = redis.call('HMGET', job, 'kind', 'args', 'max', 'enq', 'sched', 'tick', 'inc')
       local k = #jobs
       local attempt = (tonumber(previous[i]) or 0) + 1
-      if f[1] and attempt > (tonumber(f[3]) or 1) then
+      local max = tonumber(f[3])
+      if f[1] and attempt > (max or 1) then
         -- Max attempts is a hard bound on every path: a job that already used its budget (an
         -- older release that did not count it) is a dead letter, not an extra attempt.
         redis.call('HSET', job, 'state', 'discarded', 'finished', now, 'attempt', attempt - 1,
@@ -184,19 +189,11 @@ if count > 0 then
         attempts[l + 1] = id
         attempts[l + 2] = DIGITS[attempt] or format('%d', attempt)
         jobs[k + 1] = id
-        jobs[k + 2] = token
-        jobs[k + 3] = attempt
-        jobs[k + 4] = f[3] or '1'
-        jobs[k + 5] = f[1]
-        jobs[k + 6] = f[2] or ''
-        jobs[k + 7] = f[4] or '0'
-        jobs[k + 8] = f[5] or ''
-        jobs[k + 9] = f[6] or ''
-        if current ~= '' and f[7] == current then
-          jobs[k + 10] = 'ok'
-        else
-          jobs[k + 10] = 'suspect'
-        end
+        jobs[k + 2] = f[1]
+        jobs[k + 3] = f[2] or ''
+        jobs[k + 4] = concat({ tokens[l + 2], attempts[l + 2], max and f[3] or '1',
+          tonumber(f[4]) and f[4] or '0', tonumber(f[6]) and f[6] or '',
+          (current ~= '' and f[7] == current) and 'ok' or 'suspect', f[5] or '' }, '|')
       else
         -- An id with no job behind it (pushed by hand, or its hash was deleted): keep a record
         -- in the dead letters instead of dropping it silently.
@@ -206,15 +203,9 @@ if count > 0 then
         redis.call('ZADD', KEYS[5], now, id)
         redis.call('HINCRBY', KEYS[6], 'dead', 1)
         jobs[k + 1] = id
-        jobs[k + 2] = 0
-        jobs[k + 3] = 0
-        jobs[k + 4] = 0
-        jobs[k + 5] = ''
-        jobs[k + 6] = ''
-        jobs[k + 7] = now
-        jobs[k + 8] = ''
-        jobs[k + 9] = ''
-        jobs[k + 10] = 'missing'
+        jobs[k + 2] = ''
+        jobs[k + 3] = ''
+        jobs[k + 4] = '0|0|0|' .. now .. '||missing|'
       end
     end
     if #leases > 0 then
