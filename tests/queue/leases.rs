@@ -8,8 +8,8 @@ use upkeep_shared::Outcome;
 use upkeep_shared::queue::{AttemptStatus, NewJob, QueueOptions, Settled, Settlement, Verdict};
 
 use crate::support::{
-    Calls, KIND, TestLedger, TestWorker, consumer, eventually, exclusive, handler, shared_queue,
-    stats, total, wait_for_succeeded,
+    Calls, KIND, TestLedger, TestWorker, consumer, eventually, exclusive, handler, raw,
+    shared_queue, stats, total, wait_for_succeeded,
 };
 
 fn one_second_lease() -> QueueOptions {
@@ -347,4 +347,116 @@ async fn a_lease_that_expires_on_the_last_attempt_dead_letters_the_job_instead_o
     let stats = stats(&queue).await;
     assert_eq!((stats.dead, stats.running), (1, 0));
     assert_eq!((total(&stats, "dead"), total(&stats, "reclaimed")), (1, 1));
+}
+
+#[tokio::test]
+async fn one_settle_call_answers_each_settlement_with_its_own_state_in_the_order_sent() {
+    // Arrange: four leased jobs; the fourth is settled with a token it never had.
+    let (queue, _) = shared_queue(QueueOptions::default());
+    let jobs: Vec<NewJob> = (0..4)
+        .map(|_| NewJob::new(KIND, serde_json::json!({}), 3))
+        .collect();
+    queue.enqueue(&jobs).await.expect("enqueue");
+    let leased = queue.fetch("worker-a", 4).await.expect("fetch").jobs;
+    assert_eq!(leased.len(), 4);
+    let settle = |i: usize, verdict: Verdict, token: &str| Settlement {
+        id: leased[i].id.clone(),
+        token: token.to_owned(),
+        verdict,
+        error: "boom".to_owned(),
+    };
+
+    // Act
+    let settled = queue
+        .settle(&[
+            settle(0, Verdict::Done, &leased[0].token),
+            settle(1, Verdict::Retry(Duration::from_secs(60)), &leased[1].token),
+            settle(2, Verdict::Dead, &leased[2].token),
+            settle(3, Verdict::Done, "999999999"),
+        ])
+        .await
+        .expect("settle");
+
+    // Assert
+    assert_eq!(
+        settled,
+        vec![
+            (leased[0].id.clone(), Settled::Completed),
+            (leased[1].id.clone(), Settled::Retryable),
+            (leased[2].id.clone(), Settled::Discarded),
+            (leased[3].id.clone(), Settled::Refused),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_leased_job_carries_what_was_enqueued_and_numbers_the_hash_garbles_become_defaults() {
+    // Arrange: a scheduled job whose schedule name holds the reply's field separator, and a
+    // job hash written by hand with a `max` and a `tick` that are not numbers.
+    let (queue, _) = shared_queue(QueueOptions::default());
+    let mut scheduled = NewJob::new(KIND, serde_json::json!({"db": "main"}), 5);
+    scheduled.schedule = Some("nightly|db backup".to_owned());
+    scheduled.tick_ms = Some(1_764_460_800_000);
+    let scheduled_id = scheduled.id.to_string();
+    queue.enqueue(&[scheduled]).await.expect("enqueue");
+    let garbled_id = upkeep_shared::JobId::new().to_string();
+    let () = raw(
+        &queue,
+        redis::cmd("HSET")
+            .arg(queue.keys().job(&garbled_id))
+            .arg(&[("kind", KIND), ("args", "{}"), ("attempt", "0")])
+            .arg(&[("max", "three"), ("enq", "1764460800000"), ("tick", "soon")])
+            .arg(&[("state", "available")]),
+    )
+    .await;
+    let () = raw(
+        &queue,
+        redis::cmd("LPUSH")
+            .arg(&queue.keys().ready)
+            .arg(&garbled_id),
+    )
+    .await;
+
+    // Act
+    let leased = queue.fetch("worker-a", 2).await.expect("fetch").jobs;
+
+    // Assert
+    let scheduled = leased
+        .iter()
+        .find(|job| job.id == scheduled_id)
+        .expect("leased");
+    assert_eq!(
+        (
+            scheduled.attempt,
+            scheduled.max_attempts,
+            scheduled.kind.as_str(),
+            scheduled.args.as_str(),
+            scheduled.schedule.as_deref(),
+            scheduled.tick_ms,
+            scheduled.missing,
+        ),
+        (
+            1,
+            5,
+            KIND,
+            r#"{"db":"main"}"#,
+            Some("nightly|db backup"),
+            Some(1_764_460_800_000),
+            false,
+        )
+    );
+    assert!(scheduled.enqueued_at_ms > 0 && !scheduled.token.is_empty());
+    let garbled = leased
+        .iter()
+        .find(|job| job.id == garbled_id)
+        .expect("leased");
+    assert_eq!(
+        (
+            garbled.max_attempts,
+            garbled.enqueued_at_ms,
+            garbled.tick_ms,
+            garbled.schedule.as_deref()
+        ),
+        (1, 1_764_460_800_000, None, None)
+    );
 }

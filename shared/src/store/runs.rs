@@ -222,11 +222,6 @@ pub fn copy_enabled() -> bool {
     super::nagle::copy_is_quick()
 }
 
-/// `COPY` of new attempts, the columns in [`Columns::copy_rows`]'s order.
-const COPY_RUNS_SQL: &str = "COPY job_runs (job_id, attempt, kind, queue, status, schedule, \
-    tick_at, enqueued_at, started_at, finished_at, duration_ms, worker, args, outcome, error, \
-    next_state) FROM STDIN (FORMAT binary)";
-
 /// Writes `rows` (a binary COPY stream of new attempts) in one `COPY`, which is atomic: a key
 /// that already has a row fails it with a unique violation and nothing is written.
 ///
@@ -836,9 +831,7 @@ impl Columns<'_> {
         arguments.add(&self.error)?;
         arguments.add(&self.next_state)
     }
-}
 
-impl Columns<'_> {
     /// The batch as a binary `COPY` stream, in [`COPY_RUNS_SQL`]'s column order.
     fn copy_rows(&self) -> Result<Vec<u8>, sqlx::Error> {
         let n = self.job_id.len();
@@ -867,15 +860,27 @@ impl Columns<'_> {
     }
 }
 
+/// The `job_runs` columns every batch write sets, in the order of `$1..$16` and of
+/// [`Columns::copy_rows`].
+macro_rules! run_columns {
+    () => {
+        "job_id, attempt, kind, queue, status, schedule, tick_at, enqueued_at, started_at,
+         finished_at, duration_ms, worker, args, outcome, error, next_state"
+    };
+}
+
 /// The columns of a batch as `UNNEST` expands them (both batch statements).
 macro_rules! batch_input {
     () => {
-        "UNNEST(
+        concat!(
+            "UNNEST(
         $1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[],
         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::int8[],
         $12::text[], $13::jsonb[], $14::jsonb[], $15::text[], $16::text[]
-    ) AS t(job_id, attempt, kind, queue, status, schedule, tick_at, enqueued_at, started_at,
-           finished_at, duration_ms, worker, args, outcome, error, next_state)"
+    ) AS t(",
+            run_columns!(),
+            ")"
+        )
     };
 }
 
@@ -883,13 +888,20 @@ macro_rules! batch_input {
 /// statement with a unique violation (nothing is written), and the caller falls back to
 /// [`RECORD_RUNS_SQL`]. Only for batches without findings.
 const INSERT_RUNS_SQL: &str = concat!(
-    "INSERT INTO job_runs (job_id, attempt, kind, queue, status, schedule, tick_at, enqueued_at,
-                      started_at, finished_at, duration_ms, worker, args, outcome, error,
-                      next_state)
-SELECT job_id, attempt, kind, queue, status, schedule, tick_at, enqueued_at, started_at,
-       finished_at, duration_ms, worker, args, outcome, error, next_state
-FROM ",
+    "INSERT INTO job_runs (",
+    run_columns!(),
+    ") SELECT ",
+    run_columns!(),
+    " FROM ",
     batch_input!()
+);
+
+/// [`INSERT_RUNS_SQL`] by `COPY`, for batches from [`COPY_MIN_ROWS`] rows: the same rows and
+/// the same all-or-nothing unique violation.
+const COPY_RUNS_SQL: &str = concat!(
+    "COPY job_runs (",
+    run_columns!(),
+    ") FROM STDIN (FORMAT binary)"
 );
 
 /// The batch write: rows in, conflicts settled, findings of the written rows in, the keys of
@@ -904,12 +916,11 @@ const RECORD_RUNS_SQL: &str = concat!(
     "WITH input AS (SELECT * FROM ",
     batch_input!(),
     "), written AS (
-    INSERT INTO job_runs (job_id, attempt, kind, queue, status, schedule, tick_at, enqueued_at,
-                          started_at, finished_at, duration_ms, worker, args, outcome, error,
-                          next_state)
-    SELECT job_id, attempt, kind, queue, status, schedule, tick_at, enqueued_at, started_at,
-           finished_at, duration_ms, worker, args, outcome, error, next_state
-    FROM input
+    INSERT INTO job_runs (",
+    run_columns!(),
+    ") SELECT ",
+    run_columns!(),
+    " FROM input
     ON CONFLICT (job_id, attempt) DO UPDATE SET
         status = EXCLUDED.status,
         started_at = EXCLUDED.started_at,
