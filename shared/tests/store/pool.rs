@@ -67,7 +67,8 @@ async fn a_connection_in_steady_use_is_not_pinged_so_its_death_fails_one_stateme
     // outage), and the pool drops that connection, so the retry gets a new one.
     assert!(
         failed.is_err(),
-        "a recently used connection is handed out without a ping"
+        "a recently used connection is handed out without a ping (backend {pid} was \
+         terminated; the next statement answered {failed:?})"
     );
     let new_pid = retried.expect("the dead connection was dropped and replaced");
     assert_ne!(new_pid, pid);
