@@ -210,11 +210,21 @@ pub async fn reconcile_once(
             }
         };
         for (job, action) in lost.into_iter().zip(taken) {
-            tracing::warn!(
-                job_id = %job.job_id, job_kind = %job.kind, queue = %job.queue,
-                attempt = job.last_attempt, source = job.source, action = ?action,
-                "job lost from redis"
-            );
+            if action == Taken::Reappeared {
+                // Another worker's pass restored it between our check and our restore (or a
+                // late write landed): one loss, already handled, so not a second warning.
+                tracing::info!(
+                    job_id = %job.job_id, job_kind = %job.kind, queue = %job.queue,
+                    attempt = job.last_attempt, source = job.source,
+                    "job missing from redis reappeared before the restore; left alone"
+                );
+            } else {
+                tracing::warn!(
+                    job_id = %job.job_id, job_kind = %job.kind, queue = %job.queue,
+                    attempt = job.last_attempt, source = job.source, action = ?action,
+                    "job lost from redis"
+                );
+            }
             report.lost.push(Lost {
                 job_id: job.job_id.to_string(),
                 kind: job.kind,
