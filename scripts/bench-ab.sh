@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Two builds of upkeepctl, A and B, in interleaved `upkeepctl bench` runs (A, B, A, B, ...), and
-# for each the median jobs/s and CPU per job, then the median of the pairs' B/A ratios. This
+# for each the median jobs/s, CPU per job and p50/p99 latency (the figures of live mode, `-- --live
+# 2000`), then the median of the pairs' B/A jobs/s ratios. This
 # VM's speed drifts by up to 2x within an hour, so a change is judged only against its
 # predecessor run next to it (issue #19).
 #
@@ -73,15 +74,19 @@ for pair in $(seq 1 "$PAIRS"); do
   rate_b=$(echo "$line_b" | field process_per_s)
   cpu_a=$(echo "$line_a" | field cpu_us_per_job)
   cpu_b=$(echo "$line_b" | field cpu_us_per_job)
-  echo "$rate_a $(echo "$cpu_a" | cpu_total)" >>"$OUT/a.txt"
-  echo "$rate_b $(echo "$cpu_b" | cpu_total)" >>"$OUT/b.txt"
+  p99_a=$(echo "$line_a" | field p99_ms)
+  p99_b=$(echo "$line_b" | field p99_ms)
+  echo "$rate_a $(echo "$cpu_a" | cpu_total) $(echo "$line_a" | field p50_ms) $p99_a" >>"$OUT/a.txt"
+  echo "$rate_b $(echo "$cpu_b" | cpu_total) $(echo "$line_b" | field p50_ms) $p99_b" >>"$OUT/b.txt"
   ratio=$(awk -v a="$rate_a" -v b="$rate_b" 'BEGIN { printf "%.2f", b / a }')
   echo "$ratio" >>"$OUT/ratios.txt"
-  echo "pair $pair: A $rate_a jobs/s (cpu_us_per_job $cpu_a), B $rate_b jobs/s ($cpu_b): ${ratio}x"
+  echo "pair $pair: A $rate_a jobs/s (cpu_us_per_job $cpu_a, p99 ${p99_a} ms), B $rate_b jobs/s ($cpu_b, p99 ${p99_b} ms): ${ratio}x"
 done
 for side in a b; do
-  printf '%s: median %s jobs/s, median %s us of CPU per job (%s)\n' "$(echo "$side" | tr ab AB)" \
+  printf '%s: median %s jobs/s, median %s us of CPU per job, median p50 %s ms, median p99 %s ms (%s)\n' \
+    "$(echo "$side" | tr ab AB)" \
     "$(cut -d' ' -f1 "$OUT/$side.txt" | median)" "$(cut -d' ' -f2 "$OUT/$side.txt" | median)" \
+    "$(cut -d' ' -f3 "$OUT/$side.txt" | median)" "$(cut -d' ' -f4 "$OUT/$side.txt" | median)" \
     "$(bin_of "$side")"
 done
 echo "B/A: median ratio $(median <"$OUT/ratios.txt")x over $PAIRS pairs ($(tr '\n' ' ' <"$OUT/ratios.txt"))"

@@ -9,7 +9,7 @@ use upkeep_shared::queue::{AttemptStatus, NewJob, QueueOptions, Settled, Settlem
 
 use crate::support::{
     Calls, KIND, TestLedger, TestWorker, consumer, eventually, exclusive, handler, raw,
-    shared_queue, stats, total, wait_for_succeeded,
+    redis_now_ms, shared_queue, stats, total, wait_for_succeeded,
 };
 
 fn one_second_lease() -> QueueOptions {
@@ -459,4 +459,42 @@ async fn a_leased_job_carries_what_was_enqueued_and_numbers_the_hash_garbles_bec
         ),
         (1, 1_764_460_800_000, None, None)
     );
+}
+
+#[tokio::test]
+async fn a_fetch_that_empties_the_ready_list_says_so_with_the_next_due_time_and_a_full_one_does_not()
+ {
+    // Arrange: three ready jobs, and one delayed by a minute.
+    let (queue, _) = shared_queue(QueueOptions::default());
+    let ready: Vec<NewJob> = (0..3)
+        .map(|_| NewJob::new(KIND, serde_json::json!({}), 1))
+        .collect();
+    queue.enqueue(&ready).await.expect("enqueue the ready jobs");
+    let mut delayed = NewJob::new(KIND, serde_json::json!({}), 1);
+    delayed.run_at_ms = Some(redis_now_ms(&queue).await + 60_000);
+    queue
+        .enqueue(&[delayed])
+        .await
+        .expect("enqueue the delayed job");
+
+    // Act: ask for two (the list holds more), then two again (it holds one).
+    let full = queue.fetch("w", 2).await.expect("first fetch");
+    let short = queue.fetch("w", 2).await.expect("second fetch");
+    let empty = queue.fetch("w", 2).await.expect("third fetch");
+
+    // Assert: a full fetch may have left jobs behind, so the worker fetches again at once; the
+    // one that ran out (with a job or without) tells the worker to wait, and for how long.
+    assert_eq!(
+        (full.jobs.len(), full.drained, full.next_due),
+        (2, false, None)
+    );
+    assert_eq!((short.jobs.len(), short.drained), (1, true));
+    assert_eq!((empty.jobs.len(), empty.drained), (0, true));
+    for fetched in [&short, &empty] {
+        let due = fetched.next_due.expect("the delayed job's due time");
+        assert!(
+            due > Duration::from_secs(55) && due <= Duration::from_secs(60),
+            "the delayed job is due in about a minute, not {due:?}"
+        );
+    }
 }

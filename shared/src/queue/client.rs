@@ -185,8 +185,12 @@ pub struct Fetched {
     /// Expired leases taken over in the same call, as verdict leases of this worker.
     pub reclaimed: Vec<Reclaimed>,
     /// Time until the earliest delayed or retrying job is due, if any; only computed when the
-    /// fetch leased nothing (a worker that got jobs fetches again without waiting).
+    /// fetch drained the ready list.
     pub next_due: Option<Duration>,
+    /// Whether the ready list ran out before the fetch had leased as many jobs as it asked for:
+    /// the worker may then wait on the wake list (every job that becomes ready later pushes a
+    /// wake token, and `next_due` covers the delayed ones) instead of fetching again at once.
+    pub drained: bool,
 }
 
 /// How an attempt ended, as the queue needs to know it.
@@ -486,6 +490,7 @@ impl Queue {
             });
         }
         let next_due = int(&next_due)?;
+        fetched.drained = next_due != -2;
         fetched.next_due = (next_due >= 0).then(|| Duration::from_millis(next_due as u64));
         Ok(fetched)
     }

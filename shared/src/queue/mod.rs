@@ -61,7 +61,9 @@
 //!   at now + lease. The lease lives in the per-queue `tokens`/`holders`/`attempts` hashes,
 //!   written once per batch: leasing a job costs one HMGET of its hash and nothing else per
 //!   job, which is what makes the hot path cheap. Returns the leased jobs, the verdict leases
-//!   and, when it leased nothing, when the next delayed job is due.
+//!   and, when the ready list ran out (fewer ids than asked for, none included), when the next
+//!   delayed job is due: the worker then waits on `wake` before its next fetch instead of
+//!   paying one that finds nothing.
 //! - `ack.lua`: per settlement, refuse it unless the token equals the job's current token in
 //!   `tokens` (a settled or reclaimed lease has none); else complete (expire after retention),
 //!   schedule a retry, dead-letter, give back a counted attempt (`release`: ready, or dead on

@@ -29,8 +29,16 @@ pub(super) enum FetchError {
     Ledger(#[source] anyhow::Error),
 }
 
-/// What a successful fetch yields: tasks to run, and when the next delayed job is due.
-pub(super) type FetchedTasks = (VecDeque<Task<Job>>, Option<Duration>);
+/// What a successful fetch yields: tasks to run, and whether to wait for more (see
+/// [`Fetched`]).
+pub(super) struct FetchedTasks {
+    /// The tasks to hand out.
+    pub(super) tasks: VecDeque<Task<Job>>,
+    /// When the next delayed or retrying job is due, if the ready list ran out.
+    pub(super) next_due: Option<Duration>,
+    /// Whether the ready list ran out: wait on the wake list before the next fetch.
+    pub(super) drained: bool,
+}
 
 /// Leases a batch and turns it into tasks. Expired leases taken over become verdict leases for
 /// the completer; jobs that already succeeded are skipped; a replayed attempt number is moved
@@ -45,6 +53,7 @@ pub(super) async fn fetch_batch(
         jobs,
         reclaimed,
         next_due,
+        drained,
     } = shared.queue.fetch(&shared.options.worker_id, count).await?;
     let confirmed_until = sent_at + shared.queue.options().lease;
     for lost in reclaimed {
@@ -58,7 +67,11 @@ pub(super) async fn fetch_batch(
         }
     }
     if decoded.is_empty() {
-        return Ok((VecDeque::new(), next_due));
+        return Ok(FetchedTasks {
+            tasks: VecDeque::new(),
+            next_due,
+            drained,
+        });
     }
 
     // Ask the ledger, in one query for the batch, about every job that may have run before:
@@ -150,7 +163,11 @@ pub(super) async fn fetch_batch(
             .build();
         tasks.push_back(task);
     }
-    Ok((tasks, next_due))
+    Ok(FetchedTasks {
+        tasks,
+        next_due,
+        drained,
+    })
 }
 
 /// A job whose attempt number the ledger has already used was leased again after Redis lost

@@ -384,14 +384,20 @@ impl RedisBackend {
             crate::daemons::vitals().worker_round_trip(self.shared.queue.name().as_str(), n_leased);
         }
         match result {
-            Ok((tasks, _)) if !tasks.is_empty() => {
+            Ok(fetched) if !fetched.drained => {
+                self.redis_outage.recovered();
+                self.ledger_outage.recovered();
+                self.buffer.extend(fetched.tasks);
+            }
+            Ok(FetchedTasks {
+                tasks, next_due, ..
+            }) => {
+                // The ready list ran out: hand out what came, then wait on the wake list
+                // instead of a fetch that would find nothing (one script call per drained
+                // fetch, in Redis and the worker, off a lone job's enqueue-to-completion path).
                 self.redis_outage.recovered();
                 self.ledger_outage.recovered();
                 self.buffer.extend(tasks);
-            }
-            Ok((_, next_due)) => {
-                self.redis_outage.recovered();
-                self.ledger_outage.recovered();
                 let idle_max = self.shared.options.idle_wait_max;
                 let wait = next_due.map_or(idle_max, |due| due.min(idle_max));
                 let queue = self.shared.queue.clone();
@@ -508,9 +514,9 @@ impl Backend for RedisBackend {
                 // A fetch in flight has leased jobs in Redis: finish it so they can be given back
                 // now instead of waiting for their leases to expire.
                 if let Some(fetch) = pending_fetch
-                    && let Ok((tasks, _)) = fetch.await
+                    && let Ok(fetched) = fetch.await
                 {
-                    buffered.extend(tasks);
+                    buffered.extend(fetched.tasks);
                 }
                 let unstarted: Vec<(String, String, bool)> = buffered
                     .iter()

@@ -24,9 +24,17 @@ local function incarnation()
   local ok_server, server = pcall(redis.call, 'INFO', 'server')
   local ok_repl, repl = pcall(redis.call, 'INFO', 'replication')
   if not (ok_server and ok_repl) then return '' end
-  local run_id = string.match(server, 'run_id:(%x+)')
-  local replid = string.match(repl, 'master_replid:(%x+)')
-  if not (run_id and replid) then return '' end
+  -- Plain finds (memchr) and fixed-width cuts of the two 40-digit ids: a pattern match tried
+  -- every offset of the reply in Lua, a large part of a one-job call's instructions.
+  local r = string.find(server, 'run_id:', 1, true)
+  local m = string.find(repl, 'master_replid:', 1, true)
+  if not (r and m) then return '' end
+  local run_id = string.sub(server, r + 7, r + 46)
+  local replid = string.sub(repl, m + 14, m + 53)
+  if not (string.find(run_id, '^%x+$') and string.find(replid, '^%x+$')
+      and #run_id == 40 and #replid == 40) then
+    return ''
+  end
   return run_id .. ':' .. replid
 end
 local inc = nil

@@ -17,8 +17,11 @@
 --               acks, and the worker must ask the ledger before running it even on attempt 1
 --   reclaimed = flat list of 11 fields per expired lease taken back as a verdict lease:
 --               id, new token, attempt, worker, leased_at, kind, args, enq, max, sched, tick
---   next_due_in_ms = ms until the earliest delayed/retrying job is due, -1 if none or when
---                    jobs were leased (the caller fetches again at once then)
+--   next_due_in_ms = ms until the earliest delayed/retrying job is due, -1 if none, or -2
+--                    when the ready list may hold more (as many were leased as asked for): the
+--                    caller fetches again at once then. Computed whenever the list ran out,
+--                    with or without jobs leased, so a worker that drained it waits on the
+--                    wake list instead of paying a fetch that finds nothing.
 -- The lease itself (token, holder, attempt count) lives in three per-queue hashes written
 -- once per batch, so leasing a job costs one HMGET of its hash and nothing else per job.
 local t = redis.call('TIME')
@@ -141,16 +144,26 @@ local function incarnation()
   local ok_server, server = pcall(redis.call, 'INFO', 'server')
   local ok_repl, repl = pcall(redis.call, 'INFO', 'replication')
   if not (ok_server and ok_repl) then return '' end
-  local run_id = string.match(server, 'run_id:(%x+)')
-  local replid = string.match(repl, 'master_replid:(%x+)')
-  if not (run_id and replid) then return '' end
+  -- Plain finds (memchr) and fixed-width cuts of the two 40-digit ids: a pattern match tried
+  -- every offset of the reply in Lua, a large part of a one-job call's instructions.
+  local r = string.find(server, 'run_id:', 1, true)
+  local m = string.find(repl, 'master_replid:', 1, true)
+  if not (r and m) then return '' end
+  local run_id = string.sub(server, r + 7, r + 46)
+  local replid = string.sub(repl, m + 14, m + 53)
+  if not (string.find(run_id, '^%x+$') and string.find(replid, '^%x+$')
+      and #run_id == 40 and #replid == 40) then
+    return ''
+  end
   return run_id .. ':' .. replid
 end
 
 -- 4. Lease ready jobs.
 local jobs = {}
+local drained = count <= 0
 if count > 0 then
   local ids = redis.call('RPOP', KEYS[1], count)
+  drained = not ids or #ids < count
   if ids then
     local n = #ids
     local first_token = redis.call('INCRBY', KEYS[7], n) - n
@@ -223,10 +236,11 @@ end
 redis.call('ZADD', KEYS[8], now, worker)
 
 -- 5. When is the next delayed or retrying job due, or the next completed job to delete?
---    Idle workers sleep at most that long. A worker that got jobs fetches again without
---    waiting, so this is only computed for an empty fetch.
-local next_due = -1
-if #jobs == 0 then
+--    Idle workers sleep at most that long. A worker whose fetch filled up fetches again
+--    without waiting, so this is only computed when the ready list ran out.
+local next_due = -2
+if drained then
+  next_due = -1
   for z, zkey in ipairs({ KEYS[2], KEYS[3], KEYS[12] }) do
     local first = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
     if first[2] then
@@ -237,5 +251,6 @@ if #jobs == 0 then
     end
   end
 end
-if more_to_clean then next_due = 0 end
+-- More to clean: fetch again soon, even when idle (at once anyway when the list may hold more).
+if more_to_clean and next_due ~= -2 then next_due = 0 end
 return { jobs, reclaimed, next_due }
