@@ -15,6 +15,7 @@
 //! worker therefore never stalls on its own logging, which the throughput work relies on; a
 //! sink that keeps up loses nothing (the rotation tests count every line).
 
+pub mod attempt;
 pub mod file;
 
 use std::io::IsTerminal as _;
@@ -26,6 +27,7 @@ use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGua
 
 use crate::logs::settings::Compression;
 use crate::settings::ByteSize;
+use attempt::WithAttempt;
 
 pub use file::LogFile;
 
@@ -92,9 +94,16 @@ pub fn init(service: &str, default_filter: &str, format: LogFormat) {
         .with_writer(std::io::stderr);
     // upkeepctl's stderr is for the person at the prompt: `auto` stays human-readable there.
     let result = if format == LogFormat::Json {
-        builder.json().flatten_event(true).try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .map_event_format(WithAttempt::json)
+            .try_init()
     } else {
-        builder.compact().try_init()
+        builder
+            .compact()
+            .map_event_format(WithAttempt::text)
+            .try_init()
     };
     if result.is_ok() {
         tracing::debug!(service, "telemetry initialised");
@@ -190,9 +199,16 @@ pub fn init_daemon(service: &str, settings: &TelemetrySettings) -> std::io::Resu
         .with_writer(writer);
     // `ansi` is true only for a terminal: a file or a pipe gets JSON under `auto`.
     let result = if settings.format.is_json(ansi) {
-        builder.json().flatten_event(true).try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .map_event_format(WithAttempt::json)
+            .try_init()
     } else {
-        builder.compact().try_init()
+        builder
+            .compact()
+            .map_event_format(WithAttempt::text)
+            .try_init()
     };
     if result.is_err() {
         return Ok(empty);

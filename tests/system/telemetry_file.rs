@@ -161,6 +161,28 @@ async fn the_daemon_log_file_rotates_without_losing_a_line_and_reopens_on_sighup
         odd.is_empty(),
         "lines lost or repeated: {per_job} line(s) per job but {odd:?} (files {files:?})"
     );
+    // An attempt's lines name it at the top level of the JSON object.
+    let succeeded = files
+        .iter()
+        .flat_map(|file| json_lines(file))
+        .find(|entry| {
+            entry["message"] == "attempt succeeded"
+                && entry["job_id"] == serde_json::json!(all[0].to_string())
+        })
+        .expect("the first job's `attempt succeeded` line, naming it");
+    assert_eq!(
+        (
+            &succeeded["job_kind"],
+            &succeeded["queue"],
+            &succeeded["attempt"]
+        ),
+        (
+            &serde_json::json!("system.ping"),
+            &serde_json::json!("reports"),
+            &serde_json::json!(1)
+        ),
+        "{succeeded}"
+    );
     // The jobs after the reopen are in the new file, not the moved one.
     let moved = mentions(&[dir.path().join("moved.log")], &second);
     assert!(moved.values().all(|n| *n == 0), "{moved:?}");
