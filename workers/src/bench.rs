@@ -37,8 +37,9 @@ pub struct BenchArgs {
     /// Worker concurrency.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u32,
-    /// Jobs leased per fetch (at most the free concurrency).
-    #[arg(long, default_value_t = 64)]
+    /// Jobs leased per fetch: the `[queues.*] batch_size` default. Short jobs are leased up to
+    /// two batches ahead of the free slots.
+    #[arg(long, default_value_t = 128)]
     pub batch: u32,
     /// Measure Redis alone: do not record attempts in Postgres.
     #[arg(long)]

@@ -275,7 +275,7 @@ fn every_builtin_queue_exists_with_defaults_even_when_the_file_names_none() {
     assert_eq!(defaults.max_attempts, 3);
     assert_eq!(defaults.backoff_base, Duration::from_secs(1));
     assert_eq!(defaults.backoff_max, Duration::from_secs(300));
-    assert_eq!(defaults.batch_size, 64);
+    assert_eq!(defaults.batch_size, 128);
     assert_eq!(defaults.timeout, Duration::from_secs(3600));
 }
 
