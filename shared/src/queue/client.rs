@@ -15,8 +15,19 @@ use super::keys::QueueKeys;
 use super::{Error, QueueOptions};
 use crate::job::{JobId, QueueName};
 
-static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/enqueue.lua")));
-static FETCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/fetch.lua")));
+// enqueue.lua and fetch.lua share one `incarnation()`, defined in a prelude.
+static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/incarnation.lua"),
+        include_str!("lua/enqueue.lua")
+    ))
+});
+static FETCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/incarnation.lua"),
+        include_str!("lua/fetch.lua")
+    ))
+});
 static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/ack.lua")));
 static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/renew.lua")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/release.lua")));

@@ -44,12 +44,6 @@ pub async fn in_attempt<F: Future>(fields: AttemptFields, future: F) -> F::Outpu
     ATTEMPT.scope(fields, future).await
 }
 
-/// The attempt the current task runs, if any.
-#[must_use]
-pub fn current() -> Option<AttemptFields> {
-    ATTEMPT.try_with(Clone::clone).ok()
-}
-
 /// An event formatter that adds the current attempt's fields to the line `inner` writes.
 #[derive(Debug, Clone)]
 pub struct WithAttempt<E> {

@@ -19,24 +19,8 @@
 -- run_id, new at every start, and its master_replid, new at every promotion): fetch.lua asks the
 -- worker to check the ledger before a first delivery only for jobs from another incarnation,
 -- the only ones whose leases and acks a restart or failover can have lost. Without INFO (an ACL
--- that denies it) no job gets the field, and every first delivery is checked.
-local function incarnation()
-  local ok_server, server = pcall(redis.call, 'INFO', 'server')
-  local ok_repl, repl = pcall(redis.call, 'INFO', 'replication')
-  if not (ok_server and ok_repl) then return '' end
-  -- Plain finds (memchr) and fixed-width cuts of the two 40-digit ids: a pattern match tried
-  -- every offset of the reply in Lua, a large part of a one-job call's instructions.
-  local r = string.find(server, 'run_id:', 1, true)
-  local m = string.find(repl, 'master_replid:', 1, true)
-  if not (r and m) then return '' end
-  local run_id = string.sub(server, r + 7, r + 46)
-  local replid = string.sub(repl, m + 14, m + 53)
-  if not (string.find(run_id, '^%x+$') and string.find(replid, '^%x+$')
-      and #run_id == 40 and #replid == 40) then
-    return ''
-  end
-  return run_id .. ':' .. replid
-end
+-- that denies it) no job gets the field, and every first delivery is checked. incarnation()
+-- comes from incarnation.lua, prepended to this script (client.rs).
 local inc = nil
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

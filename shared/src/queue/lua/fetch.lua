@@ -138,26 +138,6 @@ if #finished > 0 then
   more_to_clean = more_to_clean or #finished == limit
 end
 
--- The server's incarnation, as enqueue.lua records it ('' when INFO is denied: then every job
--- is suspect).
-local function incarnation()
-  local ok_server, server = pcall(redis.call, 'INFO', 'server')
-  local ok_repl, repl = pcall(redis.call, 'INFO', 'replication')
-  if not (ok_server and ok_repl) then return '' end
-  -- Plain finds (memchr) and fixed-width cuts of the two 40-digit ids: a pattern match tried
-  -- every offset of the reply in Lua, a large part of a one-job call's instructions.
-  local r = string.find(server, 'run_id:', 1, true)
-  local m = string.find(repl, 'master_replid:', 1, true)
-  if not (r and m) then return '' end
-  local run_id = string.sub(server, r + 7, r + 46)
-  local replid = string.sub(repl, m + 14, m + 53)
-  if not (string.find(run_id, '^%x+$') and string.find(replid, '^%x+$')
-      and #run_id == 40 and #replid == 40) then
-    return ''
-  end
-  return run_id .. ':' .. replid
-end
-
 -- 4. Lease ready jobs.
 local jobs = {}
 local drained = count <= 0
@@ -171,6 +151,7 @@ if count > 0 then
     local holder = worker .. '|' .. now
     -- Formatted once: Lua turns a number argument into text with printf on every use.
     local deadline = tostring(now + lease_ms)
+    -- incarnation() comes from incarnation.lua ('' when INFO is denied: every job is suspect).
     local current = incarnation()
     local leases, tokens, holders, attempts = {}, {}, {}, {}
     for i, id in ipairs(ids) do
