@@ -222,6 +222,14 @@ async fn the_workers_periodic_pass_requeues_a_lost_job_without_an_operator() {
         vec![(1, "failed"), (2, "succeeded")],
         "restored once, run once"
     );
+    // The daemons log through a non-blocking writer: the restoring pass's line can reach the
+    // file after the job's run reached the ledger.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while cluster.count_worker_logs("job lost from redis") == 0
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         cluster.count_worker_logs("job lost from redis"),
         1,
