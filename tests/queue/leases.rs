@@ -391,10 +391,12 @@ async fn one_settle_call_answers_each_settlement_with_its_own_state_in_the_order
 
 #[tokio::test]
 async fn a_leased_job_carries_what_was_enqueued_and_numbers_the_hash_garbles_become_defaults() {
-    // Arrange: a scheduled job whose schedule name holds the reply's field separator, and a
-    // job hash written by hand with a `max` and a `tick` that are not numbers.
+    // Arrange: a scheduled job whose schedule name and args hold the reply's field separator
+    // (and multi-byte characters: the packed reply counts bytes), a job hash written by hand
+    // with a `max` and a `tick` that are not numbers, and an id with no job behind it, all
+    // leased by one fetch, whose reply packs them into one string.
     let (queue, _) = shared_queue(QueueOptions::default());
-    let mut scheduled = NewJob::new(KIND, serde_json::json!({"db": "main"}), 5);
+    let mut scheduled = NewJob::new(KIND, serde_json::json!({"db": "main|ü—", "n": 7}), 5);
     scheduled.schedule = Some("nightly|db backup".to_owned());
     scheduled.tick_ms = Some(1_764_460_800_000);
     let scheduled_id = scheduled.id.to_string();
@@ -416,9 +418,15 @@ async fn a_leased_job_carries_what_was_enqueued_and_numbers_the_hash_garbles_bec
             .arg(&garbled_id),
     )
     .await;
+    let missing_id = "pushed|by hand";
+    let () = raw(
+        &queue,
+        redis::cmd("LPUSH").arg(&queue.keys().ready).arg(missing_id),
+    )
+    .await;
 
     // Act
-    let leased = queue.fetch("worker-a", 2).await.expect("fetch").jobs;
+    let leased = queue.fetch("worker-a", 3).await.expect("fetch").jobs;
 
     // Assert
     let scheduled = leased
@@ -439,7 +447,7 @@ async fn a_leased_job_carries_what_was_enqueued_and_numbers_the_hash_garbles_bec
             1,
             5,
             KIND,
-            r#"{"db":"main"}"#,
+            r#"{"db":"main|ü—","n":7}"#,
             Some("nightly|db backup"),
             Some(1_764_460_800_000),
             false,
@@ -459,6 +467,12 @@ async fn a_leased_job_carries_what_was_enqueued_and_numbers_the_hash_garbles_bec
         ),
         (1, 1_764_460_800_000, None, None)
     );
+    let missing = leased
+        .iter()
+        .find(|job| job.id == missing_id)
+        .expect("reported");
+    assert!(missing.missing && missing.kind.is_empty() && missing.args.is_empty());
+    assert_eq!(leased.len(), 3);
 }
 
 #[tokio::test]

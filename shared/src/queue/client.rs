@@ -424,51 +424,16 @@ impl Queue {
             return Err(protocol("fetch reply has fewer than 3 parts"));
         };
         let mut fetched = Fetched::default();
-        let jobs = array(jobs)?;
-        if jobs.len() % 4 != 0 {
-            return Err(protocol("fetch job entries are not 4 fields each"));
-        }
-        fetched.jobs.reserve(jobs.len() / 4);
-        let mut fields = jobs.into_iter();
-        while let (Some(id), Some(kind), Some(args), Some(meta)) =
-            (fields.next(), fields.next(), fields.next(), fields.next())
-        {
-            let meta = owned_text(meta)?;
-            let mut meta = meta.splitn(7, '|');
-            let (
-                Some(token),
-                Some(attempt),
-                Some(max),
-                Some(enq),
-                Some(tick),
-                Some(state_was),
-                Some(sched),
-            ) = (
-                meta.next(),
-                meta.next(),
-                meta.next(),
-                meta.next(),
-                meta.next(),
-                meta.next(),
-                meta.next(),
-            )
-            else {
-                return Err(protocol("fetch job entry's numbers are not 7 fields"));
-            };
-            fetched.jobs.push(Leased {
-                id: owned_text(id)?,
-                token: token.to_owned(),
-                attempt: int_text(attempt)? as u32,
-                max_attempts: int_text(max)? as u32,
-                kind: owned_text(kind)?,
-                args: owned_text(args)?,
-                enqueued_at_ms: int_text(enq)?,
-                schedule: (!sched.is_empty()).then(|| sched.to_owned()),
-                tick_ms: tick.parse().ok(),
-                missing: state_was == "missing",
-                suspect: state_was == "suspect",
-            });
-        }
+        let packed = match jobs {
+            Value::BulkString(bytes) => bytes,
+            Value::Nil => Vec::new(),
+            other => {
+                return Err(Error::Protocol(format!(
+                    "fetch jobs: expected one string, got {other:?}"
+                )));
+            }
+        };
+        fetched.jobs = unpack_leased(&packed, count)?;
         for f in array(reclaimed)?.chunks(11) {
             let [
                 id,
@@ -873,6 +838,63 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The leased jobs of a fetch reply, packed by `fetch.lua` into one string: per job ten
+/// `|`-terminated fields (token, attempt, max, enq, tick, state_was, then the byte lengths of
+/// id, kind, args and sched) followed by those four values back to back.
+fn unpack_leased(mut rest: &[u8], count_hint: usize) -> Result<Vec<Leased>, Error> {
+    fn field<'a>(rest: &mut &'a [u8]) -> Result<&'a str, Error> {
+        let at = rest
+            .iter()
+            .position(|&b| b == b'|')
+            .ok_or_else(|| protocol("fetch job entry is cut short"))?;
+        let value = std::str::from_utf8(&rest[..at])
+            .map_err(|_| protocol("fetch job entry's numbers are not text"))?;
+        *rest = &rest[at + 1..];
+        Ok(value)
+    }
+    fn take(rest: &mut &[u8], len: &str) -> Result<String, Error> {
+        let len: usize = len
+            .parse()
+            .map_err(|_| Error::Protocol(format!("fetch job entry: bad length {len:?}")))?;
+        if len > rest.len() {
+            return Err(protocol("fetch job entry is shorter than its lengths say"));
+        }
+        let (value, tail) = rest.split_at(len);
+        *rest = tail;
+        Ok(String::from_utf8_lossy(value).into_owned())
+    }
+    let mut jobs = Vec::with_capacity(count_hint.min(4096));
+    while !rest.is_empty() {
+        let token = field(&mut rest)?;
+        let attempt = field(&mut rest)?;
+        let max = field(&mut rest)?;
+        let enq = field(&mut rest)?;
+        let tick = field(&mut rest)?;
+        let state_was = field(&mut rest)?;
+        let (id_len, kind_len, args_len, sched_len) = (
+            field(&mut rest)?,
+            field(&mut rest)?,
+            field(&mut rest)?,
+            field(&mut rest)?,
+        );
+        let leased = Leased {
+            token: token.to_owned(),
+            attempt: int_text(attempt)? as u32,
+            max_attempts: int_text(max)? as u32,
+            enqueued_at_ms: int_text(enq)?,
+            tick_ms: tick.parse().ok(),
+            missing: state_was == "missing",
+            suspect: state_was == "suspect",
+            id: take(&mut rest, id_len)?,
+            kind: take(&mut rest, kind_len)?,
+            args: take(&mut rest, args_len)?,
+            schedule: Some(take(&mut rest, sched_len)?).filter(|s| !s.is_empty()),
+        };
+        jobs.push(leased);
+    }
+    Ok(jobs)
+}
+
 fn protocol(message: &str) -> Error {
     Error::Protocol(message.to_owned())
 }
@@ -900,15 +922,6 @@ fn text(value: &Value) -> Result<String, Error> {
     }
 }
 
-/// [`text`] of a reply taken by value: a bulk string's bytes become the string without a copy.
-fn owned_text(value: Value) -> Result<String, Error> {
-    match value {
-        Value::BulkString(bytes) => Ok(String::from_utf8(bytes)
-            .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())),
-        other => text(&other),
-    }
-}
-
 fn int(value: &Value) -> Result<i64, Error> {
     match value {
         Value::Int(n) => Ok(*n),
@@ -924,4 +937,57 @@ fn int_text(text: &str) -> Result<i64, Error> {
     }
     text.parse()
         .map_err(|_| Error::Protocol(format!("expected an integer, got {text:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unpack_leased;
+
+    #[test]
+    fn a_packed_fetch_reply_is_read_by_its_byte_lengths_and_a_cut_one_is_an_error() {
+        let args = r#"{"a":"x|y","b":"ü"}"#;
+        let packed = format!(
+            "7|2|3|1764460800000|1764460800000|suspect|4|6|{}|5|id|1task.x{args}a|b|c\
+             0|0|0|1764460800000||missing|2|0|0|0|i2",
+            args.len()
+        );
+
+        let jobs = unpack_leased(packed.as_bytes(), 2).expect("well formed");
+
+        assert_eq!(jobs.len(), 2);
+        let job = &jobs[0];
+        assert_eq!(
+            (
+                job.id.as_str(),
+                job.token.as_str(),
+                job.attempt,
+                job.max_attempts,
+                job.kind.as_str(),
+                job.args.as_str(),
+                job.schedule.as_deref(),
+                job.tick_ms,
+                job.suspect,
+                job.missing,
+            ),
+            (
+                "id|1",
+                "7",
+                2,
+                3,
+                "task.x",
+                args,
+                Some("a|b|c"),
+                Some(1_764_460_800_000),
+                true,
+                false
+            )
+        );
+        assert!(jobs[1].missing && jobs[1].id == "i2" && jobs[1].schedule.is_none());
+        for cut in [packed.len() - 1, 30, 5] {
+            assert!(
+                unpack_leased(&packed.as_bytes()[..cut], 2).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
 }

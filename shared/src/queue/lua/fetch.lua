@@ -8,10 +8,14 @@
 -- ARGV[5] promote/reclaim/clean-up limit, ARGV[6] dead retention ms, ARGV[7] retention ms,
 -- ARGV[8] idempotency ttl ms
 -- Returns { jobs, reclaimed, next_due_in_ms } where
---   jobs      = flat list of 4 fields per leased job: id, kind, args, and
---               'token|attempt|max|enq|tick|state_was|sched' in one string (numbers that are
---               not numbers in the job's hash become the defaults; sched, free text, is last),
---               where state_was is 'ok', 'missing' (no job data: dead-lettered here), or
+--   jobs      = one string, the leased jobs one after another, each
+--               'token|attempt|max|enq|tick|state_was|#id|#kind|#args|#sched|' followed by
+--               the id, kind, args and sched themselves, back to back (#x is x's length in
+--               bytes, so the free-text fields need no escaping; numbers that are not numbers
+--               in the job's hash become the defaults). One reply string for the whole batch
+--               instead of four per job: Redis converts, and the worker's RESP parser reads,
+--               one value instead of hundreds.
+--               state_was is 'ok', 'missing' (no job data: dead-lettered here), or
 --               'suspect': the job was created by another incarnation of this server (see
 --               enqueue.lua), so a restart or failover may have lost its earlier leases and
 --               acks, and the worker must ask the ledger before running it even on attempt 1
@@ -41,6 +45,17 @@ local format = string.format
 -- and the worker a RESP parse, which together cost about as much as leasing the job.
 local concat = table.concat
 local DIGITS = { '1', '2', '3', '4', '5', '6', '7', '8', '9' }
+-- The lengths in the packed reply, each formatted once per call (most are the same every time).
+local LENGTHS = {}
+local function length(s)
+  local n = #s
+  local text = LENGTHS[n]
+  if not text then
+    text = format('%d', n)
+    LENGTHS[n] = text
+  end
+  return text
+end
 
 -- 1. Promote due delayed and retrying jobs (oldest due first). `avail` records when a job
 --    became ready, so the oldest pending age measures the wait since then.
@@ -182,12 +197,14 @@ if count > 0 then
         holders[l + 2] = holder
         attempts[l + 1] = id
         attempts[l + 2] = DIGITS[attempt] or format('%d', attempt)
-        jobs[k + 1] = id
-        jobs[k + 2] = f[1]
-        jobs[k + 3] = f[2] or ''
-        jobs[k + 4] = concat({ tokens[l + 2], attempts[l + 2], max and f[3] or '1',
+        local args, sched = f[2] or '', f[5] or ''
+        jobs[k + 1] = concat({ tokens[l + 2], attempts[l + 2], max and f[3] or '1',
           tonumber(f[4]) and f[4] or '0', tonumber(f[6]) and f[6] or '',
-          (current ~= '' and f[7] == current) and 'ok' or 'suspect', f[5] or '' }, '|')
+          (current ~= '' and f[7] == current) and 'ok' or 'suspect',
+          length(id), length(f[1]), length(args), length(sched), id }, '|')
+        jobs[k + 2] = f[1]
+        jobs[k + 3] = args
+        jobs[k + 4] = sched
       else
         -- An id with no job behind it (pushed by hand, or its hash was deleted): keep a record
         -- in the dead letters instead of dropping it silently.
@@ -196,10 +213,7 @@ if count > 0 then
         redis.call('PEXPIRE', job, dead_retention)
         redis.call('ZADD', KEYS[5], now, id)
         redis.call('HINCRBY', KEYS[6], 'dead', 1)
-        jobs[k + 1] = id
-        jobs[k + 2] = ''
-        jobs[k + 3] = ''
-        jobs[k + 4] = '0|0|0|' .. now .. '||missing|'
+        jobs[k + 1] = '0|0|0|' .. now .. '||missing|' .. length(id) .. '|0|0|0|' .. id
       end
     end
     if #leases > 0 then
@@ -234,4 +248,4 @@ if drained then
 end
 -- More to clean: fetch again soon, even when idle (at once anyway when the list may hold more).
 if more_to_clean and next_due ~= -2 then next_due = 0 end
-return { jobs, reclaimed, next_due }
+return { concat(jobs), reclaimed, next_due }
