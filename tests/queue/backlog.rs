@@ -9,15 +9,16 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use redis::Value;
-use upkeep_shared::JobId;
 use upkeep_shared::queue::{
-    Attempt, History, Ledger, NoLedger, Queue, QueueOptions, Recorded, RedisTarget,
+    Attempt, History, Ledger, NewJob, NoLedger, Queue, QueueOptions, Recorded, RedisTarget,
 };
+use upkeep_shared::{Job, JobId, Outcome};
 use upkeep_tests::{PrivateRedis, unique_prefix};
 
 use crate::support::{
-    Calls, TestLedger, TestWorker, consumer, counting, eventually, exclusive, info_field, jobs,
-    now_ms, queue_on, raw, redis_now_ms, stats, total, wait_for_succeeded,
+    Calls, KIND, TestLedger, TestWorker, consumer, counting, eventually, exclusive, handler,
+    info_field, jobs, now_ms, queue_on, raw, redis_now_ms, shared_queue, stats, total,
+    wait_for_succeeded,
 };
 
 /// The longest any single command may run at these backlogs.
@@ -439,4 +440,104 @@ async fn while_the_ledger_is_down_the_worker_stops_leasing_and_acks_nothing_then
     slowlog
         .assert_nothing_reached_slow("settle after ledger outage")
         .await;
+}
+
+/// A handler that succeeds at once, except for jobs whose args have `hold`: those keep their
+/// slot until `gate` lets them go.
+fn holding(gate: Arc<tokio::sync::Semaphore>) -> crate::support::Handler {
+    handler(move |job: Job| {
+        let gate = gate.clone();
+        async move {
+            if job.args.get("hold").is_some() {
+                gate.acquire().await.expect("the gate stays open").forget();
+            }
+            Ok(Outcome::default())
+        }
+    })
+}
+
+/// `n` jobs that hold their slot (see [`holding`]).
+fn held_jobs(n: usize) -> Vec<NewJob> {
+    (0..n)
+        .map(|_| NewJob::new(KIND, serde_json::json!({ "hold": true }), 1))
+        .collect()
+}
+
+/// How many jobs the queue has leased once that number has held still for half a second.
+async fn settled_leases(queue: &Queue) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = stats(queue).await.running;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = stats(queue).await.running;
+        if now == last && now > 0 {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leases did not hold still within 10 s (last {now})"
+        );
+        last = now;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_of_short_jobs_fetches_ahead_while_one_batch_is_left_and_stops_with_its_slots_taken()
+ {
+    // Arrange: a worker with 4 slots and batches of 8 learns that its jobs are short (20 no-op
+    // jobs); then every job holds its slot until the gate opens.
+    let (queue, target) = shared_queue(QueueOptions::default());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut options = consumer("ahead", 4);
+    options.batch_size = 8;
+    let worker = TestWorker::start(
+        queue.clone(),
+        &target,
+        options,
+        Arc::new(NoLedger),
+        holding(gate.clone()),
+    );
+    queue.enqueue(&jobs(20, 1)).await.expect("enqueue");
+    wait_for_succeeded(&queue, 20, Duration::from_secs(10)).await;
+
+    // Act
+    queue.enqueue(&held_jobs(100)).await.expect("enqueue");
+    let leased = settled_leases(&queue).await;
+
+    // Assert: the first fetch leases a batch (8); with at most one batch in the buffer and room
+    // for two batches beyond the slots, the next fetch leases another; then the 4 slots are
+    // taken and 12 wait in the buffer, more than one batch, so no third fetch starts however
+    // long the slots stay taken, and the rest stays in Redis for other workers. (With one
+    // batch of room the second fetch could lease only 4.)
+    assert_eq!((leased, stats(&queue).await.pending), (16, 84));
+    gate.add_permits(100);
+    wait_for_succeeded(&queue, 120, Duration::from_secs(20)).await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_has_not_seen_its_jobs_run_short_leases_only_for_its_free_slots() {
+    // Arrange: a fresh worker (no run time measured yet: a slow job must not hold others
+    // hostage in its buffer) with 4 slots and batches of 8.
+    let (queue, target) = shared_queue(QueueOptions::default());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut options = consumer("slots", 4);
+    options.batch_size = 8;
+    let worker = TestWorker::start(
+        queue.clone(),
+        &target,
+        options,
+        Arc::new(NoLedger),
+        holding(gate.clone()),
+    );
+
+    // Act
+    queue.enqueue(&held_jobs(20)).await.expect("enqueue");
+    let leased = settled_leases(&queue).await;
+
+    // Assert
+    assert_eq!((leased, stats(&queue).await.pending), (4, 16));
+    gate.add_permits(20);
+    wait_for_succeeded(&queue, 20, Duration::from_secs(20)).await;
+    worker.stop().await;
 }

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use upkeep_shared::queue::{NewJob, NoLedger, Queue, QueueOptions};
+use upkeep_shared::queue::{NewJob, NoLedger, Queue, QueueOptions, RedisTarget};
 use upkeep_shared::{JobId, Outcome};
+use upkeep_tests::{PrivateRedis, unique_prefix};
 
 use crate::support::{
     KIND, TestWorker, catch_the_start_of_an_idle_wait, consumer, eventually, exclusive, handler,
-    last_fetch_ms, now_ms, shared_queue,
+    jobs, last_fetch_ms, now_ms, queue_on, raw, shared_queue, wait_for_succeeded,
 };
 
 /// When the handler started a job: a monotonic instant and wall-clock unix ms.
@@ -114,4 +115,63 @@ async fn a_delayed_job_starts_within_150_ms_of_its_due_time_with_nothing_else_wa
         lateness < 150,
         "the job started {lateness} ms after its due time"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_job_enqueued_into_an_idle_worker_costs_it_one_fetch_not_a_second_that_finds_nothing()
+ {
+    // Arrange: an idle worker on a private redis-server (SLOWLOG then holds only this test's
+    // calls), warmed up by one job so its scripts are loaded and it waits on the wake list;
+    // its idle wait is long, so no timed-out wait fetches during the test.
+    let redis = PrivateRedis::start().expect("a private redis-server");
+    let target = RedisTarget::standalone(redis.url());
+    let queue = queue_on(&target, &unique_prefix(), "q", QueueOptions::default());
+    let mut options = consumer("lone", 4);
+    options.idle_wait_max = Duration::from_secs(60);
+    let worker = TestWorker::start(
+        queue.clone(),
+        &target,
+        options,
+        Arc::new(NoLedger),
+        handler(|_| async { Ok(Outcome::default()) }),
+    );
+    queue.enqueue(&jobs(1, 1)).await.expect("enqueue");
+    wait_for_succeeded(&queue, 1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (name, value) in [
+        ("slowlog-log-slower-than", "0"),
+        ("slowlog-max-len", "1000"),
+    ] {
+        let () = raw(&queue, redis::cmd("CONFIG").arg("SET").arg(name).arg(value)).await;
+    }
+    let () = raw(&queue, redis::cmd("SLOWLOG").arg("RESET")).await;
+
+    // Act
+    queue.enqueue(&jobs(1, 1)).await.expect("enqueue");
+    wait_for_succeeded(&queue, 2, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Assert: the fetch that leased the job said the ready list ran out, and the worker went
+    // back to its wake list instead of fetching again (fetch.lua is the script with 12 keys).
+    let log: Vec<Vec<redis::Value>> = raw(&queue, redis::cmd("SLOWLOG").arg("GET").arg(-1)).await;
+    let calls: Vec<Vec<String>> = log
+        .into_iter()
+        .map(|entry| {
+            let args = entry
+                .into_iter()
+                .nth(3)
+                .expect("a SLOWLOG entry has its arguments");
+            redis::from_redis_value(args).expect("arguments are text")
+        })
+        .collect();
+    let fetches = calls
+        .iter()
+        .filter(|args| {
+            args.first()
+                .is_some_and(|command| command.eq_ignore_ascii_case("evalsha"))
+                && args.get(2).map(String::as_str) == Some("12")
+        })
+        .count();
+    assert_eq!(fetches, 1, "fetch calls for one job: {calls:?}");
+    worker.stop().await;
 }

@@ -389,21 +389,17 @@ impl RedisBackend {
             // A round trip Redis answered: the worker's heartbeat for the systemd watchdog.
             let n_leased = self.shared.leases.len();
             crate::daemons::vitals().worker_round_trip(self.shared.queue.name().as_str(), n_leased);
+            self.redis_outage.recovered();
+            self.ledger_outage.recovered();
         }
         match result {
-            Ok(fetched) if !fetched.drained => {
-                self.redis_outage.recovered();
-                self.ledger_outage.recovered();
-                self.buffer.extend(fetched.tasks);
-            }
+            Ok(fetched) if !fetched.drained => self.buffer.extend(fetched.tasks),
             Ok(FetchedTasks {
                 tasks, next_due, ..
             }) => {
                 // The ready list ran out: hand out what came, then wait on the wake list
                 // instead of a fetch that would find nothing (one script call per drained
                 // fetch, in Redis and the worker, off a lone job's enqueue-to-completion path).
-                self.redis_outage.recovered();
-                self.ledger_outage.recovered();
                 self.buffer.extend(tasks);
                 let idle_max = self.shared.options.idle_wait_max;
                 let wait = next_due.map_or(idle_max, |due| due.min(idle_max));
