@@ -128,8 +128,19 @@ async fn the_daemon_log_file_rotates_without_losing_a_line_and_reopens_on_sighup
     let first = deployment.enqueue("system.ping", "{}", &["--count", "200"]);
     wait_succeeded(&mut ledger, &first).await;
 
-    // Act 2: an external rotation (mv), then SIGHUP; the daemon writes the path again.
-    std::fs::rename(&live, dir.path().join("moved.log")).expect("moving the live file");
+    // Act 2: an external rotation (mv), then SIGHUP; the daemon writes the path again. The
+    // daemon may be rotating the file itself at that moment (renamed, not yet created again):
+    // the mv then finds no file, as logrotate would, and is tried again.
+    eventually(
+        "the live file moved away",
+        Duration::from_secs(5),
+        async || match std::fs::rename(&live, dir.path().join("moved.log")) {
+            Ok(()) => Some(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => panic!("moving the live file: {error}"),
+        },
+    )
+    .await;
     let pid = Pid::from_raw(i32::try_from(worker.pid()).expect("a pid"));
     signal::kill(pid, Signal::SIGHUP).expect("sending SIGHUP");
     eventually(
