@@ -359,14 +359,17 @@ async fn one_settle_call_answers_each_settlement_with_its_own_state_in_the_order
     queue.enqueue(&jobs).await.expect("enqueue");
     let leased = queue.fetch("worker-a", 4).await.expect("fetch").jobs;
     assert_eq!(leased.len(), 4);
+    // The error text holds the separator of the settlement's packed verdict field.
+    let error = "boom | exit 2 | see log";
     let settle = |i: usize, verdict: Verdict, token: &str| Settlement {
         id: leased[i].id.clone(),
         token: token.to_owned(),
         verdict,
-        error: "boom".to_owned(),
+        error: error.to_owned(),
     };
 
     // Act
+    let before_ms = redis_now_ms(&queue).await;
     let settled = queue
         .settle(&[
             settle(0, Verdict::Done, &leased[0].token),
@@ -386,6 +389,25 @@ async fn one_settle_call_answers_each_settlement_with_its_own_state_in_the_order
             (leased[2].id.clone(), Settled::Discarded),
             (leased[3].id.clone(), Settled::Refused),
         ]
+    );
+    let records = queue
+        .jobs(&[&leased[1].id, &leased[2].id])
+        .await
+        .expect("job lookup");
+    for record in &records {
+        let record = record.as_ref().expect("the job is kept");
+        assert_eq!(record.fields.get("err").map(String::as_str), Some(error));
+    }
+    let retry_at: f64 = raw(
+        &queue,
+        redis::cmd("ZSCORE")
+            .arg(&queue.keys().retry)
+            .arg(&leased[1].id),
+    )
+    .await;
+    assert!(
+        (before_ms + 60_000..before_ms + 65_000).contains(&(retry_at as i64)),
+        "retry due {retry_at}, settled at {before_ms} with a 60 s delay"
     );
 }
 

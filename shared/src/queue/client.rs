@@ -496,20 +496,20 @@ impl Queue {
             .key(&self.keys.ready)
             .arg(&self.keys.base)
             .arg(millis(self.options.dead_retention));
+        // Per settlement: id, token, and `done` or `verdict|delay ms|error` (see ack.lua).
         for s in settlements {
+            invocation.arg(&s.id).arg(&s.token);
             let (verdict, delay) = match s.verdict {
-                Verdict::Done => ("done", 0),
+                Verdict::Done => {
+                    invocation.arg("done");
+                    continue;
+                }
                 Verdict::Retry(delay) => ("retry", millis(delay)),
                 Verdict::Dead => ("dead", 0),
                 Verdict::Release => ("release", 0),
                 Verdict::Unstarted => ("unstarted", 0),
             };
-            invocation
-                .arg(&s.id)
-                .arg(&s.token)
-                .arg(verdict)
-                .arg(delay)
-                .arg(&s.error);
+            invocation.arg(format!("{verdict}|{delay}|{}", s.error));
         }
         let reply: Value = invocation.invoke_async(&mut self.conn.clone()).await?;
         // One letter per settlement, in the order sent (see ack.lua).

