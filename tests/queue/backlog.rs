@@ -8,17 +8,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use redis::Value;
 use upkeep_shared::queue::{
     Attempt, History, Ledger, NewJob, NoLedger, Queue, QueueOptions, Recorded, RedisTarget,
 };
 use upkeep_shared::{Job, JobId, Outcome};
 use upkeep_tests::{PrivateRedis, unique_prefix};
 
+use crate::slowlog::{SlowEntry, SlowLog};
 use crate::support::{
-    Calls, KIND, TestLedger, TestWorker, consumer, counting, eventually, exclusive, handler,
-    info_field, jobs, now_ms, queue_on, raw, redis_now_ms, shared_queue, stats, total,
-    wait_for_succeeded,
+    Calls, KIND, TestLedger, TestWorker, consumer, counting, eventually, exclusive, handler, jobs,
+    now_ms, queue_on, redis_now_ms, shared_queue, stats, total, wait_for_succeeded,
 };
 
 /// The longest any single command may run at these backlogs.
@@ -35,95 +34,9 @@ const STALL_CEILING: Duration = Duration::from_millis(80);
 /// `maintenance_limit` promoted per call, batches of the configured size).
 const SLOW_SHARE: f64 = 0.01;
 
-/// SLOWLOG armed to record every command slower than 1 ms, so a run reports its slowest
-/// calls even when none reaches [`SLOW`].
-struct SlowLog {
-    queue: Queue,
-}
-
-/// One SLOWLOG entry.
-#[derive(Debug)]
-struct SlowEntry {
-    micros: i64,
-    call: String,
-}
-
+/// Checks on a [`SlowLog`] armed at 1 ms, so a run reports its slowest calls even when none
+/// reaches [`SLOW`].
 impl SlowLog {
-    async fn arm(queue: &Queue) -> Self {
-        let config = |name: &str, value: &str| {
-            let mut cmd = redis::cmd("CONFIG");
-            cmd.arg("SET").arg(name).arg(value);
-            cmd
-        };
-        let () = raw(queue, &config("slowlog-log-slower-than", "1000")).await;
-        let () = raw(queue, &config("slowlog-max-len", "10000")).await;
-        let () = raw(queue, redis::cmd("SLOWLOG").arg("RESET")).await;
-        let () = raw(queue, redis::cmd("CONFIG").arg("RESETSTAT")).await;
-        Self {
-            queue: queue.clone(),
-        }
-    }
-
-    /// Moves the server to real-time scheduling (SCHED_FIFO) when the OS allows it, so that
-    /// SLOWLOG measures what the scripts cost rather than the time the kernel gave to other
-    /// processes: builds and other tests share this machine's 2 cores, and a preempted 2 ms
-    /// script can look like a 30 ms one. Best effort; says which it got.
-    async fn prioritise_server(&self) -> &'static str {
-        // The highest CFS priority, not SCHED_FIFO: a real-time task busy for more than
-        // sched_rt_runtime_us of each second (950 ms by default), as redis-server is while 20,000
-        // jobs are enqueued, is throttled for the rest of the period, and a script it was running
-        // then shows up in SLOWLOG as 50 ms.
-        let pid = info_field(&self.queue, "server", "process_id").await;
-        let status = std::process::Command::new("renice")
-            .args(["-n", "-20", "-p", &pid])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-        match status {
-            Ok(status) if status.success() => "redis-server at nice -20",
-            _ => {
-                "redis-server at its default priority (renice refused): timings include preemption"
-            }
-        }
-    }
-
-    async fn entries(&self) -> Vec<SlowEntry> {
-        let reply: Value = raw(&self.queue, redis::cmd("SLOWLOG").arg("GET").arg(-1)).await;
-        let Value::Array(entries) = reply else {
-            panic!("SLOWLOG GET returned {reply:?}");
-        };
-        entries
-            .into_iter()
-            .map(|entry| {
-                let Value::Array(fields) = entry else {
-                    panic!("a SLOWLOG entry is an array, got {entry:?}");
-                };
-                let micros = match fields.get(2) {
-                    Some(Value::Int(micros)) => *micros,
-                    other => panic!("SLOWLOG duration is an integer, got {other:?}"),
-                };
-                let args: Vec<String> = match fields.get(3) {
-                    Some(Value::Array(args)) => args
-                        .iter()
-                        .map(|arg| match arg {
-                            Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-                            other => format!("{other:?}"),
-                        })
-                        .collect(),
-                    other => panic!("SLOWLOG arguments are an array, got {other:?}"),
-                };
-                let client = match fields.get(4) {
-                    Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
-                    _ => String::new(),
-                };
-                SlowEntry {
-                    micros,
-                    call: format!("{} [client {client}]", describe(&args)),
-                }
-            })
-            .collect()
-    }
-
     /// Prints what SLOWLOG and commandstats saw, and fails if more than [`SLOW_SHARE`] of the
     /// script calls reached [`SLOW`] or any reached [`STALL_CEILING`].
     async fn assert_nothing_reached_slow(&self, label: &str) {
@@ -137,7 +50,12 @@ impl SlowLog {
         );
         let mut by_call: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
         for entry in &entries {
-            let name = entry.call.split(" (").next().unwrap_or("").to_owned();
+            // A script by its name, any other command by its own.
+            let name = entry
+                .script
+                .or_else(|| entry.call.split(' ').next())
+                .unwrap_or("")
+                .to_owned();
             by_call.entry(name).or_default().push(entry.micros);
         }
         for (call, mut micros) in by_call {
@@ -165,50 +83,6 @@ impl SlowLog {
             SLOW_SHARE * 100.0
         );
     }
-
-    async fn evalsha_calls(&self) -> u64 {
-        let stats = self.evalsha_stats().await;
-        stats
-            .split(['=', ','])
-            .skip_while(|part| !part.ends_with("calls"))
-            .nth(1)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    }
-
-    async fn evalsha_stats(&self) -> String {
-        let info: String = raw(&self.queue, redis::cmd("INFO").arg("commandstats")).await;
-        info.lines()
-            .find(|line| line.starts_with("cmdstat_evalsha:"))
-            .unwrap_or("no evalsha calls")
-            .to_owned()
-    }
-}
-
-/// Names a SLOWLOG call: the queue script it ran (told apart by its keys), or the command.
-fn describe(args: &[String]) -> String {
-    let command = args
-        .first()
-        .map(|c| c.to_ascii_uppercase())
-        .unwrap_or_default();
-    if command != "EVALSHA" && command != "EVAL" {
-        return args.join(" ");
-    }
-    let numkeys = args.get(2).map(String::as_str).unwrap_or("?");
-    let first_key = args.get(3).map(String::as_str).unwrap_or("");
-    let script = match (numkeys, first_key.rsplit(':').next().unwrap_or("")) {
-        ("8", "ready") => "fetch",
-        ("4", "ready") => "enqueue",
-        ("4", "leases") => "ack",
-        ("2", "leases") => "renew",
-        ("4", _) | ("3", "dead") => "release/requeue",
-        ("7", "ready") => "stats",
-        _ => "script",
-    };
-    format!(
-        "{script} ({command} with {} arguments shown)",
-        args.len().saturating_sub(3)
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +92,7 @@ async fn fifty_thousand_jobs_due_at_once_are_all_processed_and_no_script_call_ta
     let redis = PrivateRedis::start().expect("a private redis-server");
     let target = RedisTarget::standalone(redis.url());
     let queue = queue_on(&target, &unique_prefix(), "q", QueueOptions::default());
-    let slowlog = SlowLog::arm(&queue).await;
+    let slowlog = SlowLog::arm(&queue, Duration::from_millis(1)).await;
     println!("{}", slowlog.prioritise_server().await);
     let enqueueing = Instant::now();
     queue.enqueue(&jobs(50_000, 1)).await.expect("enqueue");
@@ -275,7 +149,7 @@ async fn twenty_thousand_delayed_jobs_falling_due_together_are_promoted_in_bound
         ..QueueOptions::default()
     };
     let queue = queue_on(&target, &unique_prefix(), "q", options);
-    let slowlog = SlowLog::arm(&queue).await;
+    let slowlog = SlowLog::arm(&queue, Duration::from_millis(1)).await;
     println!("{}", slowlog.prioritise_server().await);
     let due_at = now_ms() + 2_000;
     let mut delayed = jobs(20_000, 1);
@@ -407,7 +281,7 @@ async fn while_the_ledger_is_down_the_worker_stops_leasing_and_acks_nothing_then
     let during = stats(&queue).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let ran_later = calls.total();
-    let slowlog = SlowLog::arm(&queue).await;
+    let slowlog = SlowLog::arm(&queue, Duration::from_millis(1)).await;
     println!("{}", slowlog.prioritise_server().await);
 
     // Act: the ledger comes back.
@@ -456,6 +330,23 @@ fn holding(gate: Arc<tokio::sync::Semaphore>) -> crate::support::Handler {
     })
 }
 
+/// A worker with 4 slots and batches of 8 on a fresh queue, running [`holding`] behind the
+/// returned gate (closed).
+fn gated_worker(name: &str) -> (Queue, Arc<tokio::sync::Semaphore>, TestWorker) {
+    let (queue, target) = shared_queue(QueueOptions::default());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut options = consumer(name, 4);
+    options.batch_size = 8;
+    let worker = TestWorker::start(
+        queue.clone(),
+        &target,
+        options,
+        Arc::new(NoLedger),
+        holding(gate.clone()),
+    );
+    (queue, gate, worker)
+}
+
 /// `n` jobs that hold their slot (see [`holding`]).
 fn held_jobs(n: usize) -> Vec<NewJob> {
     (0..n)
@@ -486,17 +377,7 @@ async fn a_worker_of_short_jobs_fetches_ahead_while_one_batch_is_left_and_stops_
  {
     // Arrange: a worker with 4 slots and batches of 8 learns that its jobs are short (20 no-op
     // jobs); then every job holds its slot until the gate opens.
-    let (queue, target) = shared_queue(QueueOptions::default());
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let mut options = consumer("ahead", 4);
-    options.batch_size = 8;
-    let worker = TestWorker::start(
-        queue.clone(),
-        &target,
-        options,
-        Arc::new(NoLedger),
-        holding(gate.clone()),
-    );
+    let (queue, gate, worker) = gated_worker("ahead");
     queue.enqueue(&jobs(20, 1)).await.expect("enqueue");
     wait_for_succeeded(&queue, 20, Duration::from_secs(10)).await;
 
@@ -519,17 +400,7 @@ async fn a_worker_of_short_jobs_fetches_ahead_while_one_batch_is_left_and_stops_
 async fn a_worker_that_has_not_seen_its_jobs_run_short_leases_only_for_its_free_slots() {
     // Arrange: a fresh worker (no run time measured yet: a slow job must not hold others
     // hostage in its buffer) with 4 slots and batches of 8.
-    let (queue, target) = shared_queue(QueueOptions::default());
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let mut options = consumer("slots", 4);
-    options.batch_size = 8;
-    let worker = TestWorker::start(
-        queue.clone(),
-        &target,
-        options,
-        Arc::new(NoLedger),
-        holding(gate.clone()),
-    );
+    let (queue, gate, worker) = gated_worker("slots");
 
     // Act
     queue.enqueue(&held_jobs(20)).await.expect("enqueue");

@@ -10,9 +10,10 @@ use upkeep_shared::queue::{NewJob, NoLedger, Queue, QueueOptions, RedisTarget};
 use upkeep_shared::{JobId, Outcome};
 use upkeep_tests::{PrivateRedis, unique_prefix};
 
+use crate::slowlog::SlowLog;
 use crate::support::{
     KIND, TestWorker, catch_the_start_of_an_idle_wait, consumer, eventually, exclusive, handler,
-    jobs, last_fetch_ms, now_ms, queue_on, raw, shared_queue, wait_for_succeeded,
+    jobs, last_fetch_ms, now_ms, queue_on, shared_queue, wait_for_succeeded,
 };
 
 /// When the handler started a job: a monotonic instant and wall-clock unix ms.
@@ -138,13 +139,7 @@ async fn a_lone_job_enqueued_into_an_idle_worker_costs_it_one_fetch_not_a_second
     queue.enqueue(&jobs(1, 1)).await.expect("enqueue");
     wait_for_succeeded(&queue, 1, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    for (name, value) in [
-        ("slowlog-log-slower-than", "0"),
-        ("slowlog-max-len", "1000"),
-    ] {
-        let () = raw(&queue, redis::cmd("CONFIG").arg("SET").arg(name).arg(value)).await;
-    }
-    let () = raw(&queue, redis::cmd("SLOWLOG").arg("RESET")).await;
+    let slowlog = SlowLog::arm(&queue, Duration::ZERO).await;
 
     // Act
     queue.enqueue(&jobs(1, 1)).await.expect("enqueue");
@@ -152,26 +147,12 @@ async fn a_lone_job_enqueued_into_an_idle_worker_costs_it_one_fetch_not_a_second
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Assert: the fetch that leased the job said the ready list ran out, and the worker went
-    // back to its wake list instead of fetching again (fetch.lua is the script with 12 keys).
-    let log: Vec<Vec<redis::Value>> = raw(&queue, redis::cmd("SLOWLOG").arg("GET").arg(-1)).await;
-    let calls: Vec<Vec<String>> = log
-        .into_iter()
-        .map(|entry| {
-            let args = entry
-                .into_iter()
-                .nth(3)
-                .expect("a SLOWLOG entry has its arguments");
-            redis::from_redis_value(args).expect("arguments are text")
-        })
-        .collect();
+    // back to its wake list instead of fetching again.
+    let calls = slowlog.entries().await;
     let fetches = calls
         .iter()
-        .filter(|args| {
-            args.first()
-                .is_some_and(|command| command.eq_ignore_ascii_case("evalsha"))
-                && args.get(2).map(String::as_str) == Some("12")
-        })
+        .filter(|call| call.script == Some("fetch"))
         .count();
-    assert_eq!(fetches, 1, "fetch calls for one job: {calls:?}");
+    assert_eq!(fetches, 1, "fetch calls for one job: {calls:#?}");
     worker.stop().await;
 }

@@ -19,5 +19,6 @@ mod memory;
 mod outage;
 mod retries;
 mod sentinel;
+mod slowlog;
 mod stats;
 mod verdicts;
