@@ -412,6 +412,65 @@ async fn one_settle_call_answers_each_settlement_with_its_own_state_in_the_order
 }
 
 #[tokio::test]
+async fn a_settle_call_with_a_malformed_settlement_fails_whole_and_changes_nothing() {
+    // Arrange: two leased jobs, and ack.lua called directly (the client always sends
+    // well-formed settlements): the first a completion, the second a verdict without its
+    // `|delay|error` parts.
+    let (queue, _) = shared_queue(QueueOptions::default());
+    queue
+        .enqueue(&crate::support::jobs(2, 3))
+        .await
+        .expect("enqueue");
+    let leased = queue.fetch("worker-a", 2).await.expect("fetch").jobs;
+    assert_eq!(leased.len(), 2);
+    let keys = queue.keys();
+    let ack = redis::Script::new(include_str!("../../shared/src/queue/lua/ack.lua"));
+    let mut invocation = ack.prepare_invoke();
+    for key in [
+        &keys.leases,
+        &keys.retry,
+        &keys.dead,
+        &keys.stats,
+        &keys.wake,
+        &keys.tokens,
+        &keys.holders,
+        &keys.attempts,
+        &keys.done,
+        &keys.ready,
+    ] {
+        invocation.key(key);
+    }
+    invocation
+        .arg(&keys.base)
+        .arg(60_000)
+        .arg(&leased[0].id)
+        .arg(&leased[0].token)
+        .arg("done")
+        .arg(&leased[1].id)
+        .arg(&leased[1].token)
+        .arg("retry");
+
+    // Act
+    let result: redis::RedisResult<String> = invocation.invoke_async(&mut queue.conn()).await;
+
+    // Assert: an error naming the settlement, and both jobs still leased, the completion
+    // before it not applied.
+    let error = result
+        .expect_err("a malformed settlement is refused")
+        .to_string();
+    assert!(
+        error.contains("settlement 2 has no verdict|delay|error"),
+        "{error}"
+    );
+    let after = stats(&queue).await;
+    assert_eq!(
+        (after.running, total(&after, "succeeded")),
+        (2, 0),
+        "{after:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_leased_job_carries_what_was_enqueued_and_numbers_the_hash_garbles_become_defaults() {
     // Arrange: a scheduled job whose schedule name and args hold the reply's field separator
     // (and multi-byte characters: the packed reply counts bytes), a job hash written by hand
