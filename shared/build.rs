@@ -5,11 +5,16 @@
 //! A debug build records `dev` instead and does not watch HEAD: every crate depends on `shared`,
 //! so watching HEAD made each commit rebuild the whole workspace before the next test run, and a
 //! debug binary is never what gets deployed.
+//!
+//! It also watches `migrations/`: `sqlx::migrate!` embeds that directory, and on stable Rust
+//! the macro cannot tell cargo so, so a new migration would otherwise leave `MIGRATOR` as it was
+//! until some source file of this crate changed.
 
 use std::path::Path;
 use std::process::Command;
 
 fn main() {
+    println!("cargo:rerun-if-changed=../migrations");
     println!("cargo:rerun-if-env-changed=UPKEEP_GIT_COMMIT");
     let from_env = std::env::var("UPKEEP_GIT_COMMIT")
         .ok()
