@@ -252,7 +252,8 @@ async fn drop_month(
             return lock_not_granted(error);
         }
         // Two index probes: any running row (job_runs_status_id_idx), then the newest finish
-        // (job_runs_finished_at_idx, DESC with nulls first, so an unfinished row comes first).
+        // (job_runs_finished_at_idx read backward: DESC with nulls first, so an unfinished row
+        // comes first).
         let running: bool = sqlx::query_scalar(safe(format!(
             "SELECT EXISTS (SELECT 1 FROM {runs} WHERE status = 'running')"
         )))
