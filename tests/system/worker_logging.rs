@@ -1,5 +1,5 @@
 //! What a worker logs at the daemons' default level (`info`): no line per successful attempt,
-//! a `queue summary` line per interval whose counts add up to what ran, and a line with the
+//! a `queue summary` line per interval whose counts add up to what ran and was leased, and a line with the
 //! job id for every failure and every slow attempt.
 
 use std::time::Duration;
@@ -125,7 +125,14 @@ max_attempts = 1
         .iter()
         .find(|entry| entry["message"] == "queue summary")
         .expect("summed above");
-    for field in ["p50_ms", "p99_ms", "max_ms", "interval_s"] {
+    for field in ["p50_ms", "p99_ms", "max_ms", "interval_s", "fetch_wait_s"] {
         assert!(summary[field].is_number(), "{field} in {summary}");
     }
+    // Each job was leased once (one attempt each), by at least one fetch per job batch.
+    assert_eq!(
+        summed(&logged, "reports", "leased"),
+        n_jobs as u64,
+        "jobs leased over the summary lines"
+    );
+    assert!(summed(&logged, "reports", "fetches") >= 1);
 }

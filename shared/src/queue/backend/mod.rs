@@ -33,7 +33,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use apalis_core::backend::finalize::Ephemeral;
 use apalis_core::backend::{Backend, BackendConfig};
@@ -216,6 +216,9 @@ pub struct RedisBackend {
     blocking: RedisConn,
     buffer: VecDeque<Task<Job>>,
     fetch: Option<FetchFuture>,
+    /// Since when the handout has been empty with a fetch on its way (the summary's
+    /// `fetch_wait_s`).
+    starved_since: Option<Instant>,
     wait: Option<BoxFuture<'static, ()>>,
     close: Option<BoxFuture<'static, ()>>,
     redis_outage: Outage,
@@ -268,6 +271,7 @@ impl RedisBackend {
             blocking,
             buffer: VecDeque::new(),
             fetch: None,
+            starved_since: None,
             wait: None,
             close: None,
             redis_outage: Outage::new("redis", "fetch"),
@@ -392,6 +396,9 @@ impl RedisBackend {
             self.redis_outage.recovered();
             self.ledger_outage.recovered();
         }
+        if let Ok(fetched) = &result {
+            self.shared.stats.record_fetch(fetched.tasks.len());
+        }
         match result {
             Ok(fetched) if !fetched.drained => self.buffer.extend(fetched.tasks),
             Ok(FetchedTasks {
@@ -477,10 +484,16 @@ impl Backend for RedisBackend {
                 match fetch.poll_unpin(cx) {
                     Poll::Ready(result) => {
                         self.fetch = None;
+                        if let Some(since) = self.starved_since.take() {
+                            self.shared.stats.record_fetch_wait(since.elapsed());
+                        }
                         self.fetched(result);
                     }
                     // Nothing to hand out until the fetch returns.
-                    Poll::Pending if self.buffer.is_empty() => return Poll::Pending,
+                    Poll::Pending if self.buffer.is_empty() => {
+                        self.starved_since.get_or_insert_with(Instant::now);
+                        return Poll::Pending;
+                    }
                     // A fetch ahead is on its way; hand out what is buffered meanwhile.
                     Poll::Pending => {}
                 }

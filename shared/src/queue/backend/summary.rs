@@ -25,6 +25,9 @@ pub(super) struct AttemptStats {
     skipped: AtomicU64,
     max_us: AtomicU64,
     buckets: [AtomicU64; N_BUCKETS],
+    fetches: AtomicU64,
+    leased: AtomicU64,
+    fetch_wait_us: AtomicU64,
     /// When the counters were created, and the µs since then at which they were last taken:
     /// the interval a line covers (the last one, at shutdown, is shorter).
     created: Instant,
@@ -58,6 +61,14 @@ pub(super) struct Summary {
     pub(super) p99_ms: f64,
     /// Longest attempt, ms.
     pub(super) max_ms: f64,
+    /// Fetches that came back (lease script calls, drained ones included).
+    pub(super) fetches: u64,
+    /// Jobs those fetches leased.
+    pub(super) leased: u64,
+    /// How long the worker had nothing to hand out while a fetch was on its way, s: the time
+    /// its free slots waited on Redis. Near the interval's length, the worker is bound by its
+    /// fetches (Redis, the network); near zero, by its handlers or by an empty queue.
+    pub(super) fetch_wait_s: f64,
 }
 
 impl Summary {
@@ -77,6 +88,9 @@ impl Default for AttemptStats {
             skipped: AtomicU64::new(0),
             max_us: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            fetches: AtomicU64::new(0),
+            leased: AtomicU64::new(0),
+            fetch_wait_us: AtomicU64::new(0),
             created: Instant::now(),
             taken_at_us: AtomicU64::new(0),
         }
@@ -104,6 +118,19 @@ impl AttemptStats {
         let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
         self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// Counts one fetch that came back with `leased` jobs.
+    pub(super) fn record_fetch(&self, leased: usize) {
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        self.leased.fetch_add(leased as u64, Ordering::Relaxed);
+    }
+
+    /// Counts `waited` during which the worker had nothing to hand out while a fetch was on
+    /// its way.
+    pub(super) fn record_fetch_wait(&self, waited: Duration) {
+        let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        self.fetch_wait_us.fetch_add(us, Ordering::Relaxed);
     }
 
     /// The figures since the last call, resetting them. Each attempt is counted in exactly one
@@ -143,15 +170,18 @@ impl AttemptStats {
             p50_ms: quantile(0.50).min(max_ms),
             p99_ms: quantile(0.99).min(max_ms),
             max_ms,
+            fetches: self.fetches.swap(0, Ordering::Relaxed),
+            leased: self.leased.swap(0, Ordering::Relaxed),
+            fetch_wait_s: self.fetch_wait_us.swap(0, Ordering::Relaxed) as f64 / 1e6,
         }
     }
 
-    /// Logs the figures since the last call at info, unless nothing happened.
+    /// Logs the figures since the last call at info, unless nothing ran and nothing was leased.
     pub(super) fn log(&self, queue: &str, worker_id: &str) {
         let now_us = u64::try_from(self.created.elapsed().as_micros()).unwrap_or(u64::MAX);
         let since_us = self.taken_at_us.swap(now_us, Ordering::Relaxed);
         let summary = self.take();
-        if summary.processed() == 0 {
+        if summary.processed() == 0 && summary.leased == 0 {
             return;
         }
         tracing::info!(
@@ -167,6 +197,9 @@ impl AttemptStats {
             p50_ms = summary.p50_ms,
             p99_ms = summary.p99_ms,
             max_ms = summary.max_ms,
+            fetches = summary.fetches,
+            leased = summary.leased,
+            fetch_wait_s = summary.fetch_wait_s,
             "queue summary"
         );
     }
@@ -244,7 +277,13 @@ mod tests {
         stats.record(Ended::Retried, Some(Duration::from_millis(200)));
         stats.record(Ended::Dead, Some(Duration::from_millis(400)));
         stats.record(Ended::Skipped, None);
+        stats.record_fetch(64);
+        stats.record_fetch(0);
+        stats.record_fetch_wait(Duration::from_millis(1_500));
+        stats.record_fetch_wait(Duration::from_micros(250));
         let summary = stats.take();
+        assert_eq!((summary.fetches, summary.leased), (2, 64));
+        assert!((summary.fetch_wait_s - 1.50025).abs() < 1e-9, "{summary:?}");
         assert_eq!(
             (
                 summary.processed(),
@@ -259,6 +298,16 @@ mod tests {
         assert!((1.0..=1.25).contains(&summary.p50_ms), "{summary:?}");
         assert!((200.0..=250.0).contains(&summary.p99_ms), "{summary:?}");
         assert!((summary.max_ms - 400.0).abs() < f64::EPSILON, "{summary:?}");
-        assert_eq!(stats.take().processed(), 0, "take resets the counters");
+        let next = stats.take();
+        assert_eq!(
+            (
+                next.processed(),
+                next.fetches,
+                next.leased,
+                next.fetch_wait_s
+            ),
+            (0, 0, 0, 0.0),
+            "take resets the counters"
+        );
     }
 }
