@@ -58,13 +58,23 @@ bullmq() {
     "$(printf '%.0f ' "${rates[@]}")" "$(printf '%s\n' "${rates[@]}" | median | xargs printf '%.0f')"
 }
 
+# The share of the run the worker had nothing to hand out while a fetch was on its way: the
+# `fetch_wait_s` over the `interval_s` of the last `queue summary` line of log $1 (none when
+# the run logged nothing).
+fetch_wait_share() {
+  grep '"message":"queue summary"' "$1" 2>/dev/null | tail -n 1 |
+    grep -o '"\(fetch_wait_s\|interval_s\)":[0-9.e-]*' | cut -d: -f2 | paste -sd' ' |
+    awk 'NF == 2 && $1 > 0 { printf " fetch_wait=%.0f%%", 100 * $2 / $1 }'
+}
+
 upkeep() {
   local label=$1 rates=()
   shift
   for run in 1 2 3; do
     redis-cli -p "$PORT" flushall >/dev/null
-    line=$("$UPKEEPCTL" bench --jobs "$N" --concurrency "$C" "$@" 2>>"$OUT/upkeep-$label.log")
-    echo "$line"
+    line=$("$UPKEEPCTL" bench --jobs "$N" --concurrency "$C" "$@" 2>"$OUT/upkeep-run.log")
+    cat "$OUT/upkeep-run.log" >>"$OUT/upkeep-$label.log"
+    echo "$line$(fetch_wait_share "$OUT/upkeep-run.log")"
     rates+=("$(echo "$line" | field process_per_s)")
   done
   printf 'upkeep %s: median %s jobs/s\n' "$label" "$(printf '%s\n' "${rates[@]}" | median)"
