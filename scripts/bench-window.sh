@@ -2,7 +2,8 @@
 # One benchmark window (issue #19): BullMQ before, upkeep with the ledger and the daemons'
 # default logging (3 runs), upkeep without the ledger (3 runs), BullMQ after, then live-mode
 # latency with and without the ledger, then alternating BullMQ/upkeep pairs (PAIRS, default 8)
-# and the median of their ratios; `uptime` before and after.
+# and the median of their ratios; `uptime` before and after. Each upkeep run's line ends with
+# `fetch_wait=N%`, how much of the run its worker waited on a fetch (when the run logged).
 #
 # usage: scripts/bench-window.sh [N=20000] [C=16]
 #
