@@ -7,6 +7,7 @@
 
 mod alerts;
 mod backup;
+mod bench;
 mod check_config;
 mod cron_ctl;
 mod disk;

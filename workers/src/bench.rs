@@ -191,7 +191,7 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
         "peer=upkeep cfg=\"{mode} logging={logging} c={c} batch={b}\" n={n_jobs} c={c} \
          enqueue_per_s={enqueue_per_s:.0} process_per_s={process:.0} p50_ms={p50:.2} \
          p99_ms={p99:.2} redis_cmds_per_job={cmds:.2} worker_peak_rss_mb={rss_mb:.1} \
-         cpu_us_per_job={cpu}",
+         cpu_us_per_job={cpu} redis_runq_wait={runq_wait}",
         logging = logging_label(args.log_format),
         c = args.concurrency,
         b = args.batch,
@@ -200,6 +200,7 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
         p99 = report.p99_ms,
         cmds = commands as f64 / n_jobs as f64,
         cpu = cpu.per_job(n_jobs),
+        runq_wait = cpu.redis_runq_wait(),
     );
     cleanup(&mut admin, &prefix).await;
     Ok(())
@@ -368,11 +369,18 @@ async fn total_commands(conn: &mut RedisConn) -> anyhow::Result<u64> {
 /// `INFO cpu`) and by every process named `postgres` on this host (the ledger's backends, WAL
 /// writer, checkpointer, autovacuum; none when Postgres runs elsewhere). The difference of two
 /// readings says where a run's time went, per process, however busy the machine was.
-#[derive(Debug, Clone, Copy, Default)]
+///
+/// Also how long the Redis server, when it runs on this host, was runnable but waiting for a CPU
+/// (`/proc/PID/schedstat`), against the wall-clock time between the readings: on a machine
+/// where the worker, Redis and Postgres share the cores, the share of the run the queue's
+/// single-threaded server stood in the run queue.
+#[derive(Debug, Clone, Copy)]
 struct CpuTimes {
     worker: f64,
     redis: Option<f64>,
     postgres: Option<f64>,
+    redis_waited: Option<f64>,
+    at: Instant,
 }
 
 /// Linux reports process times in `/proc` in units of `USER_HZ`, which is 100 on every
@@ -381,6 +389,9 @@ const USER_HZ: f64 = 100.0;
 
 impl CpuTimes {
     async fn read(conn: &mut RedisConn) -> Self {
+        let redis_waited = local_redis_dir(conn)
+            .await
+            .and_then(|dir| runq_wait_seconds(&dir));
         let redis = match redis::cmd("INFO")
             .arg("cpu")
             .query_async::<String>(conn)
@@ -419,15 +430,42 @@ impl CpuTimes {
             worker: process_seconds(std::path::Path::new("/proc/self")).unwrap_or(0.0),
             redis,
             postgres,
+            redis_waited,
+            at: Instant::now(),
         }
     }
 
-    fn since(&self, before: &Self) -> Self {
+    /// The times between `before` and this reading; `at` stays this reading's, and the wall
+    /// time between the two is kept in `wall`.
+    fn since(&self, before: &Self) -> CpuSpent {
         let diff = |after: Option<f64>, before: Option<f64>| Some(after? - before?);
-        Self {
+        CpuSpent {
             worker: self.worker - before.worker,
             redis: diff(self.redis, before.redis),
             postgres: diff(self.postgres, before.postgres),
+            redis_waited: diff(self.redis_waited, before.redis_waited),
+            wall: self.at.duration_since(before.at).as_secs_f64(),
+        }
+    }
+}
+
+/// What [`CpuTimes::since`] measured over a run.
+#[derive(Debug, Clone, Copy)]
+struct CpuSpent {
+    worker: f64,
+    redis: Option<f64>,
+    postgres: Option<f64>,
+    redis_waited: Option<f64>,
+    wall: f64,
+}
+
+impl CpuSpent {
+    /// `31%`: the share of the run the Redis server was runnable but not running; `n/a` when
+    /// it does not run on this host.
+    fn redis_runq_wait(&self) -> String {
+        match self.redis_waited {
+            Some(waited) if self.wall > 0.0 => format!("{:.0}%", 100.0 * waited / self.wall),
+            _ => "n/a".to_owned(),
         }
     }
 
@@ -443,6 +481,33 @@ impl CpuTimes {
         }
         parts.join(",")
     }
+}
+
+/// The `/proc` directory of the Redis server behind `conn`, when it runs on this host: the
+/// `process_id` of its `INFO server`, if that process here is a `redis-server`.
+async fn local_redis_dir(conn: &mut RedisConn) -> Option<std::path::PathBuf> {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(conn)
+        .await
+        .ok()?;
+    let pid: u32 = info
+        .lines()
+        .find_map(|line| line.strip_prefix("process_id:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+    comm.trim_end().starts_with("redis-server").then_some(dir)
+}
+
+/// Seconds a process has spent runnable but waiting for a CPU, from `<proc dir>/schedstat`
+/// (run time, run-queue wait, time slices; nanoseconds).
+fn runq_wait_seconds(proc_dir: &std::path::Path) -> Option<f64> {
+    let schedstat = std::fs::read_to_string(proc_dir.join("schedstat")).ok()?;
+    let waited_ns: u64 = schedstat.split_whitespace().nth(1)?.parse().ok()?;
+    Some(waited_ns as f64 / 1e9)
 }
 
 /// User plus system CPU seconds of a process, from `<proc dir>/stat`.
@@ -521,6 +586,49 @@ mod tests {
         assert!(
             own_after - own_before >= 0.02,
             "spinning shows in /proc/self/stat: {own_before} -> {own_after}"
+        );
+    }
+
+    #[test]
+    fn runq_wait_seconds_reads_the_time_a_thread_waited_for_a_cpu() {
+        // Arrange: a schedstat line (run ns, wait ns, slices), a garbled one, and more
+        // spinning threads than this machine has CPUs, so some of them must wait.
+        let dir = std::env::temp_dir().join(format!("upkeep-schedstat-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("good")).unwrap();
+        std::fs::create_dir_all(dir.join("bad")).unwrap();
+        std::fs::write(dir.join("good/schedstat"), "123456789 2500000000 42\n").unwrap();
+        std::fs::write(dir.join("bad/schedstat"), "123456789\n").unwrap();
+        let n_threads = std::thread::available_parallelism().map_or(2, usize::from) + 2;
+
+        // Act
+        let good = runq_wait_seconds(&dir.join("good"));
+        let bad = runq_wait_seconds(&dir.join("bad"));
+        let missing = runq_wait_seconds(&dir.join("missing"));
+        let waits: Vec<f64> = (0..n_threads)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    let me = std::path::Path::new("/proc/thread-self");
+                    let before = runq_wait_seconds(me).unwrap();
+                    let started = Instant::now();
+                    let mut spin = 0_u64;
+                    while started.elapsed() < Duration::from_millis(300) {
+                        spin = spin.wrapping_add(std::hint::black_box(1));
+                    }
+                    std::hint::black_box(spin);
+                    runq_wait_seconds(me).unwrap() - before
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|thread| thread.join().unwrap())
+            .collect();
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // Assert
+        assert_eq!((good, bad, missing), (Some(2.5), None, None));
+        assert!(
+            waits.iter().all(|waited| *waited >= 0.0) && waits.iter().sum::<f64>() > 0.0,
+            "{n_threads} spinning threads on fewer CPUs waited: {waits:?}"
         );
     }
 }
