@@ -1,6 +1,6 @@
 //! What a worker logs at the daemons' default level (`info`): no line per successful attempt,
-//! a `queue summary` line per interval whose counts add up to what ran and was leased, and a line with the
-//! job id for every failure and every slow attempt.
+//! a `queue summary` line per interval whose counts add up to what ran and was leased, and a
+//! line with the job id for every failure and every slow attempt.
 
 use std::time::Duration;
 
@@ -128,7 +128,7 @@ max_attempts = 1
     for field in ["p50_ms", "p99_ms", "max_ms", "interval_s", "fetch_wait_s"] {
         assert!(summary[field].is_number(), "{field} in {summary}");
     }
-    // Each job was leased once (one attempt each), by at least one fetch per job batch.
+    // Each job was leased once (one attempt each), by one fetch or more.
     assert_eq!(
         summed(&logged, "reports", "leased"),
         n_jobs as u64,

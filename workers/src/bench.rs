@@ -380,7 +380,8 @@ struct CpuTimes {
     redis: Option<f64>,
     postgres: Option<f64>,
     redis_waited: Option<f64>,
-    at: Instant,
+    /// Seconds on a monotonic clock (since the first reading of this process).
+    wall: f64,
 }
 
 /// Linux reports process times in `/proc` in units of `USER_HZ`, which is 100 on every
@@ -431,35 +432,22 @@ impl CpuTimes {
             redis,
             postgres,
             redis_waited,
-            at: Instant::now(),
+            wall: monotonic_seconds(),
         }
     }
 
-    /// The times between `before` and this reading; `at` stays this reading's, and the wall
-    /// time between the two is kept in `wall`.
-    fn since(&self, before: &Self) -> CpuSpent {
+    /// The times between `before` and this reading (`wall`: the seconds between the two).
+    fn since(&self, before: &Self) -> Self {
         let diff = |after: Option<f64>, before: Option<f64>| Some(after? - before?);
-        CpuSpent {
+        Self {
             worker: self.worker - before.worker,
             redis: diff(self.redis, before.redis),
             postgres: diff(self.postgres, before.postgres),
             redis_waited: diff(self.redis_waited, before.redis_waited),
-            wall: self.at.duration_since(before.at).as_secs_f64(),
+            wall: self.wall - before.wall,
         }
     }
-}
 
-/// What [`CpuTimes::since`] measured over a run.
-#[derive(Debug, Clone, Copy)]
-struct CpuSpent {
-    worker: f64,
-    redis: Option<f64>,
-    postgres: Option<f64>,
-    redis_waited: Option<f64>,
-    wall: f64,
-}
-
-impl CpuSpent {
     /// `31%`: the share of the run the Redis server was runnable but not running; `n/a` when
     /// it does not run on this host.
     fn redis_runq_wait(&self) -> String {
@@ -481,6 +469,12 @@ impl CpuSpent {
         }
         parts.join(",")
     }
+}
+
+/// Seconds since the first call, on a monotonic clock.
+fn monotonic_seconds() -> f64 {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_secs_f64()
 }
 
 /// The `/proc` directory of the Redis server behind `conn`, when it runs on this host: the
