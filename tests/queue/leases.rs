@@ -424,7 +424,10 @@ async fn a_settle_call_with_a_malformed_settlement_fails_whole_and_changes_nothi
     let leased = queue.fetch("worker-a", 2).await.expect("fetch").jobs;
     assert_eq!(leased.len(), 2);
     let keys = queue.keys();
-    let ack = redis::Script::new(include_str!("../../shared/src/queue/lua/ack.lua"));
+    let ack = redis::Script::new(concat!(
+        include_str!("../../shared/src/queue/lua/lease.lua"),
+        include_str!("../../shared/src/queue/lua/ack.lua")
+    ));
     let mut invocation = ack.prepare_invoke();
     for key in [
         &keys.leases,

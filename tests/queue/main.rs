@@ -21,4 +21,5 @@ mod retries;
 mod sentinel;
 mod slowlog;
 mod stats;
+mod upgrade;
 mod verdicts;

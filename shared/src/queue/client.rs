@@ -22,15 +22,32 @@ static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
         include_str!("lua/enqueue.lua")
     ))
 });
+// fetch.lua, ack.lua, renew.lua and release.lua read leases with lease.lua's functions.
 static FETCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         include_str!("lua/incarnation.lua"),
+        include_str!("lua/lease.lua"),
         include_str!("lua/fetch.lua")
     ))
 });
-static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/ack.lua")));
-static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/renew.lua")));
-static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/release.lua")));
+static ACK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/lease.lua"),
+        include_str!("lua/ack.lua")
+    ))
+});
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/lease.lua"),
+        include_str!("lua/renew.lua")
+    ))
+});
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/lease.lua"),
+        include_str!("lua/release.lua")
+    ))
+});
 static REQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/requeue.lua")));
 static STATS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/stats.lua")));
 
@@ -799,22 +816,32 @@ impl Queue {
 /// HGETALL of the job, then its lease deadline, token, holder and live attempt count.
 /// Merges a job's hash with its live lease and completion (see [`Queue::job`]).
 fn job_record(id: &str, reply: JobReply) -> Option<JobRecord> {
-    let (mut fields, lease_deadline, token, holder, attempt, completed_at) = reply;
+    let (mut fields, lease_deadline, lease, holder, counted, completed_at) = reply;
     if fields.is_empty() {
         return None;
     }
-    if let Some(attempt) = attempt {
-        fields.insert("attempt".to_owned(), attempt);
+    if let Some(counted) = &counted {
+        fields.insert("attempt".to_owned(), counted.clone());
     }
     if let Some(completed_at) = completed_at {
         fields.insert("state".to_owned(), "completed".to_owned());
         fields.insert("finished".to_owned(), completed_at.to_string());
         fields.remove("err");
+        // `attempts` keeps a count from a job's second attempt on (fetch.lua): a completed job
+        // without one completed on its first.
+        if counted.is_none() {
+            fields.insert("attempt".to_owned(), "1".to_owned());
+        }
     }
-    if let (Some(_), Some(token)) = (lease_deadline, token) {
+    if let (Some(_), Some(lease)) = (lease_deadline, lease) {
+        let (token, attempt, own_holder) = split_lease(&lease);
         fields.insert("state".to_owned(), "running".to_owned());
-        fields.insert("token".to_owned(), token);
-        if let Some((worker, leased_at)) = holder.as_deref().and_then(|h| h.split_once('|')) {
+        fields.insert("token".to_owned(), token.to_owned());
+        if let Some(attempt) = attempt {
+            fields.insert("attempt".to_owned(), attempt.to_owned());
+        }
+        let holder = own_holder.or(holder.as_deref());
+        if let Some((worker, leased_at)) = holder.and_then(|h| h.split_once('|')) {
             fields.insert("worker".to_owned(), worker.to_owned());
             fields.insert("leased_at".to_owned(), leased_at.to_owned());
         }
@@ -823,6 +850,19 @@ fn job_record(id: &str, reply: JobReply) -> Option<JobRecord> {
         id: id.to_owned(),
         fields,
     })
+}
+
+/// A lease's value in `tokens` (`lease.lua`): `token|attempt|worker|leased_at` as (token,
+/// attempt, `worker|leased_at`), or a lease of an earlier release, the bare token, whose holder
+/// and count are in the `holders` and `attempts` hashes.
+fn split_lease(value: &str) -> (&str, Option<&str>, Option<&str>) {
+    match value.split_once('|') {
+        None => (value, None, None),
+        Some((token, rest)) => match rest.split_once('|') {
+            Some((attempt, holder)) => (token, Some(attempt), Some(holder)),
+            None => (token, Some(rest), None),
+        },
+    }
 }
 
 type JobReply = (
@@ -941,7 +981,18 @@ fn int_text(text: &str) -> Result<i64, Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::unpack_leased;
+    use super::{split_lease, unpack_leased};
+
+    #[test]
+    fn a_lease_value_splits_into_token_attempt_and_holder_and_a_bare_token_is_an_earlier_releases()
+    {
+        assert_eq!(
+            split_lease("41|2|host-7-ab12|1764460800000"),
+            ("41", Some("2"), Some("host-7-ab12|1764460800000"))
+        );
+        assert_eq!(split_lease("41"), ("41", None, None));
+        assert_eq!(split_lease("41|2"), ("41", Some("2"), None));
+    }
 
     #[test]
     fn a_packed_fetch_reply_is_read_by_its_byte_lengths_and_a_cut_one_is_an_error() {

@@ -36,13 +36,21 @@
 //! | `fence` | string | fencing-token counter |
 //! | `workers` | zset | worker ids scored by last sign of life |
 //! | `wake` | list | wake-up tokens idle workers block on (capped at 64) |
-//! | `tokens` | hash | job id → fencing token of its current lease (only while leased) |
-//! | `holders` | hash | job id → `worker|leased_at` of its current lease |
+//! | `tokens` | hash | job id → its current lease, `token|attempt|worker|leased_at` (only while leased) |
+//! | `holders` | hash | job id → `worker|leased_at`: only for a lease written by an earlier release, before leases were one value (see below) |
+//! | `attempts` | hash | job id → attempts used so far, kept only when that count outlives a lease: from a job's second attempt on, and after an attempt that ended without completing it; until dead or deleted |
 //!
-//! `tokens` and `holders` also hold one pin field (a name longer than
-//! `hash-max-listpack-value`, never read) that keeps them in hashtable encoding, so field
-//! lookups stay O(1) instead of scanning a listpack of live leases; they are never deleted.
-//! | `attempts` | hash | job id → attempts so far, from first lease until dead or deleted |
+//! `tokens` also holds one pin field (a name longer than `hash-max-listpack-value`, never
+//! read) that keeps it in hashtable encoding, so field lookups stay O(1) instead of scanning a
+//! listpack of live leases; it is never deleted.
+//!
+//! A lease used to be three hash entries (`tokens` the bare token, `holders`, `attempts` for
+//! every leased job); it is one value now, which took a third of Redis's work off each job.
+//! During a rolling upgrade workers of both releases share a queue: every script reads both
+//! forms (`lua/lease.lua`), takes over the other's expired leases with their holder and count,
+//! and keeps `attempts` exact wherever the earlier release reads it (a job's first attempt has
+//! no entry, and the earlier release reads a missing entry as 0 attempts used).
+//! `tests/queue/upgrade.rs` plays the earlier release's scripts against this one.
 //! | `done` | zset | completed job ids scored by completion time; fetch deletes their hashes in bulk after `retention` |
 //! | `idem:<key>` | string | the job id an idempotency key stands for; no expiry while the job can be acted on, then it expires with the job (and never before enqueue + `idempotency_ttl`) |
 //!
@@ -58,13 +66,14 @@
 //!   lost attempt, see `backend::completer`); trim at most `maintenance_limit` old dead letters
 //!   and completed jobs; RPOP up to `count` ids and lease each: `attempt += 1` (a job already
 //!   at its limit is dead-lettered instead), a new fencing token from `fence`, ZADD `leases`
-//!   at now + lease. The lease lives in the per-queue `tokens`/`holders`/`attempts` hashes,
-//!   written once per batch: leasing a job costs one HMGET of its hash and nothing else per
-//!   job, which is what makes the hot path cheap. Returns the leased jobs, the verdict leases
+//!   at now + lease. The lease is one value in the per-queue `tokens` hash, written once per
+//!   batch (and a job's count in `attempts` from its second attempt on): leasing a job costs
+//!   one HMGET of its hash and nothing else per job, which is what makes the hot path cheap.
+//!   `attempts` is not even read while it does not exist. Returns the leased jobs, the verdict leases
 //!   and, when the ready list ran out (fewer ids than asked for, none included), when the next
 //!   delayed job is due: the worker then waits on `wake` before its next fetch instead of
 //!   paying one that finds nothing.
-//! - `ack.lua`: per settlement, refuse it unless the token equals the job's current token in
+//! - `ack.lua`: per settlement, refuse it unless the token is the job's current lease's in
 //!   `tokens` (a settled or reclaimed lease has none); else complete (expire after retention),
 //!   schedule a retry, dead-letter, give back a counted attempt (`release`: ready, or dead on
 //!   the last attempt) or an unstarted one (`unstarted`: ready, not counted). Lease

@@ -1,6 +1,7 @@
 -- Settle a batch of attempts. Each settlement carries the lease's fencing token; one whose token
 -- is no longer the job's current token (the lease expired and the job was leased again, or it
--- was already settled) is refused and reported, never applied.
+-- was already settled) is refused and reported, never applied. The lease is read with
+-- lease.lua's functions, prepended (client.rs).
 -- KEYS[1] leases, KEYS[2] retry, KEYS[3] dead, KEYS[4] stats, KEYS[5] wake,
 -- KEYS[6] tokens, KEYS[7] holders, KEYS[8] attempts, KEYS[9] done zset, KEYS[10] ready
 -- A completed job costs no per-job command: it joins the `done` zset (one ZADD per batch), and
@@ -30,7 +31,6 @@ local ids = {}
 -- Every settlement is read before anything is written, so a malformed one fails the call whole;
 -- the parts of the few that are not completions are kept by position.
 local verdicts, delays, errors = {}, {}, {}
-local need_attempts = false
 for i = 3, #ARGV, 3 do
   local k = #ids + 1
   ids[k] = ARGV[i]
@@ -44,29 +44,36 @@ for i = 3, #ARGV, 3 do
     verdicts[k] = string.sub(verdict, 1, a - 1)
     delays[k] = tonumber(string.sub(verdict, a + 1, b - 1)) or 0
     errors[k] = string.sub(verdict, b + 1)
-    need_attempts = true
   end
 end
 if #ids == 0 then return '' end
 local current = redis.call('HMGET', KEYS[6], unpack(ids))
--- The attempt counts matter only for a verdict other than done (is it the last attempt?):
--- a batch of completions, the common case, reads none of them.
-local attempts = need_attempts and redis.call('HMGET', KEYS[8], unpack(ids)) or {}
 local out = {}
 local settled, buried, retries, deaths, completions, ready = {}, {}, {}, {}, {}, {}
+-- Counts of attempts that ended without completing their job: kept in `attempts` (fetch.lua).
+local counted, uncounted, legacy = {}, {}, {}
 local n_done, n_failed, n_dead, n_retried = 0, 0, 0, 0
 for k, id in ipairs(ids) do
   local token, verdict, delay, err = ARGV[1 + k * 3], ARGV[2 + k * 3], 0, ''
   if verdict ~= 'done' then verdict, delay, err = verdicts[k], delays[k], errors[k] end
   local state
-  if current[k] ~= token then
+  local lease = current[k]
+  if not lease or not lease_holds(lease, token) then
     state = 'x'
   else
     local job = base .. 'job:' .. id
-    local attempt = attempts[k] or '0'
     settled[#settled + 1] = id
+    -- A bare token: a lease of an earlier release (lease.lua).
+    if #lease == #token then legacy[#legacy + 1] = id end
+    -- The attempt count matters only for a verdict other than done (is it the last attempt?):
+    -- a completion, the common case, does not parse it.
+    local attempt = 0
+    if verdict ~= 'done' then
+      local _, n = lease_parts(lease)
+      attempt = n or tonumber(redis.call('HGET', KEYS[8], id)) or 0
+    end
     if (verdict == 'retry' or verdict == 'release')
-        and tonumber(attempt) >= (tonumber(redis.call('HGET', job, 'max')) or 1) then
+        and attempt >= (tonumber(redis.call('HGET', job, 'max')) or 1) then
       verdict = 'dead'
     end
     if verdict == 'done' then
@@ -76,6 +83,8 @@ for k, id in ipairs(ids) do
       state = 'c'
     elseif verdict == 'retry' then
       redis.call('HSET', job, 'state', 'retryable', 'err', err)
+      counted[#counted + 1] = id
+      counted[#counted + 1] = attempt
       retries[#retries + 1] = now + delay
       retries[#retries + 1] = id
       n_failed = n_failed + 1
@@ -84,11 +93,18 @@ for k, id in ipairs(ids) do
     elseif verdict == 'release' or verdict == 'unstarted' then
       if verdict == 'release' then
         redis.call('HSET', job, 'state', 'available', 'err', err, 'avail', now_text)
+        counted[#counted + 1] = id
+        counted[#counted + 1] = attempt
         n_failed = n_failed + 1
         n_retried = n_retried + 1
       else
         redis.call('HSET', job, 'state', 'available')
-        redis.call('HINCRBY', KEYS[8], id, -1)
+        if attempt > 1 then
+          counted[#counted + 1] = id
+          counted[#counted + 1] = attempt - 1
+        else
+          uncounted[#uncounted + 1] = id
+        end
       end
       ready[#ready + 1] = id
       state = 'a'
@@ -113,8 +129,11 @@ end
 if #settled > 0 then
   redis.call('ZREM', KEYS[1], unpack(settled))
   redis.call('HDEL', KEYS[6], unpack(settled))
-  redis.call('HDEL', KEYS[7], unpack(settled))
 end
+-- Leases of an earlier release (see lease.lua) keep their holder in a hash of its own.
+if #legacy > 0 then redis.call('HDEL', KEYS[7], unpack(legacy)) end
+if #counted > 0 then redis.call('HSET', KEYS[8], unpack(counted)) end
+if #uncounted > 0 then redis.call('HDEL', KEYS[8], unpack(uncounted)) end
 if #buried > 0 then redis.call('HDEL', KEYS[8], unpack(buried)) end
 if #completions > 0 then redis.call('ZADD', KEYS[9], unpack(completions)) end
 if #retries > 0 then redis.call('ZADD', KEYS[2], unpack(retries)) end

@@ -26,8 +26,13 @@
 --                    caller fetches again at once then. Computed whenever the list ran out,
 --                    with or without jobs leased, so a worker that drained it waits on the
 --                    wake list instead of paying a fetch that finds nothing.
--- The lease itself (token, holder, attempt count) lives in three per-queue hashes written
--- once per batch, so leasing a job costs one HMGET of its hash and nothing else per job.
+-- A lease is one value in the tokens hash, 'token|attempt|worker|leased_at' (lease.lua, which
+-- also reads the three-hash leases of an earlier release), written once per batch: leasing a
+-- job costs one HMGET of its hash and nothing else per job. `attempts` holds the attempts a
+-- job has used only once that count matters beyond its lease: from its second attempt on, and
+-- after an attempt that ended without completing it (ack.lua, release.lua). A job on its first
+-- attempt, the common case, has no entry, and while the hash does not exist (no job of the
+-- queue was ever retried, given back or requeued within the retention) it is not read at all.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local base, worker = ARGV[1], ARGV[2]
@@ -84,27 +89,31 @@ end
 local reclaimed = {}
 local expired = redis.call('ZRANGE', KEYS[4], '-inf', now, 'BYSCORE', 'LIMIT', 0, limit)
 if #expired > 0 then
-  local holders = redis.call('HMGET', KEYS[10], unpack(expired))
-  local attempts = redis.call('HMGET', KEYS[11], unpack(expired))
+  local current = redis.call('HMGET', KEYS[9], unpack(expired))
   local first_token = redis.call('INCRBY', KEYS[7], #expired) - #expired
   local deadline = tostring(now + lease_ms)
   local holder = worker .. '|' .. now
-  local leases, tokens, held, gone = {}, {}, {}, {}
+  local leases, tokens, gone, legacy = {}, {}, {}, {}
   for i, id in ipairs(expired) do
     local job = base .. 'job:' .. id
     local f = redis.call('HMGET', job, 'max', 'kind', 'args', 'enq', 'sched', 'tick')
     if f[2] then
-      local previous = holders[i] or '|'
+      local _, attempt, previous = lease_parts(current[i] or '')
+      if not previous then
+        -- A lease of an earlier release: its holder and count are in their own hashes.
+        previous = redis.call('HGET', KEYS[10], id)
+        legacy[#legacy + 1] = id
+      end
+      attempt = attempt or tonumber(redis.call('HGET', KEYS[11], id)) or 1
+      previous = previous or '|'
       local sep = string.find(previous, '|', 1, true) or (#previous + 1)
       local held_by, leased_at = string.sub(previous, 1, sep - 1), string.sub(previous, sep + 1)
-      local token = first_token + i
+      local token = format('%d', first_token + i)
       leases[#leases + 1] = deadline
       leases[#leases + 1] = id
       tokens[#tokens + 1] = id
-      tokens[#tokens + 1] = token
-      held[#held + 1] = id
-      held[#held + 1] = holder
-      for _, v in ipairs({ id, token, tonumber(attempts[i]) or 1, held_by, leased_at, f[2], f[3] or '',
+      tokens[#tokens + 1] = token .. '|' .. format('%d', attempt) .. '|' .. holder
+      for _, v in ipairs({ id, token, attempt, held_by, leased_at, f[2], f[3] or '',
           f[4] or '', f[1] or '1', f[5] or '', f[6] or '' }) do
         reclaimed[#reclaimed + 1] = v
       end
@@ -116,9 +125,9 @@ if #expired > 0 then
   if #leases > 0 then
     redis.call('ZADD', KEYS[4], unpack(leases))
     redis.call('HSET', KEYS[9], PIN, '', unpack(tokens))
-    redis.call('HSET', KEYS[10], PIN, '', unpack(held))
     redis.call('HINCRBY', KEYS[6], 'reclaimed', #leases / 2)
   end
+  if #legacy > 0 then redis.call('HDEL', KEYS[10], unpack(legacy)) end
   if #gone > 0 then
     redis.call('ZREM', KEYS[4], unpack(gone))
     redis.call('HDEL', KEYS[9], unpack(gone))
@@ -162,13 +171,17 @@ if count > 0 then
   if ids then
     local n = #ids
     local first_token = redis.call('INCRBY', KEYS[7], n) - n
-    local previous = redis.call('HMGET', KEYS[11], unpack(ids))
+    -- Attempts used so far, for the jobs that have an entry (see the top of this script).
+    local previous = {}
+    if redis.call('EXISTS', KEYS[11]) == 1 then
+      previous = redis.call('HMGET', KEYS[11], unpack(ids))
+    end
     local holder = worker .. '|' .. now
     -- Formatted once: Lua turns a number argument into text with printf on every use.
     local deadline = tostring(now + lease_ms)
     -- incarnation() comes from incarnation.lua ('' when INFO is denied: every job is suspect).
     local current = incarnation()
-    local leases, tokens, holders, attempts = {}, {}, {}, {}
+    local leases, tokens, counted = {}, {}, {}
     for i, id in ipairs(ids) do
       local job = base .. 'job:' .. id
       local f = redis.call('HMGET', job, 'kind', 'args', 'max', 'enq', 'sched', 'tick', 'inc')
@@ -191,14 +204,16 @@ if count > 0 then
         local l = #leases
         leases[l + 1] = deadline
         leases[l + 2] = id
+        local token_text = format('%d', token)
+        local attempt_text = DIGITS[attempt] or format('%d', attempt)
         tokens[l + 1] = id
-        tokens[l + 2] = format('%d', token)
-        holders[l + 1] = id
-        holders[l + 2] = holder
-        attempts[l + 1] = id
-        attempts[l + 2] = DIGITS[attempt] or format('%d', attempt)
+        tokens[l + 2] = token_text .. '|' .. attempt_text .. '|' .. holder
+        if attempt > 1 then
+          counted[#counted + 1] = id
+          counted[#counted + 1] = attempt_text
+        end
         local args, sched = f[2] or '', f[5] or ''
-        jobs[k + 1] = concat({ tokens[l + 2], attempts[l + 2], max and f[3] or '1',
+        jobs[k + 1] = concat({ token_text, attempt_text, max and f[3] or '1',
           tonumber(f[4]) and f[4] or '0', tonumber(f[6]) and f[6] or '',
           (current ~= '' and f[7] == current) and 'ok' or 'suspect',
           length(id), length(f[1]), length(args), length(sched), id }, '|')
@@ -218,12 +233,13 @@ if count > 0 then
     end
     if #leases > 0 then
       redis.call('ZADD', KEYS[4], unpack(leases))
-      -- PIN, a field longer than hash-max-listpack-value, keeps these two hashes in hashtable
-      -- encoding for good: as listpacks (up to 128 live leases) every field lookup would be a
+      -- PIN, a field longer than hash-max-listpack-value, keeps this hash in hashtable
+      -- encoding for good: as a listpack (up to 128 live leases) every field lookup would be a
       -- linear scan of 36-byte ids, about a sixth of Redis's time per job. It is never read.
       redis.call('HSET', KEYS[9], PIN, '', unpack(tokens))
-      redis.call('HSET', KEYS[10], PIN, '', unpack(holders))
-      redis.call('HSET', KEYS[11], unpack(attempts))
+      -- From its second attempt on, a job's count is also kept where it outlives the lease (and
+      -- where a worker of an earlier release reads it).
+      if #counted > 0 then redis.call('HSET', KEYS[11], unpack(counted)) end
     end
   end
 end

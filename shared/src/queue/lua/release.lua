@@ -7,6 +7,7 @@
 -- A started attempt counts: on the last attempt the job is a dead letter instead, so max
 -- attempts bounds a job that outlives the grace period at every deploy.
 -- Returns the number of jobs released (to ready or to the dead letters).
+-- The lease is read with lease.lua's functions, prepended (client.rs).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local base = ARGV[1]
@@ -14,18 +15,25 @@ local dead_retention = tonumber(ARGV[3])
 local n = 0
 for i = 4, #ARGV, 3 do
   local id, token, started = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if redis.call('HGET', KEYS[5], id) == token then
+  local lease = redis.call('HGET', KEYS[5], id)
+  if lease and lease_holds(lease, token) then
     local job = base .. 'job:' .. id
+    local _, attempt = lease_parts(lease)
+    attempt = attempt or tonumber(redis.call('HGET', KEYS[7], id)) or 1
     redis.call('ZREM', KEYS[1], id)
     redis.call('HDEL', KEYS[5], id)
     redis.call('HDEL', KEYS[6], id)
     if started == '0' then
-      redis.call('HINCRBY', KEYS[7], id, -1)
+      -- Not counted: the job has used one attempt fewer (no entry for none, see fetch.lua).
+      if attempt > 1 then
+        redis.call('HSET', KEYS[7], id, attempt - 1)
+      else
+        redis.call('HDEL', KEYS[7], id)
+      end
       redis.call('HSET', job, 'state', 'available')
       redis.call('RPUSH', KEYS[2], id)
       redis.call('LPUSH', KEYS[3], 1)
     else
-      local attempt = tonumber(redis.call('HGET', KEYS[7], id)) or 1
       local f = redis.call('HMGET', job, 'max', 'idem')
       local max = tonumber(f[1]) or 1
       redis.call('HINCRBY', KEYS[9], 'failed', 1)
@@ -43,6 +51,7 @@ for i = 4, #ARGV, 3 do
       else
         redis.call('HSET', job, 'state', 'available', 'avail', now,
           'err', 'worker stopped during attempt ' .. attempt)
+        redis.call('HSET', KEYS[7], id, attempt)
         redis.call('HINCRBY', KEYS[9], 'retried', 1)
         redis.call('RPUSH', KEYS[2], id)
         redis.call('LPUSH', KEYS[3], 1)

@@ -1,4 +1,5 @@
--- Extend the leases a worker still holds, and record that the worker is alive.
+-- Extend the leases a worker still holds, and record that the worker is alive. The lease is
+-- read with lease.lua's functions, prepended (client.rs).
 -- KEYS[1] leases, KEYS[2] workers zset, KEYS[3] tokens
 -- ARGV[1] key base, ARGV[2] worker id, ARGV[3] lease ms, then pairs: id, token
 -- Returns the ids whose lease this worker no longer holds (stale token or not leased).
@@ -12,7 +13,7 @@ if #ids > 0 then
   local current = redis.call('HMGET', KEYS[3], unpack(ids))
   local renewed = {}
   for k, id in ipairs(ids) do
-    if current[k] == ARGV[4 + (k - 1) * 2 + 1] then
+    if current[k] and lease_holds(current[k], ARGV[4 + (k - 1) * 2 + 1]) then
       renewed[#renewed + 1] = now + lease_ms
       renewed[#renewed + 1] = id
     else

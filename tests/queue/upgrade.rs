@@ -1,0 +1,382 @@
+//! A rolling upgrade: workers of the previous release and of this one on the same queue.
+//!
+//! This release keeps a lease as one value in `tokens` (`token|attempt|worker|leased_at`,
+//! `lease.lua`) where the previous one wrote three hashes (`tokens`, `holders`, `attempts`) per
+//! lease. While hosts are upgraded one by one, both kinds of worker fetch from, settle on and
+//! take over expired leases of one queue. The previous release's `fetch.lua` and `ack.lua`
+//! (as of 5589e5a) are kept in `previous_release/` and played here as its workers: neither
+//! side may lose a job, run one past its attempt limit, or miscount its attempts.
+
+use std::time::Duration;
+
+use redis::Value;
+use upkeep_shared::queue::{NewJob, Queue, QueueOptions, Settled, Settlement, Verdict};
+
+use crate::support::{KIND, shared_queue};
+
+const LEASE_MS: u64 = 300;
+
+fn options() -> QueueOptions {
+    QueueOptions {
+        lease: Duration::from_millis(LEASE_MS),
+        ..QueueOptions::default()
+    }
+}
+
+/// One lease as the previous release's fetch reports it.
+#[derive(Debug)]
+struct OldLease {
+    id: String,
+    token: String,
+    attempt: u32,
+}
+
+/// A fetch by a worker of the previous release (its `fetch.lua`, called as its client did).
+async fn old_fetch(queue: &Queue, worker: &str, count: usize) -> (Vec<OldLease>, usize) {
+    let script = redis::Script::new(concat!(
+        include_str!("../../shared/src/queue/lua/incarnation.lua"),
+        include_str!("previous_release/fetch.lua")
+    ));
+    let keys = queue.keys();
+    let mut invocation = script.prepare_invoke();
+    for key in [
+        &keys.ready,
+        &keys.delayed,
+        &keys.retry,
+        &keys.leases,
+        &keys.dead,
+        &keys.stats,
+        &keys.fence,
+        &keys.workers,
+        &keys.tokens,
+        &keys.holders,
+        &keys.attempts,
+        &keys.done,
+    ] {
+        invocation.key(key);
+    }
+    invocation
+        .arg(&keys.base)
+        .arg(worker)
+        .arg(count)
+        .arg(LEASE_MS)
+        .arg(100)
+        .arg(60_000)
+        .arg(60_000)
+        .arg(60_000);
+    let reply: Value = invocation
+        .invoke_async(&mut queue.conn())
+        .await
+        .expect("the previous release's fetch");
+    let Value::Array(parts) = reply else {
+        panic!("fetch reply is not an array: {reply:?}");
+    };
+    let packed = match &parts[0] {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).expect("utf-8"),
+        Value::Nil => String::new(),
+        other => panic!("packed jobs: {other:?}"),
+    };
+    let reclaimed = match &parts[1] {
+        Value::Array(fields) => fields.len() / 11,
+        other => panic!("reclaimed: {other:?}"),
+    };
+    (unpack(&packed), reclaimed)
+}
+
+/// The packed jobs of a fetch reply: ten `|`-terminated fields, then id, kind, args and sched.
+fn unpack(mut rest: &str) -> Vec<OldLease> {
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let mut fields = Vec::new();
+        for _ in 0..10 {
+            let (field, tail) = rest.split_once('|').expect("a field");
+            fields.push(field);
+            rest = tail;
+        }
+        let lengths: Vec<usize> = fields[6..]
+            .iter()
+            .map(|n| n.parse().expect("a length"))
+            .collect();
+        out.push(OldLease {
+            id: rest[..lengths[0]].to_owned(),
+            token: fields[0].to_owned(),
+            attempt: fields[1].parse().expect("an attempt"),
+        });
+        rest = &rest[lengths.iter().sum::<usize>()..];
+    }
+    out
+}
+
+/// Settlements by a worker of the previous release (its `ack.lua`): one letter per settlement.
+async fn old_ack(queue: &Queue, settlements: &[(&str, &str, &str)]) -> String {
+    let script = redis::Script::new(include_str!("previous_release/ack.lua"));
+    let keys = queue.keys();
+    let mut invocation = script.prepare_invoke();
+    for key in [
+        &keys.leases,
+        &keys.retry,
+        &keys.dead,
+        &keys.stats,
+        &keys.wake,
+        &keys.tokens,
+        &keys.holders,
+        &keys.attempts,
+        &keys.done,
+        &keys.ready,
+    ] {
+        invocation.key(key);
+    }
+    invocation.arg(&keys.base).arg(60_000);
+    for (id, token, verdict) in settlements {
+        invocation.arg(*id).arg(*token).arg(*verdict);
+    }
+    invocation
+        .invoke_async(&mut queue.conn())
+        .await
+        .expect("the previous release's ack")
+}
+
+fn settlement(id: &str, token: &str, verdict: Verdict) -> Settlement {
+    Settlement {
+        id: id.to_owned(),
+        token: token.to_owned(),
+        verdict,
+        error: "failed on purpose".to_owned(),
+    }
+}
+
+async fn field(queue: &Queue, id: &str, name: &str) -> Option<String> {
+    let record = queue.job(id).await.expect("job lookup").expect("known job");
+    record.fields.get(name).cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_of_the_previous_release_is_taken_over_with_its_holder_and_attempt() {
+    // Arrange: a job with 3 attempts, failed once by an old worker and leased by it again
+    // (attempt 2), whose lease then expires: that worker died mid-attempt.
+    let (queue, _) = shared_queue(options());
+    let job = NewJob::new(KIND, serde_json::json!({}), 3);
+    let id = job.id.to_string();
+    queue.enqueue(&[job]).await.expect("enqueue");
+    let (leased, _) = old_fetch(&queue, "old-worker", 1).await;
+    assert_eq!((leased[0].id.as_str(), leased[0].attempt), (id.as_str(), 1));
+    let states = old_ack(&queue, &[(&id, &leased[0].token, "retry|0|boom")]).await;
+    assert_eq!(states, "r");
+    let (leased, _) = old_fetch(&queue, "old-worker", 1).await;
+    assert_eq!(leased.len(), 1, "the retry is promoted and leased again");
+    assert_eq!(leased[0].attempt, 2);
+    assert_eq!(
+        field(&queue, &id, "worker").await.as_deref(),
+        Some("old-worker")
+    );
+
+    // Act: after the lease's expiry, a worker of this release fetches.
+    tokio::time::sleep(Duration::from_millis(LEASE_MS + 100)).await;
+    let fetched = queue.fetch("new-worker", 10).await.expect("fetch");
+
+    // Assert: the lost attempt comes back as a verdict lease with its count and first holder,
+    // its old holder entry is gone, and the lookup shows the new lease.
+    assert!(fetched.jobs.is_empty());
+    let [lost] = fetched.reclaimed.as_slice() else {
+        panic!("one reclaimed lease, got {:?}", fetched.reclaimed);
+    };
+    assert_eq!((lost.id.as_str(), lost.attempt), (id.as_str(), 2));
+    assert_eq!(lost.worker, "old-worker");
+    assert!(lost.leased_at_ms > 0, "the old lease's start is known");
+    let mut conn = queue.conn();
+    let holder: Option<String> = redis::cmd("HGET")
+        .arg(&queue.keys().holders)
+        .arg(&id)
+        .query_async(&mut conn)
+        .await
+        .expect("HGET");
+    assert_eq!(holder, None, "the old holder entry is removed on takeover");
+    assert_eq!(
+        field(&queue, &id, "state").await.as_deref(),
+        Some("running")
+    );
+    assert_eq!(
+        field(&queue, &id, "worker").await.as_deref(),
+        Some("new-worker")
+    );
+    assert_eq!(field(&queue, &id, "attempt").await.as_deref(), Some("2"));
+
+    // And: given back as a counted attempt, the job's last attempt is its third, after which a
+    // failure makes it a dead letter at attempt 3.
+    let settled = queue
+        .settle(&[settlement(&id, &lost.token, Verdict::Release)])
+        .await
+        .expect("settle");
+    assert_eq!(settled[0].1, Settled::Available);
+    let fetched = queue.fetch("new-worker", 10).await.expect("fetch");
+    assert_eq!(fetched.jobs.len(), 1);
+    assert_eq!(fetched.jobs[0].attempt, 3);
+    let settled = queue
+        .settle(&[settlement(
+            &id,
+            &fetched.jobs[0].token,
+            Verdict::Retry(Duration::ZERO),
+        )])
+        .await
+        .expect("settle");
+    assert_eq!(
+        settled[0].1,
+        Settled::Discarded,
+        "attempt 3 of 3 was the last"
+    );
+    assert_eq!(field(&queue, &id, "attempt").await.as_deref(), Some("3"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_alternate_between_releases_and_are_counted_on_both_sides() {
+    // Arrange: a job with 4 attempts.
+    let (queue, _) = shared_queue(options());
+    let job = NewJob::new(KIND, serde_json::json!({}), 4);
+    let id = job.id.to_string();
+    queue.enqueue(&[job]).await.expect("enqueue");
+
+    // Act and assert: attempt 1 on a new worker, 2 on an old one, 3 on a new one, 4 on an old
+    // one; each fails, and the fourth failure makes the job a dead letter.
+    let fetched = queue.fetch("new-worker", 1).await.expect("fetch");
+    assert_eq!(fetched.jobs[0].attempt, 1);
+    let settled = queue
+        .settle(&[settlement(
+            &id,
+            &fetched.jobs[0].token,
+            Verdict::Retry(Duration::ZERO),
+        )])
+        .await
+        .expect("settle");
+    assert_eq!(settled[0].1, Settled::Retryable);
+
+    let (leased, _) = old_fetch(&queue, "old-worker", 1).await;
+    assert_eq!(
+        leased[0].attempt, 2,
+        "the old worker counts the new one's attempt"
+    );
+    assert_eq!(
+        old_ack(&queue, &[(&id, &leased[0].token, "retry|0|boom")]).await,
+        "r"
+    );
+
+    let fetched = queue.fetch("new-worker", 1).await.expect("fetch");
+    assert_eq!(
+        fetched.jobs[0].attempt, 3,
+        "the new worker counts the old one's"
+    );
+    queue
+        .settle(&[settlement(
+            &id,
+            &fetched.jobs[0].token,
+            Verdict::Retry(Duration::ZERO),
+        )])
+        .await
+        .expect("settle");
+
+    let (leased, _) = old_fetch(&queue, "old-worker", 1).await;
+    assert_eq!(leased[0].attempt, 4);
+    assert_eq!(
+        old_ack(&queue, &[(&id, &leased[0].token, "retry|0|boom")]).await,
+        "d",
+        "the fourth of four attempts was the last"
+    );
+    assert_eq!(
+        field(&queue, &id, "state").await.as_deref(),
+        Some("discarded")
+    );
+    assert_eq!(field(&queue, &id, "attempt").await.as_deref(), Some("4"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_of_this_release_lost_by_its_worker_is_settled_by_a_worker_of_the_previous_one() {
+    // Arrange: attempt 2 of a job with 2 attempts, leased by a new worker that then dies.
+    let (queue, _) = shared_queue(options());
+    let job = NewJob::new(KIND, serde_json::json!({}), 2);
+    let id = job.id.to_string();
+    queue.enqueue(&[job]).await.expect("enqueue");
+    let fetched = queue.fetch("new-worker", 1).await.expect("fetch");
+    queue
+        .settle(&[settlement(
+            &id,
+            &fetched.jobs[0].token,
+            Verdict::Retry(Duration::ZERO),
+        )])
+        .await
+        .expect("settle");
+    let fetched = queue.fetch("new-worker", 1).await.expect("fetch");
+    assert_eq!(fetched.jobs[0].attempt, 2);
+
+    // Act: an old worker takes the expired lease over and gives the lost attempt back, as its
+    // worker did for a verdict lease with nothing in the ledger (`release`).
+    tokio::time::sleep(Duration::from_millis(LEASE_MS + 100)).await;
+    let (_, n_reclaimed) = old_fetch(&queue, "old-worker", 1).await;
+    assert_eq!(n_reclaimed, 1);
+    let mut conn = queue.conn();
+    let token: String = redis::cmd("HGET")
+        .arg(&queue.keys().tokens)
+        .arg(&id)
+        .query_async(&mut conn)
+        .await
+        .expect("HGET");
+    let states = old_ack(&queue, &[(&id, &token, "release|0|worker lost")]).await;
+
+    // Assert: the old worker saw attempt 2 of 2 (the count this release keeps from a job's
+    // second attempt on), so the job is a dead letter, not run a third time.
+    assert_eq!(states, "d");
+    assert_eq!(
+        field(&queue, &id, "state").await.as_deref(),
+        Some("discarded")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_job_reports_the_attempt_it_completed_on() {
+    // Arrange: one job completed on its first attempt, one on its second.
+    let (queue, _) = shared_queue(options());
+    let first = NewJob::new(KIND, serde_json::json!({ "n": 1 }), 3);
+    let second = NewJob::new(KIND, serde_json::json!({ "n": 2 }), 3);
+    let (first_id, second_id) = (first.id.to_string(), second.id.to_string());
+    queue.enqueue(&[first, second]).await.expect("enqueue");
+    let fetched = queue.fetch("w", 2).await.expect("fetch");
+    let token_of = |id: &str| {
+        fetched
+            .jobs
+            .iter()
+            .find(|job| job.id == id)
+            .expect("leased")
+            .token
+            .clone()
+    };
+
+    // Act
+    queue
+        .settle(&[
+            settlement(&first_id, &token_of(&first_id), Verdict::Done),
+            settlement(
+                &second_id,
+                &token_of(&second_id),
+                Verdict::Retry(Duration::ZERO),
+            ),
+        ])
+        .await
+        .expect("settle");
+    let again = queue.fetch("w", 2).await.expect("fetch");
+    assert_eq!(again.jobs.len(), 1);
+    assert_eq!(
+        field(&queue, &second_id, "attempt").await.as_deref(),
+        Some("2")
+    );
+    queue
+        .settle(&[settlement(&second_id, &again.jobs[0].token, Verdict::Done)])
+        .await
+        .expect("settle");
+
+    // Assert
+    for (id, attempt) in [(&first_id, "1"), (&second_id, "2")] {
+        assert_eq!(
+            field(&queue, id, "state").await.as_deref(),
+            Some("completed")
+        );
+        assert_eq!(field(&queue, id, "attempt").await.as_deref(), Some(attempt));
+    }
+}
