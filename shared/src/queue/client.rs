@@ -665,7 +665,9 @@ impl Queue {
     ///
     /// The job's hash holds its payload and its last settled state; while it is leased, the
     /// lease fields (`state = running`, `token`, `worker`, `leased_at`) and the live `attempt`
-    /// count come from the queue's lease hashes and are merged in here.
+    /// count come from its lease in the queue's `tokens` hash (or, for a lease of an earlier
+    /// release, from `holders` and `attempts`) and are merged in here. A completed job without
+    /// an `attempts` entry completed on its first attempt.
     ///
     /// # Errors
     /// On a Redis error.

@@ -1,7 +1,7 @@
 -- Prepended to fetch.lua, ack.lua, renew.lua and release.lua (client.rs): reading a lease from
 -- the `tokens` hash. A lease is one value there, 'token|attempt|worker|leased_at', written once
--- per batch: the whole lease in one hash instead of three (tokens, holders, attempts), which
--- was a third of Redis's time per job. A lease written by an earlier release (a worker not yet
+-- per batch: the whole lease in one hash instead of three (tokens, holders, attempts), two
+-- writes and a delete less per job. A lease written by an earlier release (a worker not yet
 -- upgraded, on the same queue during a rolling upgrade) is the bare token, its holder in
 -- `holders` and its attempt count in `attempts`; every script here reads both forms.
 
