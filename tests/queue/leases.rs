@@ -429,18 +429,7 @@ async fn a_settle_call_with_a_malformed_settlement_fails_whole_and_changes_nothi
         include_str!("../../shared/src/queue/lua/ack.lua")
     ));
     let mut invocation = ack.prepare_invoke();
-    for key in [
-        &keys.leases,
-        &keys.retry,
-        &keys.dead,
-        &keys.stats,
-        &keys.wake,
-        &keys.tokens,
-        &keys.holders,
-        &keys.attempts,
-        &keys.done,
-        &keys.ready,
-    ] {
+    for key in crate::support::ack_keys(&queue) {
         invocation.key(key);
     }
     invocation

@@ -53,6 +53,23 @@ pub(crate) fn shared_queue(options: QueueOptions) -> (Queue, RedisTarget) {
     (queue, RedisTarget::standalone(url))
 }
 
+/// `ack.lua`'s keys in the order the client passes them, for tests that call the script itself.
+pub(crate) fn ack_keys(queue: &Queue) -> [&String; 10] {
+    let keys = queue.keys();
+    [
+        &keys.leases,
+        &keys.retry,
+        &keys.dead,
+        &keys.stats,
+        &keys.wake,
+        &keys.tokens,
+        &keys.holders,
+        &keys.attempts,
+        &keys.done,
+        &keys.ready,
+    ]
+}
+
 /// `n` jobs to run now, each allowed `max_attempts` attempts.
 pub(crate) fn jobs(n: usize, max_attempts: u32) -> Vec<NewJob> {
     (0..n)

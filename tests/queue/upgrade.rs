@@ -12,7 +12,7 @@ use std::time::Duration;
 use redis::Value;
 use upkeep_shared::queue::{NewJob, Queue, QueueOptions, Settled, Settlement, Verdict};
 
-use crate::support::{KIND, shared_queue};
+use crate::support::{KIND, ack_keys, shared_queue};
 
 const LEASE_MS: u64 = 300;
 
@@ -110,23 +110,11 @@ fn unpack(mut rest: &str) -> Vec<OldLease> {
 /// Settlements by a worker of the previous release (its `ack.lua`): one letter per settlement.
 async fn old_ack(queue: &Queue, settlements: &[(&str, &str, &str)]) -> String {
     let script = redis::Script::new(include_str!("previous_release/ack.lua"));
-    let keys = queue.keys();
     let mut invocation = script.prepare_invoke();
-    for key in [
-        &keys.leases,
-        &keys.retry,
-        &keys.dead,
-        &keys.stats,
-        &keys.wake,
-        &keys.tokens,
-        &keys.holders,
-        &keys.attempts,
-        &keys.done,
-        &keys.ready,
-    ] {
+    for key in ack_keys(queue) {
         invocation.key(key);
     }
-    invocation.arg(&keys.base).arg(60_000);
+    invocation.arg(&queue.keys().base).arg(60_000);
     for (id, token, verdict) in settlements {
         invocation.arg(*id).arg(*token).arg(*verdict);
     }
@@ -143,6 +131,20 @@ fn settlement(id: &str, token: &str, verdict: Verdict) -> Settlement {
         verdict,
         error: "failed on purpose".to_owned(),
     }
+}
+
+/// Fails one attempt, to be retried at once, with this release's client.
+async fn fail(queue: &Queue, id: &str, token: &str) -> Settled {
+    settle(queue, id, token, Verdict::Retry(Duration::ZERO)).await
+}
+
+/// Settles one attempt with this release's client; what the queue did with it.
+async fn settle(queue: &Queue, id: &str, token: &str, verdict: Verdict) -> Settled {
+    let settled = queue
+        .settle(&[settlement(id, token, verdict)])
+        .await
+        .expect("settle");
+    settled[0].1
 }
 
 async fn field(queue: &Queue, id: &str, name: &str) -> Option<String> {
@@ -203,27 +205,13 @@ async fn an_expired_lease_of_the_previous_release_is_taken_over_with_its_holder_
 
     // And: given back as a counted attempt, the job's last attempt is its third, after which a
     // failure makes it a dead letter at attempt 3.
-    let settled = queue
-        .settle(&[settlement(&id, &lost.token, Verdict::Release)])
-        .await
-        .expect("settle");
-    assert_eq!(settled[0].1, Settled::Available);
+    let settled = settle(&queue, &id, &lost.token, Verdict::Release).await;
+    assert_eq!(settled, Settled::Available);
     let fetched = queue.fetch("new-worker", 10).await.expect("fetch");
     assert_eq!(fetched.jobs.len(), 1);
     assert_eq!(fetched.jobs[0].attempt, 3);
-    let settled = queue
-        .settle(&[settlement(
-            &id,
-            &fetched.jobs[0].token,
-            Verdict::Retry(Duration::ZERO),
-        )])
-        .await
-        .expect("settle");
-    assert_eq!(
-        settled[0].1,
-        Settled::Discarded,
-        "attempt 3 of 3 was the last"
-    );
+    let settled = fail(&queue, &id, &fetched.jobs[0].token).await;
+    assert_eq!(settled, Settled::Discarded, "attempt 3 of 3 was the last");
     assert_eq!(field(&queue, &id, "attempt").await.as_deref(), Some("3"));
 }
 
@@ -239,15 +227,8 @@ async fn attempts_alternate_between_releases_and_are_counted_on_both_sides() {
     // one; each fails, and the fourth failure makes the job a dead letter.
     let fetched = queue.fetch("new-worker", 1).await.expect("fetch");
     assert_eq!(fetched.jobs[0].attempt, 1);
-    let settled = queue
-        .settle(&[settlement(
-            &id,
-            &fetched.jobs[0].token,
-            Verdict::Retry(Duration::ZERO),
-        )])
-        .await
-        .expect("settle");
-    assert_eq!(settled[0].1, Settled::Retryable);
+    let settled = fail(&queue, &id, &fetched.jobs[0].token).await;
+    assert_eq!(settled, Settled::Retryable);
 
     let (leased, _) = old_fetch(&queue, "old-worker", 1).await;
     assert_eq!(
@@ -264,14 +245,10 @@ async fn attempts_alternate_between_releases_and_are_counted_on_both_sides() {
         fetched.jobs[0].attempt, 3,
         "the new worker counts the old one's"
     );
-    queue
-        .settle(&[settlement(
-            &id,
-            &fetched.jobs[0].token,
-            Verdict::Retry(Duration::ZERO),
-        )])
-        .await
-        .expect("settle");
+    assert_eq!(
+        fail(&queue, &id, &fetched.jobs[0].token).await,
+        Settled::Retryable
+    );
 
     let (leased, _) = old_fetch(&queue, "old-worker", 1).await;
     assert_eq!(leased[0].attempt, 4);
@@ -295,14 +272,10 @@ async fn a_lease_of_this_release_lost_by_its_worker_is_settled_by_a_worker_of_th
     let id = job.id.to_string();
     queue.enqueue(&[job]).await.expect("enqueue");
     let fetched = queue.fetch("new-worker", 1).await.expect("fetch");
-    queue
-        .settle(&[settlement(
-            &id,
-            &fetched.jobs[0].token,
-            Verdict::Retry(Duration::ZERO),
-        )])
-        .await
-        .expect("settle");
+    assert_eq!(
+        fail(&queue, &id, &fetched.jobs[0].token).await,
+        Settled::Retryable
+    );
     let fetched = queue.fetch("new-worker", 1).await.expect("fetch");
     assert_eq!(fetched.jobs[0].attempt, 2);
 
@@ -366,10 +339,10 @@ async fn a_completed_job_reports_the_attempt_it_completed_on() {
         field(&queue, &second_id, "attempt").await.as_deref(),
         Some("2")
     );
-    queue
-        .settle(&[settlement(&second_id, &again.jobs[0].token, Verdict::Done)])
-        .await
-        .expect("settle");
+    assert_eq!(
+        settle(&queue, &second_id, &again.jobs[0].token, Verdict::Done).await,
+        Settled::Completed
+    );
 
     // Assert
     for (id, attempt) in [(&first_id, "1"), (&second_id, "2")] {
