@@ -531,3 +531,63 @@ async fn counters_follow_a_job_through_retry_reclaim_dead_requeue_and_success() 
     );
     assert_eq!(third.attempt, 3);
 }
+
+#[tokio::test]
+async fn an_unstarted_attempt_given_back_at_shutdown_or_after_a_retry_leaves_the_count_where_it_was()
+ {
+    // Arrange: two jobs with 3 attempts; the second fails once, so its next lease is attempt 2.
+    let (queue, _) = shared_queue(QueueOptions::default());
+    let first = NewJob::new(KIND, serde_json::json!({ "n": 1 }), 3);
+    let second = NewJob::new(KIND, serde_json::json!({ "n": 2 }), 3);
+    queue
+        .enqueue(&[first.clone(), second.clone()])
+        .await
+        .unwrap();
+    let leased = queue.fetch("w", 2).await.unwrap().jobs;
+    let lease_of = |id: JobId| {
+        leased
+            .iter()
+            .find(|job| job.id == id.to_string())
+            .expect("leased")
+            .clone()
+    };
+    let (a, b) = (lease_of(first.id), lease_of(second.id));
+    queue
+        .settle(&[Settlement {
+            id: b.id.clone(),
+            token: b.token.clone(),
+            verdict: Verdict::Retry(Duration::ZERO),
+            error: "once".to_owned(),
+        }])
+        .await
+        .unwrap();
+    let b2 = queue.fetch("w", 1).await.unwrap().jobs.remove(0);
+    assert_eq!((b2.id.as_str(), b2.attempt), (b.id.as_str(), 2));
+
+    // Act: the first attempt is given back unstarted at shutdown (release.lua), the second
+    // job's attempt 2 by a settlement (ack.lua).
+    let released = queue
+        .release("w", false, &[(a.id.clone(), a.token.clone(), false)])
+        .await
+        .unwrap();
+    let settled = queue
+        .settle(&[Settlement {
+            id: b2.id.clone(),
+            token: b2.token.clone(),
+            verdict: Verdict::Unstarted,
+            error: String::new(),
+        }])
+        .await
+        .unwrap();
+    let again = queue.fetch("w", 2).await.unwrap().jobs;
+
+    // Assert: neither given-back attempt counted.
+    assert_eq!(released, 1);
+    assert_eq!(settled, vec![(b2.id.clone(), Settled::Available)]);
+    let mut attempts: Vec<(String, u32)> =
+        again.iter().map(|j| (j.id.clone(), j.attempt)).collect();
+    attempts.sort();
+    let mut expected = vec![(a.id, 1), (b2.id, 2)];
+    expected.sort();
+    assert_eq!(attempts, expected);
+}
