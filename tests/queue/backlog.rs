@@ -34,11 +34,21 @@ const STALL_CEILING: Duration = Duration::from_millis(80);
 /// `maintenance_limit` promoted per call, batches of the configured size).
 const SLOW_SHARE: f64 = 0.01;
 
+/// At least this many script calls may reach [`SLOW`], however few calls a run makes. Host
+/// stalls come at a rate per second of the run, not per call: the 20,000-job test makes about
+/// 385 calls in 2 s, so 1 % would allow 3, and on the slowest VM seen here it failed 3 runs in
+/// 8 that way (enqueue calls, whose script had not changed, among the stalled ones) while on
+/// an idle fast VM, with two busy loops beside it, its slowest call took 1.9 ms. A script
+/// doing work proportional to the backlog still fails: it is slow on every call that meets
+/// the backlog, and beyond [`STALL_CEILING`] at these sizes.
+const SLOW_CALLS_ALWAYS_ALLOWED: usize = 6;
+
 /// Checks on a [`SlowLog`] armed at 1 ms, so a run reports its slowest calls even when none
 /// reaches [`SLOW`].
 impl SlowLog {
-    /// Prints what SLOWLOG and commandstats saw, and fails if more than [`SLOW_SHARE`] of the
-    /// script calls reached [`SLOW`] or any reached [`STALL_CEILING`].
+    /// Prints what SLOWLOG and commandstats saw, and fails if more script calls reached
+    /// [`SLOW`] than [`SLOW_SHARE`] of them (or [`SLOW_CALLS_ALWAYS_ALLOWED`], the larger), or
+    /// any reached [`STALL_CEILING`].
     async fn assert_nothing_reached_slow(&self, label: &str) {
         let entries = self.entries().await;
         let max = entries.iter().map(|e| e.micros).max().unwrap_or(0);
@@ -72,13 +82,14 @@ impl SlowLog {
             .filter(|e| e.micros >= SLOW.as_micros() as i64)
             .collect();
         let calls = self.evalsha_calls().await.max(1);
+        let allowed = ((SLOW_SHARE * calls as f64) as usize).max(SLOW_CALLS_ALWAYS_ALLOWED);
         assert!(
-            (slow.len() as f64) <= SLOW_SHARE * calls as f64
+            slow.len() <= allowed
                 && slow
                     .iter()
                     .all(|e| e.micros < STALL_CEILING.as_micros() as i64),
-            "{label}: {} of {calls} script calls took {SLOW:?} or more (at most {:.0} % may, \
-             none {STALL_CEILING:?}): {slow:#?}",
+            "{label}: {} of {calls} script calls took {SLOW:?} or more (at most {allowed} may: \
+             {:.0} % or {SLOW_CALLS_ALWAYS_ALLOWED}; none {STALL_CEILING:?}): {slow:#?}",
             slow.len(),
             SLOW_SHARE * 100.0
         );
