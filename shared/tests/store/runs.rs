@@ -55,6 +55,8 @@ async fn a_batch_goes_in_key_order_whatever_order_its_attempts_finished_in(pool:
         (pool.clone(), 10),
         (pool_like_the_daemons(&pool).await, runs::COPY_MIN_ROWS + 40),
     ] {
+        // The second batch must take the COPY (the first is below its size).
+        assert!(n < runs::COPY_MIN_ROWS || runs::copy_enabled());
         let ids: Vec<JobId> = (0..n).map(|_| JobId::new()).collect();
         let mut batch: Vec<_> = ids
             .iter()
