@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One benchmark window (issue #19): BullMQ before, upkeep with the ledger and the daemons'
 # default logging (3 runs), upkeep without the ledger (3 runs), BullMQ after, then live-mode
-# latency with and without the ledger, then alternating BullMQ/upkeep pairs (PAIRS, default 8)
+# latency in rounds (LIVE_ROUNDS, default 3) of BullMQ, upkeep with and without the ledger, and
+# a bare Postgres commit of one ledger row (pgbench, when installed: the floor of any durable
+# ledger's latency on this machine), then alternating BullMQ/upkeep pairs (PAIRS, default 8)
 # and the median of their ratios; `uptime` before and after. Each upkeep run's line ends with
 # `fetch_wait=N%`, how much of the run its worker waited on a fetch (when the run logged).
 #
@@ -88,10 +90,46 @@ upkeep no-ledger-default-logging --no-ledger
 upkeep ledger-no-logs --no-logs
 upkeep ledger-debug-logging --log-filter debug
 bullmq after
-for args in "" "--no-ledger"; do
+# Live mode, LIVE_ROUNDS (default 3) rounds of: BullMQ, upkeep with the ledger, upkeep without,
+# and the floor of any durable ledger, one Postgres commit of one job_runs row per job sent
+# alone (pgbench, the same row shape and rate, its own round trip only; skipped without
+# pgbench). 500 jobs at 100/s each; medians of the rounds' p50 and p99.
+live_floor() {
+  command -v pgbench >/dev/null || return 0
+  cat >"$OUT/floor.sql" <<'SQL'
+INSERT INTO job_runs (job_id, attempt, kind, queue, status, enqueued_at, started_at, finished_at,
+  duration_ms, worker, args, outcome, next_state)
+VALUES ((lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')
+         || substr(md5(random()::text), 1, 20))::uuid, 1, 'system.ping', 'bench', 'succeeded',
+        now(), now(), now(), 0, 'pgbench-floor', '{}',
+        '{"metrics": {"attempt": 1}, "summary": "pong", "findings": []}', 'done');
+SQL
+  (cd "$OUT" && rm -f pgbench_log.* &&
+    pgbench -n -M prepared -f floor.sql -R 100 -t 500 -l "$DATABASE_URL" >/dev/null 2>&1 &&
+    awk '{ print ($3 - $7) / 1000 }' pgbench_log.* | sort -n |
+    awk '{ v[NR] = $1 } END { printf "peer=postgres-commit-floor n=%d p50_ms=%.2f p99_ms=%.2f\n",
+      NR, v[int((NR + 1) / 2)], v[int(NR * 0.99 + 0.5)] }')
+  psql -q "$DATABASE_URL" -c "DELETE FROM job_runs WHERE worker = 'pgbench-floor'"
+}
+for round in $(seq 1 "${LIVE_ROUNDS:-3}"); do
   redis-cli -p "$PORT" flushall >/dev/null
-  # shellcheck disable=SC2086 # Deliberately split: no argument or one.
-  "$UPKEEPCTL" bench --live 500 --live-rate 100 --concurrency "$C" $args 2>>"$OUT/upkeep-live.log"
+  (cd "$PEERS_DIR" && node drivers/bullmq_driver.mjs 500 "$C" live-remove "$PORT" 60 100) |
+    grep -o '"p50_ms":[0-9.]*,"p99_ms":[0-9.]*' | tr -d '"' | tr ':,' '= ' |
+    awk -F'[= ]' '{ printf "peer=bullmq live n=500 rate=100/s p50_ms=%.2f p99_ms=%.2f\n", $2, $4 }'
+  for args in "" "--no-ledger"; do
+    redis-cli -p "$PORT" flushall >/dev/null
+    # shellcheck disable=SC2086 # Deliberately split: no argument or one.
+    "$UPKEEPCTL" bench --live 500 --live-rate 100 --concurrency "$C" $args 2>>"$OUT/upkeep-live.log"
+  done
+  live_floor
+done | tee "$OUT/live.txt"
+for who in 'peer=bullmq live' 'upkeep live ledger=postgres' 'upkeep live ledger=off' \
+  'peer=postgres-commit-floor'; do
+  grep -F "${who#upkeep }" "$OUT/live.txt" >"$OUT/live-sel.txt" || true
+  [ -s "$OUT/live-sel.txt" ] || continue
+  printf '%s: median p50 %s ms, median p99 %s ms over %s rounds\n' "$who" \
+    "$(field p50_ms <"$OUT/live-sel.txt" | median)" "$(field p99_ms <"$OUT/live-sel.txt" | median)" \
+    "$(wc -l <"$OUT/live-sel.txt")"
 done
 # This VM's speed drifts within a window (BullMQ's before and after medians can differ by a
 # fifth), so the ratio is also taken pair by pair: BullMQ and upkeep (ledger on, default

@@ -63,3 +63,37 @@ async fn a_bench_run_drains_its_jobs_through_the_ledger_and_says_where_the_cpu_w
     .expect("counted");
     assert_eq!(succeeded, 400, "{line}");
 }
+
+#[tokio::test]
+async fn a_live_run_says_whether_its_jobs_went_through_the_ledger() {
+    let deployment = Deployment::new().await;
+
+    for (args, ledger) in [
+        (&["--no-logs"][..], "postgres"),
+        (&["--no-logs", "--no-ledger"][..], "off"),
+    ] {
+        let mut command = vec!["bench", "--live", "20", "--live-rate", "200"];
+        command.extend_from_slice(args);
+        let stdout = deployment.ctl_ok(command);
+        let line = stdout
+            .lines()
+            .find(|line| line.starts_with("peer=upkeep "))
+            .unwrap_or_else(|| panic!("no bench line in {stdout}"));
+        let fields = fields(line);
+        assert!(
+            fields["cfg"].starts_with(&format!("live ledger={ledger} n=20 ")),
+            "{line}"
+        );
+        assert_eq!(fields["n"], "20", "{line}");
+    }
+
+    // The run with the ledger wrote its 20 jobs and its warm-up job; the other wrote none.
+    let mut ledger = deployment.ledger().await;
+    let succeeded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_runs WHERE kind = 'system.ping' AND status = 'succeeded'",
+    )
+    .fetch_one(&mut ledger)
+    .await
+    .expect("counted");
+    assert_eq!(succeeded, 21);
+}

@@ -132,13 +132,17 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
         Registry::standard(&HandlerContext::connect_lazy(settings.clone())?),
         probe.clone(),
     )?;
+    let ledger_label = if args.no_ledger { "off" } else { "postgres" };
     let mode;
     let enqueue_per_s;
     let started;
     let cpu_before;
     let worker;
     if let Some(n_live) = args.live {
-        mode = format!("live n={n_live} rate={}/s", args.live_rate);
+        mode = format!(
+            "live ledger={ledger_label} n={n_live} rate={}/s",
+            args.live_rate
+        );
         worker = tokio::spawn(runtime.run_until_stopped(shutdown.clone()));
         // Warm up: one job end to end, so the worker is idle and blocked on its wake list.
         let warm = NewJob::new("system.ping", serde_json::json!({}), 1);
@@ -158,10 +162,7 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
         }
         enqueue_per_s = n_live as f64 / started.elapsed().as_secs_f64();
     } else {
-        mode = format!(
-            "backlog ledger={}",
-            if args.no_ledger { "off" } else { "postgres" }
-        );
+        mode = format!("backlog ledger={ledger_label}");
         let enqueue_started = Instant::now();
         let mut n_left = n_jobs;
         while n_left > 0 {
