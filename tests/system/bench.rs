@@ -23,16 +23,32 @@ fn fields(line: &str) -> HashMap<String, String> {
     fields
 }
 
+/// upkeep's line among a bench run's output.
+fn bench_line(stdout: &str) -> &str {
+    stdout
+        .lines()
+        .find(|line| line.starts_with("peer=upkeep "))
+        .unwrap_or_else(|| panic!("no bench line in {stdout}"))
+}
+
+/// The ledger's succeeded `system.ping` rows (the jobs every bench run enqueues).
+async fn succeeded_pings(deployment: &Deployment) -> i64 {
+    let mut ledger = deployment.ledger().await;
+    sqlx::query_scalar(
+        "SELECT count(*) FROM job_runs WHERE kind = 'system.ping' AND status = 'succeeded'",
+    )
+    .fetch_one(&mut ledger)
+    .await
+    .expect("counted")
+}
+
 #[tokio::test]
 async fn a_bench_run_drains_its_jobs_through_the_ledger_and_says_where_the_cpu_went() {
     let deployment = Deployment::new().await;
 
     let stdout = deployment.ctl_ok(["bench", "--jobs", "400", "--no-logs"]);
 
-    let line = stdout
-        .lines()
-        .find(|line| line.starts_with("peer=upkeep "))
-        .unwrap_or_else(|| panic!("no bench line in {stdout}"));
+    let line = bench_line(&stdout);
     let fields = fields(line);
     assert_eq!(fields["n"], "400", "{line}");
     assert!(
@@ -54,13 +70,7 @@ async fn a_bench_run_drains_its_jobs_through_the_ledger_and_says_where_the_cpu_w
     assert!((0.0..=100.0).contains(&waited), "{line}");
 
     // Every job has its succeeded row.
-    let mut ledger = deployment.ledger().await;
-    let succeeded: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM job_runs WHERE kind = 'system.ping' AND status = 'succeeded'",
-    )
-    .fetch_one(&mut ledger)
-    .await
-    .expect("counted");
+    let succeeded = succeeded_pings(&deployment).await;
     assert_eq!(succeeded, 400, "{line}");
 }
 
@@ -75,10 +85,7 @@ async fn a_live_run_says_whether_its_jobs_went_through_the_ledger() {
         let mut command = vec!["bench", "--live", "20", "--live-rate", "200"];
         command.extend_from_slice(args);
         let stdout = deployment.ctl_ok(command);
-        let line = stdout
-            .lines()
-            .find(|line| line.starts_with("peer=upkeep "))
-            .unwrap_or_else(|| panic!("no bench line in {stdout}"));
+        let line = bench_line(&stdout);
         let fields = fields(line);
         assert!(
             fields["cfg"].starts_with(&format!("live ledger={ledger} n=20 ")),
@@ -88,12 +95,6 @@ async fn a_live_run_says_whether_its_jobs_went_through_the_ledger() {
     }
 
     // The run with the ledger wrote its 20 jobs and its warm-up job; the other wrote none.
-    let mut ledger = deployment.ledger().await;
-    let succeeded: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM job_runs WHERE kind = 'system.ping' AND status = 'succeeded'",
-    )
-    .fetch_one(&mut ledger)
-    .await
-    .expect("counted");
+    let succeeded = succeeded_pings(&deployment).await;
     assert_eq!(succeeded, 21);
 }
