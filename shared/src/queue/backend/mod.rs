@@ -407,6 +407,9 @@ impl RedisBackend {
                 // The ready list ran out: hand out what came, then wait on the wake list
                 // instead of a fetch that would find nothing (one script call per drained
                 // fetch, in Redis and the worker, off a lone job's enqueue-to-completion path).
+                // The wait goes alone, never pipelined with the fetch after it: on a socket
+                // gone silent Redis still serves the blocked client, and a fetch queued behind
+                // its wait would lease jobs nobody receives (ARCHITECTURE.md, failure model).
                 self.buffer.extend(tasks);
                 let idle_max = self.shared.options.idle_wait_max;
                 let wait = next_due.map_or(idle_max, |due| due.min(idle_max));
