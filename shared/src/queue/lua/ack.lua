@@ -31,8 +31,9 @@ local ids = {}
 -- Every settlement is read before anything is written, so a malformed one fails the call whole;
 -- the parts of the few that are not completions are kept by position.
 local verdicts, delays, errors = {}, {}, {}
+local k = 0
 for i = 3, #ARGV, 3 do
-  local k = #ids + 1
+  k = k + 1
   ids[k] = ARGV[i]
   local verdict = ARGV[i + 2]
   if verdict ~= 'done' then
@@ -52,8 +53,9 @@ local out = {}
 local settled, buried, retries, deaths, completions, ready = {}, {}, {}, {}, {}, {}
 -- Counts of attempts that ended without completing their job: kept in `attempts` (fetch.lua).
 local counted, uncounted, legacy = {}, {}, {}
-local n_done, n_failed, n_dead, n_retried = 0, 0, 0, 0
-for k, id in ipairs(ids) do
+local n_done, n_failed, n_dead, n_retried, n_settled = 0, 0, 0, 0, 0
+for k = 1, #ids do
+  local id = ids[k]
   local token, verdict, delay, err = ARGV[1 + k * 3], ARGV[2 + k * 3], 0, ''
   if verdict ~= 'done' then verdict, delay, err = verdicts[k], delays[k], errors[k] end
   local state
@@ -61,14 +63,15 @@ for k, id in ipairs(ids) do
   if not lease or not lease_holds(lease, token) then
     state = 'x'
   else
-    local job = base .. 'job:' .. id
-    settled[#settled + 1] = id
+    n_settled = n_settled + 1
+    settled[n_settled] = id
     -- A bare token: a lease of an earlier release (lease.lua).
     if #lease == #token then legacy[#legacy + 1] = id end
-    -- The attempt count matters only for a verdict other than done (is it the last attempt?):
-    -- a completion, the common case, does not parse it.
-    local attempt = 0
+    -- The job's key and its attempt count matter only for a verdict other than done (is it the
+    -- last attempt?): a completion, the common case, builds and parses neither.
+    local attempt, job = 0, nil
     if verdict ~= 'done' then
+      job = base .. 'job:' .. id
       local _, n = lease_parts(lease)
       attempt = n or tonumber(redis.call('HGET', KEYS[8], id)) or 0
     end
@@ -77,8 +80,8 @@ for k, id in ipairs(ids) do
       verdict = 'dead'
     end
     if verdict == 'done' then
-      completions[#completions + 1] = now_text
-      completions[#completions + 1] = id
+      completions[2 * n_done + 1] = now_text
+      completions[2 * n_done + 2] = id
       n_done = n_done + 1
       state = 'c'
     elseif verdict == 'retry' then
@@ -126,7 +129,7 @@ for k, id in ipairs(ids) do
   end
   out[k] = state
 end
-if #settled > 0 then
+if n_settled > 0 then
   redis.call('ZREM', KEYS[1], unpack(settled))
   redis.call('HDEL', KEYS[6], unpack(settled))
 end
@@ -135,7 +138,7 @@ if #legacy > 0 then redis.call('HDEL', KEYS[7], unpack(legacy)) end
 if #counted > 0 then redis.call('HSET', KEYS[8], unpack(counted)) end
 if #uncounted > 0 then redis.call('HDEL', KEYS[8], unpack(uncounted)) end
 if #buried > 0 then redis.call('HDEL', KEYS[8], unpack(buried)) end
-if #completions > 0 then redis.call('ZADD', KEYS[9], unpack(completions)) end
+if n_done > 0 then redis.call('ZADD', KEYS[9], unpack(completions)) end
 if #retries > 0 then redis.call('ZADD', KEYS[2], unpack(retries)) end
 if #deaths > 0 then redis.call('ZADD', KEYS[3], unpack(deaths)) end
 -- Given back jobs already waited their turn: the next pop takes them.

@@ -182,11 +182,17 @@ if count > 0 then
     -- incarnation() comes from incarnation.lua ('' when INFO is denied: every job is suspect).
     local current = incarnation()
     local leases, tokens, counted = {}, {}, {}
-    for i, id in ipairs(ids) do
-      local job = base .. 'job:' .. id
+    local job_prefix = base .. 'job:'
+    -- Filled slots of `jobs` and of `leases`/`tokens`, counted here: `#t` is a search.
+    local k, l = 0, 0
+    -- A numeric loop: `ipairs` calls a C function per step.
+    for i = 1, n do
+      local id = ids[i]
+      local job = job_prefix .. id
       local f = redis.call('HMGET', job, 'kind', 'args', 'max', 'enq', 'sched', 'tick', 'inc')
-      local k = #jobs
-      local attempt = (tonumber(previous[i]) or 0) + 1
+      -- `previous[i]` is false for a job without an entry: attempt 1, nothing to parse.
+      local used = previous[i]
+      local attempt = used and (tonumber(used) or 0) + 1 or 1
       local max = tonumber(f[3])
       if f[1] and attempt > (max or 1) then
         -- Max attempts is a hard bound on every path: a job that already used its budget (an
@@ -200,26 +206,29 @@ if count > 0 then
         local idem = redis.call('HGET', job, 'idem')
         if idem then redis.call('PEXPIRE', base .. 'idem:' .. idem, dead_retention) end
       elseif f[1] then
-        local token = first_token + i
-        local l = #leases
+        local token_text = format('%d', first_token + i)
+        local attempt_text = DIGITS[attempt] or format('%d', attempt)
         leases[l + 1] = deadline
         leases[l + 2] = id
-        local token_text = format('%d', token)
-        local attempt_text = DIGITS[attempt] or format('%d', attempt)
         tokens[l + 1] = id
         tokens[l + 2] = token_text .. '|' .. attempt_text .. '|' .. holder
+        l = l + 2
         if attempt > 1 then
           counted[#counted + 1] = id
           counted[#counted + 1] = attempt_text
         end
-        local args, sched = f[2] or '', f[5] or ''
-        jobs[k + 1] = concat({ token_text, attempt_text, max and f[3] or '1',
-          tonumber(f[4]) and f[4] or '0', tonumber(f[6]) and f[6] or '',
-          (current ~= '' and f[7] == current) and 'ok' or 'suspect',
-          length(id), length(f[1]), length(args), length(sched), id }, '|')
-        jobs[k + 2] = f[1]
+        local kind, args, sched, enq, tick = f[1], f[2] or '', f[5] or '', f[4], f[6]
+        -- One concatenation: Lua builds the header in one buffer, no table per job.
+        jobs[k + 1] = token_text .. '|' .. attempt_text .. '|' .. (max and f[3] or '1') .. '|'
+          .. (tonumber(enq) and enq or '0') .. '|' .. (tonumber(tick) and tick or '') .. '|'
+          .. ((current ~= '' and f[7] == current) and 'ok' or 'suspect') .. '|'
+          .. (LENGTHS[#id] or length(id)) .. '|' .. (LENGTHS[#kind] or length(kind)) .. '|'
+          .. (LENGTHS[#args] or length(args)) .. '|' .. (LENGTHS[#sched] or length(sched)) .. '|'
+          .. id
+        jobs[k + 2] = kind
         jobs[k + 3] = args
         jobs[k + 4] = sched
+        k = k + 4
       else
         -- An id with no job behind it (pushed by hand, or its hash was deleted): keep a record
         -- in the dead letters instead of dropping it silently.
@@ -229,9 +238,10 @@ if count > 0 then
         redis.call('ZADD', KEYS[5], now, id)
         redis.call('HINCRBY', KEYS[6], 'dead', 1)
         jobs[k + 1] = '0|0|0|' .. now .. '||missing|' .. length(id) .. '|0|0|0|' .. id
+        k = k + 1
       end
     end
-    if #leases > 0 then
+    if l > 0 then
       redis.call('ZADD', KEYS[4], unpack(leases))
       -- PIN, a field longer than hash-max-listpack-value, keeps this hash in hashtable
       -- encoding for good: as a listpack (up to 128 live leases) every field lookup would be a

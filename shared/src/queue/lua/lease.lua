@@ -7,7 +7,8 @@
 
 -- Whether the lease value `v` carries `token`: the whole value, or its part before the first '|'.
 local function lease_holds(v, token)
-  return v == token or (string.byte(v, #token + 1) == 124 and string.sub(v, 1, #token) == token)
+  -- A plain find anchored at 1 compares in place; `string.sub` would make a string to compare.
+  return v == token or (string.byte(v, #token + 1) == 124 and string.find(v, token, 1, true) == 1)
 end
 
 -- The parts of a lease value: token, attempt (a number) and holder ('worker|leased_at'); the
