@@ -31,9 +31,10 @@ local ids = {}
 -- Every settlement is read before anything is written, so a malformed one fails the call whole;
 -- the parts of the few that are not completions are kept by position.
 local verdicts, delays, errors = {}, {}, {}
-local k = 0
+local n_ids = 0
 for i = 3, #ARGV, 3 do
-  k = k + 1
+  n_ids = n_ids + 1
+  local k = n_ids
   ids[k] = ARGV[i]
   local verdict = ARGV[i + 2]
   if verdict ~= 'done' then
@@ -54,7 +55,7 @@ local settled, buried, retries, deaths, completions, ready = {}, {}, {}, {}, {},
 -- Counts of attempts that ended without completing their job: kept in `attempts` (fetch.lua).
 local counted, uncounted, legacy = {}, {}, {}
 local n_done, n_failed, n_dead, n_retried, n_settled = 0, 0, 0, 0, 0
-for k = 1, #ids do
+for k = 1, n_ids do
   local id = ids[k]
   local token, verdict, delay, err = ARGV[1 + k * 3], ARGV[2 + k * 3], 0, ''
   if verdict ~= 'done' then verdict, delay, err = verdicts[k], delays[k], errors[k] end

@@ -218,7 +218,9 @@ if count > 0 then
           counted[#counted + 1] = attempt_text
         end
         local kind, args, sched, enq, tick = f[1], f[2] or '', f[5] or '', f[4], f[6]
-        -- One concatenation: Lua builds the header in one buffer, no table per job.
+        -- One concatenation: Lua builds the header in one buffer, no table per job. The lengths
+        -- read `LENGTHS` first and call `length` only for a new one: four calls per job cost
+        -- 1.2 % of Redis's instructions in a drain (callgrind).
         jobs[k + 1] = token_text .. '|' .. attempt_text .. '|' .. (max and f[3] or '1') .. '|'
           .. (tonumber(enq) and enq or '0') .. '|' .. (tonumber(tick) and tick or '') .. '|'
           .. ((current ~= '' and f[7] == current) and 'ok' or 'suspect') .. '|'
