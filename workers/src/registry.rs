@@ -51,7 +51,8 @@ impl HandlerContext {
 /// The handlers this build has, by kind string.
 #[derive(Clone, Default)]
 pub struct Registry {
-    handlers: HashMap<&'static str, Handler>,
+    /// Looked up once per attempt: foldhash, as the queue's per-job maps (see `LeaseBook`).
+    handlers: HashMap<&'static str, Handler, foldhash::quality::RandomState>,
 }
 
 impl std::fmt::Debug for Registry {

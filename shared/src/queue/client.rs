@@ -903,7 +903,12 @@ fn unpack_leased(mut rest: &[u8], count_hint: usize) -> Result<Vec<Leased>, Erro
         }
         let (value, tail) = rest.split_at(len);
         *rest = tail;
-        Ok(String::from_utf8_lossy(value).into_owned())
+        // Valid UTF-8 is checked on the fast path; `from_utf8_lossy` walks its input chunk by
+        // chunk even when there is nothing to replace (1.5 % of a worker's instructions).
+        Ok(match std::str::from_utf8(value) {
+            Ok(text) => text.to_owned(),
+            Err(_) => String::from_utf8_lossy(value).into_owned(),
+        })
     }
     let mut jobs = Vec::with_capacity(count_hint.min(4096));
     while !rest.is_empty() {

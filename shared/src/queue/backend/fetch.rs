@@ -159,6 +159,7 @@ pub(super) async fn fetch_batch(
             .data(LeaseTag {
                 id: leased.id,
                 token: leased.token,
+                job,
             })
             .build();
         tasks.push_back(task);

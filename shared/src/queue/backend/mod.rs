@@ -94,7 +94,7 @@ pub struct ConsumerOptions {
     /// Policy for kinds without their own.
     pub default_policy: KindPolicy,
     /// Per-kind policies.
-    pub kinds: HashMap<String, KindPolicy>,
+    pub kinds: HashMap<String, KindPolicy, foldhash::quality::RandomState>,
     /// Finished attempts that may wait for the ledger before handlers block. Defaults to 4096.
     pub completion_buffer: usize,
     /// An attempt running at least this long is logged at info with its job id. Defaults to
@@ -114,7 +114,7 @@ impl ConsumerOptions {
             batch_size: 128,
             idle_wait_max: Duration::from_secs(1),
             default_policy: KindPolicy::default(),
-            kinds: HashMap::new(),
+            kinds: HashMap::default(),
             completion_buffer: 4096,
             slow_attempt: Duration::from_secs(10),
             summary_interval: Duration::from_secs(60),
@@ -145,6 +145,9 @@ pub struct BackendCounters {
 pub(crate) struct LeaseTag {
     id: String,
     token: String,
+    /// The job as leased (the lease book's copy): the settle layer builds the attempt's row
+    /// from it instead of copying the task's arguments once more.
+    job: Arc<Job>,
 }
 
 struct Shared {

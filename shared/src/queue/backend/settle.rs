@@ -138,9 +138,11 @@ where
     S::Error: Into<BoxDynError>,
     S::Future: Send + 'static,
 {
-    type Response = Outcome;
+    /// Nothing: the outcome goes to the ledger with the attempt's row, and apalis only drops
+    /// what a service answers (returning it cost a copy of every outcome).
+    type Response = ();
     type Error = BoxDynError;
-    type Future = Pin<Box<dyn Future<Output = Result<Outcome, BoxDynError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<(), BoxDynError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -149,7 +151,9 @@ where
     fn call(&mut self, task: Task<Job>) -> Self::Future {
         let shared = self.shared.clone();
         let tag = task.ctx().data().get::<LeaseTag>().cloned();
-        let job = task.args.clone();
+        let job = tag
+            .as_ref()
+            .map_or_else(|| Arc::new(task.args.clone()), |tag| tag.job.clone());
         let started_at_ms = now_ms();
         let policy = shared.options.policy(&job.kind).clone();
         if let Some(tag) = tag.clone()
@@ -258,11 +262,11 @@ where
                             },
                         )
                         .between(started_at_ms, finished_at_ms)
-                        .outcome(outcome.clone())
+                        .outcome(outcome)
                         .next_state(NextState::Done)
                         .build(),
                         Verdict::Done,
-                        Ok(outcome),
+                        Ok(()),
                     )
                 }
                 Err(error) => {
