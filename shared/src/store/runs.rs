@@ -137,13 +137,39 @@ pub async fn record_runs(pool: &PgPool, records: &[RunRecord]) -> Result<u64, Er
     Ok(write_batch(pool, records).await?.len() as u64)
 }
 
+/// The `(job_id, attempt)` keys a batch write inserted or completed.
+enum Written {
+    /// Every distinct key of the batch: the plain insert (or `COPY`) went through, the common
+    /// batch, which then needs no set of its keys built and hashed.
+    All(usize),
+    /// Those the idempotent statement returned.
+    Keys(HashSet<(Uuid, i32)>),
+}
+
+impl Written {
+    fn len(&self) -> usize {
+        match self {
+            Self::All(n_rows) => *n_rows,
+            Self::Keys(keys) => keys.len(),
+        }
+    }
+
+    /// Only asked of [`Written::Keys`]: an `All` batch has every key by construction.
+    fn contains(&self, key: &(Uuid, i32)) -> bool {
+        match self {
+            Self::All(_) => true,
+            Self::Keys(keys) => keys.contains(key),
+        }
+    }
+}
+
 /// The write behind [`record_runs`]: a plain insert (a `COPY` from [`COPY_MIN_ROWS`] rows) for
 /// a batch of new attempts without findings, the idempotent statement otherwise or when that
 /// insert meets a recorded key;
 /// returns the `(job_id, attempt)` of the rows inserted or completed.
-async fn write_batch(pool: &PgPool, records: &[RunRecord]) -> Result<HashSet<(Uuid, i32)>, Error> {
+async fn write_batch(pool: &PgPool, records: &[RunRecord]) -> Result<Written, Error> {
     if records.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(Written::Keys(HashSet::new()));
     }
     // One INSERT ... ON CONFLICT cannot touch the same row twice, so duplicates inside the batch
     // are settled here. The rows go in key order: job ids grow with time, so each batch then
@@ -184,14 +210,7 @@ async fn write_batch(pool: &PgPool, records: &[RunRecord]) -> Result<HashSet<(Uu
                 .map(drop)
         };
         match inserted {
-            Ok(()) => {
-                return Ok(columns
-                    .job_id
-                    .iter()
-                    .copied()
-                    .zip(columns.attempt.iter().copied())
-                    .collect());
-            }
+            Ok(()) => return Ok(Written::All(n_rows)),
             Err(error) if is_unique_violation(&error) => {
                 tracing::debug!(
                     rows = n_rows,
@@ -204,7 +223,7 @@ async fn write_batch(pool: &PgPool, records: &[RunRecord]) -> Result<HashSet<(Uu
     let written: Vec<(Uuid, i32)> = sqlx::query_as_with(RECORD_RUNS_SQL, columns.arguments()?)
         .fetch_all(pool)
         .await?;
-    Ok(written.into_iter().collect())
+    Ok(Written::Keys(written.into_iter().collect()))
 }
 
 /// Batches of new attempts from this many rows up are written by `COPY` instead of
