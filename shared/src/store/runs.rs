@@ -154,7 +154,7 @@ impl Written {
         }
     }
 
-    /// Only asked of [`Written::Keys`]: an `All` batch has every key by construction.
+    /// An `All` batch wrote every distinct key it holds (asked when it held one attempt twice).
     fn contains(&self, key: &(Uuid, i32)) -> bool {
         match self {
             Self::All(_) => true,

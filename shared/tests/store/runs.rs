@@ -497,6 +497,36 @@ async fn the_most_final_record_wins_when_a_batch_holds_an_attempt_twice(pool: Pg
 }
 
 #[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
+async fn a_batch_holding_an_attempt_twice_reads_back_the_winning_record_for_both(pool: PgPool) {
+    // Arrange: a reclaim's `abandoned` and the late success of the same attempt, in one batch
+    // of new attempts (the plain insert, which writes every distinct key at once).
+    let job_id = JobId::new();
+    let other = JobId::new();
+    let batch = [
+        record(job_id, 1, RunStatus::Abandoned),
+        record(other, 1, RunStatus::Succeeded),
+        record(job_id, 1, RunStatus::Succeeded),
+    ];
+
+    // Act
+    let stored = runs::record_runs_read_back(&pool, &batch).await.unwrap();
+
+    // Assert: one answer per record, both copies of the attempt answered by the row kept.
+    let summary: Vec<(i32, RunStatus)> = stored.iter().map(|s| (s.attempt, s.status)).collect();
+    assert_eq!(
+        summary,
+        [
+            (1, RunStatus::Succeeded),
+            (1, RunStatus::Succeeded),
+            (1, RunStatus::Succeeded)
+        ]
+    );
+    let rows = runs::runs_for_job(&pool, job_id).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, RunStatus::Succeeded);
+}
+
+#[sqlx::test(migrator = "upkeep_shared::MIGRATOR")]
 async fn succeeded_jobs_names_only_jobs_with_a_succeeded_attempt(pool: PgPool) {
     let retried_then_succeeded = JobId::new();
     let only_failed = JobId::new();
