@@ -1,11 +1,16 @@
 //! A rolling upgrade: workers of the previous release and of this one on the same queue.
 //!
-//! This release keeps a lease as one value in `tokens` (`token|attempt|worker|leased_at`,
-//! `lease.lua`) where the previous one wrote three hashes (`tokens`, `holders`, `attempts`) per
-//! lease. While hosts are upgraded one by one, both kinds of worker fetch from, settle on and
-//! take over expired leases of one queue. The previous release's `fetch.lua` and `ack.lua`
-//! (as of 5589e5a) are kept in `previous_release/` and played here as its workers: neither
-//! side may lose a job, run one past its attempt limit, or miscount its attempts.
+//! A lease is one value in `tokens` (`token|attempt|worker|leased_at`, `lease.lua`) where the
+//! release of 5589e5a wrote three hashes (`tokens`, `holders`, `attempts`) per lease. While
+//! hosts are upgraded one by one, both kinds of worker fetch from, settle on and take over
+//! expired leases of one queue. That release's `fetch.lua` and `ack.lua` are kept in
+//! `previous_release/` and played here as its workers: neither side may lose a job, run one
+//! past its attempt limit, or miscount its attempts.
+//!
+//! A job's hash also carries `p`, what a first lease reads, packed by `enqueue.lua`; the
+//! release of eadb7a6 (`previous_release/eadb7a6/`) neither wrote nor read it, and wrote the
+//! incarnation as a field `inc`, which this release no longer writes. Jobs enqueued by either
+//! release are leased by the other with every field they were enqueued with.
 
 use std::time::Duration;
 
@@ -352,4 +357,214 @@ async fn a_completed_job_reports_the_attempt_it_completed_on() {
         );
         assert_eq!(field(&queue, id, "attempt").await.as_deref(), Some(attempt));
     }
+}
+
+/// An enqueue by the release of eadb7a6 (its `enqueue.lua`, called as its client did): the
+/// job's fields one by one and its incarnation as `inc`, no packed `p`.
+async fn eadb7a6_enqueue(queue: &Queue, job: &NewJob) {
+    let script = redis::Script::new(concat!(
+        include_str!("../../shared/src/queue/lua/incarnation.lua"),
+        include_str!("previous_release/eadb7a6/enqueue.lua")
+    ));
+    let keys = queue.keys();
+    let mut invocation = script.prepare_invoke();
+    for key in [
+        &keys.ready,
+        &keys.delayed,
+        &keys.stats,
+        &keys.wake,
+        &keys.done,
+        &keys.tokens,
+    ] {
+        invocation.key(key);
+    }
+    invocation
+        .arg(&keys.base)
+        .arg(60_000)
+        .arg(job.id.to_string())
+        .arg(&job.kind)
+        .arg(job.args.to_string())
+        .arg(job.max_attempts)
+        .arg(0)
+        .arg("")
+        .arg(job.schedule.as_deref().unwrap_or(""))
+        .arg(job.tick_ms.map(|t| t.to_string()).unwrap_or_default());
+    let _: Value = invocation
+        .invoke_async(&mut queue.conn())
+        .await
+        .expect("the eadb7a6 release's enqueue");
+}
+
+/// One job as the eadb7a6 release's fetch reports it: its ten header fields (token, attempt,
+/// max, enq, tick, state_was, then the lengths) and its id, kind, args and schedule.
+async fn eadb7a6_fetch(queue: &Queue, worker: &str) -> (Vec<String>, [String; 4]) {
+    let script = redis::Script::new(concat!(
+        include_str!("../../shared/src/queue/lua/incarnation.lua"),
+        include_str!("../../shared/src/queue/lua/lease.lua"),
+        include_str!("previous_release/eadb7a6/fetch.lua")
+    ));
+    let keys = queue.keys();
+    let mut invocation = script.prepare_invoke();
+    for key in [
+        &keys.ready,
+        &keys.delayed,
+        &keys.retry,
+        &keys.leases,
+        &keys.dead,
+        &keys.stats,
+        &keys.fence,
+        &keys.workers,
+        &keys.tokens,
+        &keys.holders,
+        &keys.attempts,
+        &keys.done,
+    ] {
+        invocation.key(key);
+    }
+    invocation
+        .arg(&keys.base)
+        .arg(worker)
+        .arg(1)
+        .arg(LEASE_MS)
+        .arg(100)
+        .arg(60_000)
+        .arg(60_000)
+        .arg(60_000);
+    let reply: Value = invocation
+        .invoke_async(&mut queue.conn())
+        .await
+        .expect("the eadb7a6 release's fetch");
+    let Value::Array(parts) = reply else {
+        panic!("fetch reply is not an array: {reply:?}");
+    };
+    let Value::BulkString(bytes) = &parts[0] else {
+        panic!("no job leased: {parts:?}");
+    };
+    let mut rest = std::str::from_utf8(bytes).expect("utf-8");
+    let mut header = Vec::new();
+    for _ in 0..10 {
+        let (field, tail) = rest.split_once('|').expect("a field");
+        header.push(field.to_owned());
+        rest = tail;
+    }
+    let mut values = [const { String::new() }; 4];
+    for (value, len) in values.iter_mut().zip(&header[6..]) {
+        let len: usize = len.parse().expect("a length");
+        *value = rest[..len].to_owned();
+        rest = &rest[len..];
+    }
+    assert!(rest.is_empty(), "one job leased");
+    (header, values)
+}
+
+/// A job from a schedule, with arguments that need no escaping in the packed forms.
+fn scheduled_job(max_attempts: u32) -> NewJob {
+    let mut job = NewJob::new(
+        KIND,
+        serde_json::json!({ "path": "/var/log/a|b.log", "note": "ü" }),
+        max_attempts,
+    );
+    job.schedule = Some("nightly|logs".to_owned());
+    job.tick_ms = Some(1_764_460_800_000);
+    job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_enqueued_by_the_eadb7a6_release_is_leased_by_this_one_with_every_field() {
+    // Arrange: a scheduled job enqueued as that release did (no packed part).
+    let (queue, _) = shared_queue(options());
+    let job = scheduled_job(4);
+    eadb7a6_enqueue(&queue, &job).await;
+    assert_eq!(
+        field(&queue, &job.id.to_string(), "kind").await.as_deref(),
+        Some(KIND)
+    );
+
+    // Act
+    let fetched = queue.fetch("new-worker", 10).await.expect("fetch");
+
+    // Assert: every field it was enqueued with, and not suspect: the same server created it.
+    let [leased] = fetched.jobs.as_slice() else {
+        panic!("one job leased, got {:?}", fetched.jobs);
+    };
+    assert_eq!(
+        (
+            leased.id.as_str(),
+            leased.attempt,
+            leased.max_attempts,
+            leased.kind.as_str(),
+            leased.args.as_str(),
+            leased.schedule.as_deref(),
+            leased.tick_ms,
+            leased.suspect,
+            leased.missing,
+        ),
+        (
+            job.id.to_string().as_str(),
+            1,
+            4,
+            KIND,
+            job.args.to_string().as_str(),
+            Some("nightly|logs"),
+            Some(1_764_460_800_000),
+            false,
+            false
+        )
+    );
+    assert!(leased.enqueued_at_ms > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_enqueued_by_this_release_is_leased_by_the_eadb7a6_one_with_every_field_and_checked_first()
+ {
+    // Arrange: the same job, enqueued by this release (fields by name and the packed part).
+    let (queue, _) = shared_queue(options());
+    let job = scheduled_job(4);
+    queue
+        .enqueue(std::slice::from_ref(&job))
+        .await
+        .expect("enqueue");
+    let id = job.id.to_string();
+    let mut conn = queue.conn();
+    let packed: Option<String> = redis::cmd("HGET")
+        .arg(queue.keys().job(&id))
+        .arg("p")
+        .query_async(&mut conn)
+        .await
+        .expect("HGET");
+    assert!(
+        packed.is_some(),
+        "this release packs what a first lease reads"
+    );
+    assert_eq!(
+        field(&queue, &id, "p").await,
+        None,
+        "the job's record leaves it out"
+    );
+
+    // Act: a worker of the earlier release fetches.
+    let (header, [leased_id, kind, args, schedule]) = eadb7a6_fetch(&queue, "old-worker").await;
+
+    // Assert: it reads every field by name; without `inc` the job is suspect, so that worker
+    // asks the ledger before running it, which is always safe.
+    assert_eq!(
+        (
+            leased_id.as_str(),
+            header[1].as_str(),
+            header[2].as_str(),
+            header[4].as_str(),
+            header[5].as_str(),
+        ),
+        (id.as_str(), "1", "4", "1764460800000", "suspect")
+    );
+    assert!(header[3].parse::<i64>().expect("enq") > 0);
+    assert_eq!(
+        (kind.as_str(), args.as_str(), schedule.as_str()),
+        (KIND, job.args.to_string().as_str(), "nightly|logs")
+    );
+    // And: the lease it wrote is this release's kind of lease, settled here as usual.
+    assert_eq!(
+        settle(&queue, &id, &header[0], Verdict::Done).await,
+        Settled::Completed
+    );
 }

@@ -435,10 +435,10 @@ impl Queue {
             .invoke_async(&mut self.conn.clone())
             .await?;
         let mut parts = array(reply)?.into_iter();
-        let (Some(jobs), Some(reclaimed), Some(next_due)) =
-            (parts.next(), parts.next(), parts.next())
+        let (Some(jobs), Some(reclaimed), Some(next_due), Some(incarnation)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(protocol("fetch reply has fewer than 3 parts"));
+            return Err(protocol("fetch reply has fewer than 4 parts"));
         };
         let mut fetched = Fetched::default();
         let packed = match jobs {
@@ -450,7 +450,16 @@ impl Queue {
                 )));
             }
         };
-        fetched.jobs = unpack_leased(&packed, count)?;
+        let incarnation = match incarnation {
+            Value::BulkString(bytes) => bytes,
+            Value::Nil => Vec::new(),
+            other => {
+                return Err(Error::Protocol(format!(
+                    "fetch incarnation: expected one string, got {other:?}"
+                )));
+            }
+        };
+        fetched.jobs = unpack_leased(&packed, count, &incarnation)?;
         for f in array(reclaimed)?.chunks(11) {
             let [
                 id,
@@ -822,6 +831,8 @@ fn job_record(id: &str, reply: JobReply) -> Option<JobRecord> {
     if fields.is_empty() {
         return None;
     }
+    // What a first lease reads, packed (enqueue.lua): the same values as the named fields.
+    fields.remove("p");
     if let Some(counted) = &counted {
         fields.insert("attempt".to_owned(), counted.clone());
     }
@@ -880,10 +891,15 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The leased jobs of a fetch reply, packed by `fetch.lua` into one string: per job ten
-/// `|`-terminated fields (token, attempt, max, enq, tick, state_was, then the byte lengths of
-/// id, kind, args and sched) followed by those four values back to back.
-fn unpack_leased(mut rest: &[u8], count_hint: usize) -> Result<Vec<Leased>, Error> {
+/// The leased jobs of a fetch reply, packed by `fetch.lua` into one string: per job six
+/// `|`-terminated fields (token, attempt, the current limit or nothing when the packed one
+/// holds, `missing` or nothing, and the byte lengths of the id and of the job's packed part),
+/// then the id and the packed part. The packed part is what `enqueue.lua` wrote once: six
+/// `|`-terminated fields (max, enq, tick, and the byte lengths of kind, args, sched and the
+/// incarnation that created the job), then those four values back to back. A job whose
+/// incarnation is not `current` (or when `current` is empty: the server denies INFO) is
+/// suspect.
+fn unpack_leased(mut rest: &[u8], count_hint: usize, current: &[u8]) -> Result<Vec<Leased>, Error> {
     fn field<'a>(rest: &mut &'a [u8]) -> Result<&'a str, Error> {
         let at = rest
             .iter()
@@ -894,7 +910,7 @@ fn unpack_leased(mut rest: &[u8], count_hint: usize) -> Result<Vec<Leased>, Erro
         *rest = &rest[at + 1..];
         Ok(value)
     }
-    fn take(rest: &mut &[u8], len: &str) -> Result<String, Error> {
+    fn bytes<'a>(rest: &mut &'a [u8], len: &str) -> Result<&'a [u8], Error> {
         let len: usize = len
             .parse()
             .map_err(|_| Error::Protocol(format!("fetch job entry: bad length {len:?}")))?;
@@ -903,6 +919,10 @@ fn unpack_leased(mut rest: &[u8], count_hint: usize) -> Result<Vec<Leased>, Erro
         }
         let (value, tail) = rest.split_at(len);
         *rest = tail;
+        Ok(value)
+    }
+    fn take(rest: &mut &[u8], len: &str) -> Result<String, Error> {
+        let value = bytes(rest, len)?;
         // Valid UTF-8 is checked on the fast path; `from_utf8_lossy` walks its input chunk by
         // chunk even when there is nothing to replace (1.5 % of a worker's instructions).
         Ok(match std::str::from_utf8(value) {
@@ -914,30 +934,48 @@ fn unpack_leased(mut rest: &[u8], count_hint: usize) -> Result<Vec<Leased>, Erro
     while !rest.is_empty() {
         let token = field(&mut rest)?;
         let attempt = field(&mut rest)?;
-        let max = field(&mut rest)?;
-        let enq = field(&mut rest)?;
-        let tick = field(&mut rest)?;
-        let state_was = field(&mut rest)?;
-        let (id_len, kind_len, args_len, sched_len) = (
-            field(&mut rest)?,
-            field(&mut rest)?,
-            field(&mut rest)?,
-            field(&mut rest)?,
+        let current_max = field(&mut rest)?;
+        let flag = field(&mut rest)?;
+        let (id_len, packed_len) = (field(&mut rest)?, field(&mut rest)?);
+        let id = take(&mut rest, id_len)?;
+        // The packed part is read within its own length, so a job's framing never depends on
+        // what its packed part holds.
+        let mut packed = bytes(&mut rest, packed_len)?;
+        let max = field(&mut packed)?;
+        let enq = field(&mut packed)?;
+        let tick = field(&mut packed)?;
+        let (kind_len, args_len, sched_len, inc_len) = (
+            field(&mut packed)?,
+            field(&mut packed)?,
+            field(&mut packed)?,
+            field(&mut packed)?,
         );
-        let leased = Leased {
+        let kind = take(&mut packed, kind_len)?;
+        let args = take(&mut packed, args_len)?;
+        let schedule = Some(take(&mut packed, sched_len)?).filter(|s| !s.is_empty());
+        let inc = bytes(&mut packed, inc_len)?;
+        if !packed.is_empty() {
+            return Err(protocol(
+                "fetch job entry's packed part is longer than its lengths say",
+            ));
+        }
+        jobs.push(Leased {
             token: token.to_owned(),
             attempt: int_text(attempt)? as u32,
-            max_attempts: int_text(max)? as u32,
+            max_attempts: int_text(if current_max.is_empty() {
+                max
+            } else {
+                current_max
+            })? as u32,
             enqueued_at_ms: int_text(enq)?,
             tick_ms: tick.parse().ok(),
-            missing: state_was == "missing",
-            suspect: state_was == "suspect",
-            id: take(&mut rest, id_len)?,
-            kind: take(&mut rest, kind_len)?,
-            args: take(&mut rest, args_len)?,
-            schedule: Some(take(&mut rest, sched_len)?).filter(|s| !s.is_empty()),
-        };
-        jobs.push(leased);
+            missing: flag == "missing",
+            suspect: flag != "missing" && (current.is_empty() || inc != current),
+            id,
+            kind,
+            args,
+            schedule,
+        });
     }
     Ok(jobs)
 }
@@ -1004,15 +1042,30 @@ mod tests {
     #[test]
     fn a_packed_fetch_reply_is_read_by_its_byte_lengths_and_a_cut_one_is_an_error() {
         let args = r#"{"a":"x|y","b":"ü"}"#;
+        let current = "run:repl";
+        // As enqueue.lua packs a job: max|enq|tick|#kind|#args|#sched|#inc| kind args sched inc.
+        let pack = |max: &str, tick: &str, kind: &str, sched: &str, inc: &str| {
+            format!(
+                "{max}|1764460800000|{tick}|{}|{}|{}|{}|{kind}{args}{sched}{inc}",
+                kind.len(),
+                args.len(),
+                sched.len(),
+                inc.len()
+            )
+        };
+        let first = pack("3", "1764460800000", "task.x", "a|b|c", "old:incarnation");
+        let second = pack("1", "", "task.y", "", current);
+        let missing = "0|1764460800000||0|0|0|0|";
         let packed = format!(
-            "7|2|3|1764460800000|1764460800000|suspect|4|6|{}|5|id|1task.x{args}a|b|c\
-             0|0|0|1764460800000||missing|2|0|0|0|i2",
-            args.len()
+            "7|2|||4|{}|id|1{first}8|4|5||2|{}|i2{second}0|0|0|missing|2|{}|i3{missing}",
+            first.len(),
+            second.len(),
+            missing.len()
         );
 
-        let jobs = unpack_leased(packed.as_bytes(), 2).expect("well formed");
+        let jobs = unpack_leased(packed.as_bytes(), 3, current.as_bytes()).expect("well formed");
 
-        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs.len(), 3);
         let job = &jobs[0];
         assert_eq!(
             (
@@ -1024,6 +1077,7 @@ mod tests {
                 job.args.as_str(),
                 job.schedule.as_deref(),
                 job.tick_ms,
+                job.enqueued_at_ms,
                 job.suspect,
                 job.missing,
             ),
@@ -1036,14 +1090,32 @@ mod tests {
                 args,
                 Some("a|b|c"),
                 Some(1_764_460_800_000),
+                1_764_460_800_000,
                 true,
                 false
             )
         );
-        assert!(jobs[1].missing && jobs[1].id == "i2" && jobs[1].schedule.is_none());
+        // The current limit, when given, is the one that holds (a requeue rewrote it).
+        let job = &jobs[1];
+        assert_eq!(
+            (
+                job.id.as_str(),
+                job.max_attempts,
+                job.kind.as_str(),
+                job.schedule.as_deref(),
+                job.tick_ms,
+                job.suspect
+            ),
+            ("i2", 5, "task.y", None, None, false)
+        );
+        assert!(jobs[2].missing && !jobs[2].suspect && jobs[2].id == "i3");
+        assert!(
+            unpack_leased(packed.as_bytes(), 3, b"").unwrap()[1].suspect,
+            "without the server's incarnation every job is suspect"
+        );
         for cut in [packed.len() - 1, 30, 5] {
             assert!(
-                unpack_leased(&packed.as_bytes()[..cut], 2).is_err(),
+                unpack_leased(&packed.as_bytes()[..cut], 3, current.as_bytes()).is_err(),
                 "cut at {cut}"
             );
         }

@@ -7,18 +7,21 @@
 -- ARGV[1] key base, ARGV[2] worker id, ARGV[3] count, ARGV[4] lease ms,
 -- ARGV[5] promote/reclaim/clean-up limit, ARGV[6] dead retention ms, ARGV[7] retention ms,
 -- ARGV[8] idempotency ttl ms
--- Returns { jobs, reclaimed, next_due_in_ms } where
+-- Returns { jobs, reclaimed, next_due_in_ms, incarnation } where
 --   jobs      = one string, the leased jobs one after another, each
---               'token|attempt|max|enq|tick|state_was|#id|#kind|#args|#sched|' followed by
---               the id, kind, args and sched themselves, back to back (#x is x's length in
---               bytes, so the free-text fields need no escaping; numbers that are not numbers
---               in the job's hash become the defaults). One reply string for the whole batch
---               instead of four per job: Redis converts, and the worker's RESP parser reads,
---               one value instead of hundreds.
---               state_was is 'ok', 'missing' (no job data: dead-lettered here), or
---               'suspect': the job was created by another incarnation of this server (see
---               enqueue.lua), so a restart or failover may have lost its earlier leases and
---               acks, and the worker must ask the ledger before running it even on attempt 1
+--               'token|attempt|max|state_was|#id|#p|' followed by the id and the job's packed
+--               part `p` (enqueue.lua: 'max|enq|tick|#kind|#args|#sched|#inc|' then kind, args,
+--               sched and the incarnation that created the job), back to back (#x is x's length
+--               in bytes, so the free-text fields need no escaping). `max` here is empty when
+--               the one in `p` holds, and the job's current limit when a requeue may have
+--               changed it. One reply string for the whole batch instead of four per job: Redis
+--               converts, and the worker's RESP parser reads, one value instead of hundreds.
+--               state_was is '' or 'missing' (no job data: dead-lettered here).
+--   incarnation = this server's incarnation (incarnation.lua; '' when INFO is denied): a job
+--               whose packed incarnation differs was created by another incarnation of this
+--               server, so a restart or failover may have lost its earlier leases and acks, and
+--               the worker asks the ledger before running it even on attempt 1. The worker
+--               compares them: no per-job comparison here.
 --   reclaimed = flat list of 11 fields per expired lease taken back as a verdict lease:
 --               id, new token, attempt, worker, leased_at, kind, args, enq, max, sched, tick
 --   next_due_in_ms = ms until the earliest delayed/retrying job is due, -1 if none, or -2
@@ -28,7 +31,7 @@
 --                    wake list instead of paying a fetch that finds nothing.
 -- A lease is one value in the tokens hash, 'token|attempt|worker|leased_at' (lease.lua, which
 -- also reads the three-hash leases of an earlier release), written once per batch: leasing a
--- job costs one HMGET of its hash and nothing else per job. `attempts` holds the attempts a
+-- job costs one HGET of its hash's `p` and nothing else per job. `attempts` holds the attempts a
 -- job has used only once that count matters beyond its lease: from its second attempt on, and
 -- after an attempt that ended without completing it (ack.lua, release.lua). A job on its first
 -- attempt, the common case, has no entry, and while the hash does not exist (no job of the
@@ -60,6 +63,15 @@ local function length(s)
     LENGTHS[n] = text
   end
   return text
+end
+-- A job's packed part as enqueue.lua writes it, from its fields by name: for a job enqueued by
+-- an earlier release, or restored (restore.lua), whose hash has no `p`. `f` is the HMGET of
+-- kind, args, max, enq, sched, tick, inc; numbers that are not numbers become the defaults.
+local function pack(f)
+  local kind, args, sched, inc = f[1], f[2] or '', f[5] or '', f[7] or ''
+  return (tonumber(f[3]) and f[3] or '1') .. '|' .. (tonumber(f[4]) and f[4] or '0') .. '|'
+    .. (tonumber(f[6]) and f[6] or '') .. '|' .. length(kind) .. '|' .. length(args) .. '|'
+    .. length(sched) .. '|' .. length(inc) .. '|' .. kind .. args .. sched .. inc
 end
 
 -- 1. Promote due delayed and retrying jobs (oldest due first). `avail` records when a job
@@ -165,6 +177,8 @@ end
 -- 4. Lease ready jobs.
 local jobs = {}
 local drained = count <= 0
+-- Read only when something is leased: INFO is the costliest call of an otherwise idle fetch.
+local current = ''
 if count > 0 then
   local ids = redis.call('RPOP', KEYS[1], count)
   drained = not ids or #ids < count
@@ -179,8 +193,8 @@ if count > 0 then
     local holder = worker .. '|' .. now
     -- Formatted once: Lua turns a number argument into text with printf on every use.
     local deadline = tostring(now + lease_ms)
-    -- incarnation() comes from incarnation.lua ('' when INFO is denied: every job is suspect).
-    local current = incarnation()
+    -- incarnation() comes from incarnation.lua.
+    current = incarnation()
     local leases, tokens, counted = {}, {}, {}
     local job_prefix = base .. 'job:'
     -- Filled slots of `jobs` and of `leases`/`tokens`, counted here: `#t` is a search.
@@ -189,12 +203,31 @@ if count > 0 then
     for i = 1, n do
       local id = ids[i]
       local job = job_prefix .. id
-      local f = redis.call('HMGET', job, 'kind', 'args', 'max', 'enq', 'sched', 'tick', 'inc')
+      local packed = redis.call('HGET', job, 'p')
       -- `previous[i]` is false for a job without an entry: attempt 1, nothing to parse.
       local used = previous[i]
       local attempt = used and (tonumber(used) or 0) + 1 or 1
-      local max = tonumber(f[3])
-      if f[1] and attempt > (max or 1) then
+      -- The limit when it may differ from the packed one, '' otherwise.
+      local max_text = ''
+      local over
+      if packed then
+        if used then
+          -- requeue.lua rewrites `max` and always leaves an `attempts` entry; a job without
+          -- one still has the limit it was enqueued with, the one packed in `p`.
+          max_text = redis.call('HGET', job, 'max') or '1'
+          over = attempt > (tonumber(max_text) or 1)
+        else
+          -- Attempt 1 is over the limit only when the limit is 0: `p` then starts with '0|'.
+          over = string.byte(packed, 1) == 48 and string.byte(packed, 2) == 124
+        end
+      else
+        local f = redis.call('HMGET', job, 'kind', 'args', 'max', 'enq', 'sched', 'tick', 'inc')
+        if f[1] then
+          packed = pack(f)
+          over = attempt > (tonumber(f[3]) or 1)
+        end
+      end
+      if packed and over then
         -- Max attempts is a hard bound on every path: a job that already used its budget (an
         -- older release that did not count it) is a dead letter, not an extra attempt.
         redis.call('HSET', job, 'state', 'discarded', 'finished', now, 'attempt', attempt - 1,
@@ -205,7 +238,7 @@ if count > 0 then
         redis.call('HINCRBY', KEYS[6], 'dead', 1)
         local idem = redis.call('HGET', job, 'idem')
         if idem then redis.call('PEXPIRE', base .. 'idem:' .. idem, dead_retention) end
-      elseif f[1] then
+      elseif packed then
         local token_text = format('%d', first_token + i)
         local attempt_text = DIGITS[attempt] or format('%d', attempt)
         leases[l + 1] = deadline
@@ -217,20 +250,13 @@ if count > 0 then
           counted[#counted + 1] = id
           counted[#counted + 1] = attempt_text
         end
-        local kind, args, sched, enq, tick = f[1], f[2] or '', f[5] or '', f[4], f[6]
         -- One concatenation: Lua builds the header in one buffer, no table per job. The lengths
-        -- read `LENGTHS` first and call `length` only for a new one: four calls per job cost
-        -- 1.2 % of Redis's instructions in a drain (callgrind).
-        jobs[k + 1] = token_text .. '|' .. attempt_text .. '|' .. (max and f[3] or '1') .. '|'
-          .. (tonumber(enq) and enq or '0') .. '|' .. (tonumber(tick) and tick or '') .. '|'
-          .. ((current ~= '' and f[7] == current) and 'ok' or 'suspect') .. '|'
-          .. (LENGTHS[#id] or length(id)) .. '|' .. (LENGTHS[#kind] or length(kind)) .. '|'
-          .. (LENGTHS[#args] or length(args)) .. '|' .. (LENGTHS[#sched] or length(sched)) .. '|'
+        -- read `LENGTHS` first and call `length` only for a new one.
+        jobs[k + 1] = token_text .. '|' .. attempt_text .. '|' .. max_text .. '||'
+          .. (LENGTHS[#id] or length(id)) .. '|' .. (LENGTHS[#packed] or length(packed)) .. '|'
           .. id
-        jobs[k + 2] = kind
-        jobs[k + 3] = args
-        jobs[k + 4] = sched
-        k = k + 4
+        jobs[k + 2] = packed
+        k = k + 2
       else
         -- An id with no job behind it (pushed by hand, or its hash was deleted): keep a record
         -- in the dead letters instead of dropping it silently.
@@ -239,7 +265,9 @@ if count > 0 then
         redis.call('PEXPIRE', job, dead_retention)
         redis.call('ZADD', KEYS[5], now, id)
         redis.call('HINCRBY', KEYS[6], 'dead', 1)
-        jobs[k + 1] = '0|0|0|' .. now .. '||missing|' .. length(id) .. '|0|0|0|' .. id
+        local missing = '0|' .. now .. '||0|0|0|0|'
+        jobs[k + 1] = '0|0|0|missing|' .. length(id) .. '|' .. length(missing) .. '|' .. id
+          .. missing
         k = k + 1
       end
     end
@@ -276,4 +304,4 @@ if drained then
 end
 -- More to clean: fetch again soon, even when idle (at once anyway when the list may hold more).
 if more_to_clean and next_due ~= -2 then next_due = 0 end
-return { concat(jobs), reclaimed, next_due }
+return { concat(jobs), reclaimed, next_due, current }

@@ -1,7 +1,8 @@
 -- Prepended to enqueue.lua and fetch.lua (client.rs): the server's incarnation, its run_id
 -- (new at every start) and master_replid (new at every promotion), or '' when INFO is denied
 -- (an ACL) or its reply has no such ids. enqueue.lua records it on every new job; fetch.lua
--- marks a job from another incarnation suspect.
+-- returns it with the jobs it leases, and the worker treats a job from another incarnation as
+-- suspect (its history is read from the ledger before it runs).
 local function incarnation()
   local ok_server, server = pcall(redis.call, 'INFO', 'server')
   local ok_repl, repl = pcall(redis.call, 'INFO', 'replication')
