@@ -28,20 +28,32 @@ fn options() -> QueueOptions {
     }
 }
 
-/// One lease as the previous release's fetch reports it.
+/// One lease as a previous release's fetch reports it: per job ten `|`-terminated fields
+/// (token, attempt, max, enq, tick, state_was, then the byte lengths of id, kind, args and
+/// sched), then those four values.
 #[derive(Debug)]
 struct OldLease {
     id: String,
     token: String,
     attempt: u32,
+    max: String,
+    enq: String,
+    tick: String,
+    state_was: String,
+    kind: String,
+    args: String,
+    schedule: String,
 }
 
-/// A fetch by a worker of the previous release (its `fetch.lua`, called as its client did).
-async fn old_fetch(queue: &Queue, worker: &str, count: usize) -> (Vec<OldLease>, usize) {
-    let script = redis::Script::new(concat!(
-        include_str!("../../shared/src/queue/lua/incarnation.lua"),
-        include_str!("previous_release/fetch.lua")
-    ));
+/// A fetch by a worker of a previous release (`source`, its `fetch.lua` with its preludes),
+/// called as its client did: the leased jobs and how many expired leases it took over.
+async fn previous_fetch(
+    queue: &Queue,
+    source: &str,
+    worker: &str,
+    count: usize,
+) -> (Vec<OldLease>, usize) {
+    let script = redis::Script::new(source);
     let keys = queue.keys();
     let mut invocation = script.prepare_invoke();
     for key in [
@@ -72,7 +84,7 @@ async fn old_fetch(queue: &Queue, worker: &str, count: usize) -> (Vec<OldLease>,
     let reply: Value = invocation
         .invoke_async(&mut queue.conn())
         .await
-        .expect("the previous release's fetch");
+        .expect("a previous release's fetch");
     let Value::Array(parts) = reply else {
         panic!("fetch reply is not an array: {reply:?}");
     };
@@ -88,7 +100,16 @@ async fn old_fetch(queue: &Queue, worker: &str, count: usize) -> (Vec<OldLease>,
     (unpack(&packed), reclaimed)
 }
 
-/// The packed jobs of a fetch reply: ten `|`-terminated fields, then id, kind, args and sched.
+/// A fetch by a worker of the 5589e5a release.
+async fn old_fetch(queue: &Queue, worker: &str, count: usize) -> (Vec<OldLease>, usize) {
+    const SOURCE: &str = concat!(
+        include_str!("../../shared/src/queue/lua/incarnation.lua"),
+        include_str!("previous_release/fetch.lua")
+    );
+    previous_fetch(queue, SOURCE, worker, count).await
+}
+
+/// The packed jobs of a previous release's fetch reply (see [`OldLease`]).
 fn unpack(mut rest: &str) -> Vec<OldLease> {
     let mut out = Vec::new();
     while !rest.is_empty() {
@@ -98,16 +119,30 @@ fn unpack(mut rest: &str) -> Vec<OldLease> {
             fields.push(field);
             rest = tail;
         }
-        let lengths: Vec<usize> = fields[6..]
-            .iter()
-            .map(|n| n.parse().expect("a length"))
-            .collect();
+        let mut values = fields[6..].iter().map(|len| {
+            let len: usize = len.parse().expect("a length");
+            let (value, tail) = rest.split_at(len);
+            rest = tail;
+            value.to_owned()
+        });
+        let (id, kind, args, schedule) = (
+            values.next().expect("id"),
+            values.next().expect("kind"),
+            values.next().expect("args"),
+            values.next().expect("sched"),
+        );
         out.push(OldLease {
-            id: rest[..lengths[0]].to_owned(),
+            id,
             token: fields[0].to_owned(),
             attempt: fields[1].parse().expect("an attempt"),
+            max: fields[2].to_owned(),
+            enq: fields[3].to_owned(),
+            tick: fields[4].to_owned(),
+            state_was: fields[5].to_owned(),
+            kind,
+            args,
+            schedule,
         });
-        rest = &rest[lengths.iter().sum::<usize>()..];
     }
     out
 }
@@ -359,13 +394,10 @@ async fn a_completed_job_reports_the_attempt_it_completed_on() {
     }
 }
 
-/// An enqueue by the release of eadb7a6 (its `enqueue.lua`, called as its client did): the
-/// job's fields one by one and its incarnation as `inc`, no packed `p`.
-async fn eadb7a6_enqueue(queue: &Queue, job: &NewJob) {
-    let script = redis::Script::new(concat!(
-        include_str!("../../shared/src/queue/lua/incarnation.lua"),
-        include_str!("previous_release/eadb7a6/enqueue.lua")
-    ));
+/// An enqueue by `source` (an `enqueue.lua` with its prelude), called as the client does but
+/// with the job's limit as given (the client raises a limit of 0 to 1).
+async fn enqueue_with(queue: &Queue, source: &str, job: &NewJob) {
+    let script = redis::Script::new(source);
     let keys = queue.keys();
     let mut invocation = script.prepare_invoke();
     for key in [
@@ -392,72 +424,33 @@ async fn eadb7a6_enqueue(queue: &Queue, job: &NewJob) {
     let _: Value = invocation
         .invoke_async(&mut queue.conn())
         .await
-        .expect("the eadb7a6 release's enqueue");
+        .expect("an enqueue by script");
 }
 
-/// One job as the eadb7a6 release's fetch reports it: its ten header fields (token, attempt,
-/// max, enq, tick, state_was, then the lengths) and its id, kind, args and schedule.
-async fn eadb7a6_fetch(queue: &Queue, worker: &str) -> (Vec<String>, [String; 4]) {
-    let script = redis::Script::new(concat!(
+/// An enqueue by the release of eadb7a6: the job's fields one by one and its incarnation as
+/// `inc`, no packed `p`.
+async fn eadb7a6_enqueue(queue: &Queue, job: &NewJob) {
+    const SOURCE: &str = concat!(
+        include_str!("../../shared/src/queue/lua/incarnation.lua"),
+        include_str!("previous_release/eadb7a6/enqueue.lua")
+    );
+    enqueue_with(queue, SOURCE, job).await;
+}
+
+/// A fetch of one job by a worker of the eadb7a6 release.
+async fn eadb7a6_fetch(queue: &Queue, worker: &str) -> OldLease {
+    const SOURCE: &str = concat!(
         include_str!("../../shared/src/queue/lua/incarnation.lua"),
         include_str!("../../shared/src/queue/lua/lease.lua"),
         include_str!("previous_release/eadb7a6/fetch.lua")
-    ));
-    let keys = queue.keys();
-    let mut invocation = script.prepare_invoke();
-    for key in [
-        &keys.ready,
-        &keys.delayed,
-        &keys.retry,
-        &keys.leases,
-        &keys.dead,
-        &keys.stats,
-        &keys.fence,
-        &keys.workers,
-        &keys.tokens,
-        &keys.holders,
-        &keys.attempts,
-        &keys.done,
-    ] {
-        invocation.key(key);
-    }
-    invocation
-        .arg(&keys.base)
-        .arg(worker)
-        .arg(1)
-        .arg(LEASE_MS)
-        .arg(100)
-        .arg(60_000)
-        .arg(60_000)
-        .arg(60_000);
-    let reply: Value = invocation
-        .invoke_async(&mut queue.conn())
-        .await
-        .expect("the eadb7a6 release's fetch");
-    let Value::Array(parts) = reply else {
-        panic!("fetch reply is not an array: {reply:?}");
-    };
-    let Value::BulkString(bytes) = &parts[0] else {
-        panic!("no job leased: {parts:?}");
-    };
-    let mut rest = std::str::from_utf8(bytes).expect("utf-8");
-    let mut header = Vec::new();
-    for _ in 0..10 {
-        let (field, tail) = rest.split_once('|').expect("a field");
-        header.push(field.to_owned());
-        rest = tail;
-    }
-    let mut values = [const { String::new() }; 4];
-    for (value, len) in values.iter_mut().zip(&header[6..]) {
-        let len: usize = len.parse().expect("a length");
-        *value = rest[..len].to_owned();
-        rest = &rest[len..];
-    }
-    assert!(rest.is_empty(), "one job leased");
-    (header, values)
+    );
+    let (mut leased, _) = previous_fetch(queue, SOURCE, worker, 1).await;
+    assert_eq!(leased.len(), 1, "one job leased");
+    leased.remove(0)
 }
 
-/// A job from a schedule, with arguments that need no escaping in the packed forms.
+/// A job from a schedule, with a `|` in its arguments and schedule: the packed forms carry
+/// them by length, unescaped.
 fn scheduled_job(max_attempts: u32) -> NewJob {
     let mut job = NewJob::new(
         KIND,
@@ -543,28 +536,65 @@ async fn a_job_enqueued_by_this_release_is_leased_by_the_eadb7a6_one_with_every_
     );
 
     // Act: a worker of the earlier release fetches.
-    let (header, [leased_id, kind, args, schedule]) = eadb7a6_fetch(&queue, "old-worker").await;
+    let leased = eadb7a6_fetch(&queue, "old-worker").await;
 
     // Assert: it reads every field by name; without `inc` the job is suspect, so that worker
     // asks the ledger before running it, which is always safe.
     assert_eq!(
         (
-            leased_id.as_str(),
-            header[1].as_str(),
-            header[2].as_str(),
-            header[4].as_str(),
-            header[5].as_str(),
+            leased.id.as_str(),
+            leased.attempt,
+            leased.max.as_str(),
+            leased.tick.as_str(),
+            leased.state_was.as_str(),
         ),
-        (id.as_str(), "1", "4", "1764460800000", "suspect")
+        (id.as_str(), 1, "4", "1764460800000", "suspect")
     );
-    assert!(header[3].parse::<i64>().expect("enq") > 0);
+    assert!(leased.enq.parse::<i64>().expect("enq") > 0);
     assert_eq!(
-        (kind.as_str(), args.as_str(), schedule.as_str()),
+        (
+            leased.kind.as_str(),
+            leased.args.as_str(),
+            leased.schedule.as_str()
+        ),
         (KIND, job.args.to_string().as_str(), "nightly|logs")
     );
     // And: the lease it wrote is this release's kind of lease, settled here as usual.
     assert_eq!(
-        settle(&queue, &id, &header[0], Verdict::Done).await,
+        settle(&queue, &id, &leased.token, Verdict::Done).await,
         Settled::Completed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_packed_with_a_limit_of_zero_is_a_dead_letter_at_its_first_fetch() {
+    // Arrange: a job of this release's layout whose limit is 0, written by the script itself
+    // (the client never sends one): a first lease reads the limit only from the packed part.
+    const SOURCE: &str = concat!(
+        include_str!("../../shared/src/queue/lua/incarnation.lua"),
+        include_str!("../../shared/src/queue/lua/enqueue.lua")
+    );
+    let (queue, _) = shared_queue(options());
+    let mut job = NewJob::new(KIND, serde_json::json!({}), 1);
+    job.max_attempts = 0;
+    enqueue_with(&queue, SOURCE, &job).await;
+    let id = job.id.to_string();
+
+    // Act
+    let fetched = queue.fetch("new-worker", 10).await.expect("fetch");
+
+    // Assert: max attempts is a hard bound on a first lease too.
+    assert!(
+        fetched.jobs.is_empty(),
+        "leased past its limit: {:?}",
+        fetched.jobs
+    );
+    assert_eq!(
+        field(&queue, &id, "state").await.as_deref(),
+        Some("discarded")
+    );
+    assert_eq!(
+        field(&queue, &id, "err").await.as_deref(),
+        Some("attempt limit reached before the attempt started")
     );
 }

@@ -441,24 +441,8 @@ impl Queue {
             return Err(protocol("fetch reply has fewer than 4 parts"));
         };
         let mut fetched = Fetched::default();
-        let packed = match jobs {
-            Value::BulkString(bytes) => bytes,
-            Value::Nil => Vec::new(),
-            other => {
-                return Err(Error::Protocol(format!(
-                    "fetch jobs: expected one string, got {other:?}"
-                )));
-            }
-        };
-        let incarnation = match incarnation {
-            Value::BulkString(bytes) => bytes,
-            Value::Nil => Vec::new(),
-            other => {
-                return Err(Error::Protocol(format!(
-                    "fetch incarnation: expected one string, got {other:?}"
-                )));
-            }
-        };
+        let packed = bulk(jobs, "fetch jobs")?;
+        let incarnation = bulk(incarnation, "fetch incarnation")?;
         fetched.jobs = unpack_leased(&packed, count, &incarnation)?;
         for f in array(reclaimed)?.chunks(11) {
             let [
@@ -894,7 +878,7 @@ fn millis(duration: Duration) -> u64 {
 /// The leased jobs of a fetch reply, packed by `fetch.lua` into one string: per job six
 /// `|`-terminated fields (token, attempt, the current limit or nothing when the packed one
 /// holds, `missing` or nothing, and the byte lengths of the id and of the job's packed part),
-/// then the id and the packed part. The packed part is what `enqueue.lua` wrote once: six
+/// then the id and the packed part. The packed part is what `enqueue.lua` wrote once: seven
 /// `|`-terminated fields (max, enq, tick, and the byte lengths of kind, args, sched and the
 /// incarnation that created the job), then those four values back to back. A job whose
 /// incarnation is not `current` (or when `current` is empty: the server denies INFO) is
@@ -980,6 +964,17 @@ fn unpack_leased(mut rest: &[u8], count_hint: usize, current: &[u8]) -> Result<V
     Ok(jobs)
 }
 
+/// One string of a reply, empty when nil; `what` names it in the error.
+fn bulk(value: Value, what: &str) -> Result<Vec<u8>, Error> {
+    match value {
+        Value::BulkString(bytes) => Ok(bytes),
+        Value::Nil => Ok(Vec::new()),
+        other => Err(Error::Protocol(format!(
+            "{what}: expected one string, got {other:?}"
+        ))),
+    }
+}
+
 fn protocol(message: &str) -> Error {
     Error::Protocol(message.to_owned())
 }
@@ -1037,6 +1032,26 @@ mod tests {
         );
         assert_eq!(split_lease("41"), ("41", None, None));
         assert_eq!(split_lease("41|2"), ("41", Some("2"), None));
+    }
+
+    #[test]
+    fn a_packed_part_longer_than_its_lengths_say_is_an_error() {
+        // Kind "k", no args, no schedule, no incarnation, then one byte too many.
+        let packed = "1|1764460800000||1|0|0|0|kX";
+        let entry = format!("1|1|||2|{}|i1{packed}", packed.len());
+
+        let read = unpack_leased(entry.as_bytes(), 1, b"");
+
+        assert!(read.is_err(), "{read:?}");
+        let whole = format!(
+            "1|1|||2|{}|i1{}",
+            packed.len() - 1,
+            &packed[..packed.len() - 1]
+        );
+        assert_eq!(
+            unpack_leased(whole.as_bytes(), 1, b"").unwrap()[0].kind,
+            "k"
+        );
     }
 
     #[test]
